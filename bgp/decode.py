@@ -1,0 +1,137 @@
+"""Decode ExaBGP's JSON API lines into typed events.
+
+Pure: a line in, an event out. The only exception that escapes is DecodeError.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from .types import (
+    AckEvent,
+    DecodeError,
+    EorEvent,
+    Event,
+    IgnoredEvent,
+    IPAddress,
+    IPNetwork,
+    Path,
+    SessionState,
+    ShutdownEvent,
+    StateEvent,
+    UpdateEvent,
+)
+
+_FAMILIES = {"ipv4 unicast": 4, "ipv6 unicast": 6}
+_STATES = {s.value: s for s in SessionState}
+
+
+def decode_line(line: str) -> Event:
+    """Turn one line written by ExaBGP on the API child's stdin into an event."""
+    text = line.strip()
+    if text in ("done", "error"):
+        return AckEvent(ok=text == "done")
+    if not text:
+        raise DecodeError("empty line")
+    try:
+        msg = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"not JSON: {text[:80]!r}") from exc
+    if not isinstance(msg, dict):
+        raise DecodeError(f"not a JSON object: {text[:80]!r}")
+    try:
+        return _decode_message(msg)
+    except DecodeError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DecodeError(f"unexpected shape ({type(exc).__name__}: {exc}): {text[:120]!r}") from exc
+
+
+def _decode_message(msg: dict[str, Any]) -> Event:
+    kind = msg.get("type")
+    if kind == "notification" and msg.get("notification") == "shutdown":
+        return ShutdownEvent()
+    if kind == "state":
+        return StateEvent(
+            peer=_peer(msg),
+            state=_STATES.get(str(msg["neighbor"]["state"]), SessionState.IDLE),
+            reason=str(msg["neighbor"].get("reason", "")),
+        )
+    if kind == "update":
+        return _decode_update(_peer(msg), _obj(msg["neighbor"].get("message"), "message"))
+    if isinstance(kind, str):
+        return IgnoredEvent(kind=kind)
+    raise DecodeError(f"message without a type: {sorted(msg)[:6]}")
+
+
+def _peer(msg: dict[str, Any]) -> str:
+    peer = _obj(_obj(msg.get("neighbor"), "neighbor").get("address"), "neighbor.address")["peer"]
+    return str(ipaddress.ip_address(peer))
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise DecodeError(f"{what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DecodeError(f"{what} is not a list")
+    return value
+
+
+def _decode_update(peer: str, message: dict[str, Any]) -> Event:
+    if "eor" in message:
+        eor = _obj(message["eor"], "eor")
+        return EorEvent(peer=peer, family=str(eor["afi"]))
+    update = _obj(message.get("update"), "update")
+    as_path = _as_path(_obj(update.get("attribute", {}), "attribute").get("as-path"))
+    announced: list[Path] = []
+    for fam, by_nh in _obj(update.get("announce", {}), "announce").items():
+        version = _FAMILIES.get(fam)
+        if version is None:
+            continue
+        announced.extend(_paths(peer, version, _obj(by_nh, fam), as_path))
+    withdrawn: list[IPNetwork] = []
+    for fam, entries in _obj(update.get("withdraw", {}), "withdraw").items():
+        version = _FAMILIES.get(fam)
+        if version is None:
+            continue
+        for entry in _list(entries, fam):
+            withdrawn.append(_network(_obj(entry, "nlri entry")["nlri"], version))
+    return UpdateEvent(peer=peer, announced=tuple(announced), withdrawn=tuple(withdrawn))
+
+
+def _paths(peer: str, version: int, by_nh: dict[str, Any], as_path: tuple[int, ...]) -> list[Path]:
+    """One path per prefix; a global next hop wins over a link-local one for the same prefix."""
+    best: dict[IPNetwork, IPAddress] = {}
+    for nh_text, entries in by_nh.items():
+        nh = ipaddress.ip_address(nh_text)
+        for entry in _list(entries, "nlri list"):
+            prefix = _network(_obj(entry, "nlri entry")["nlri"], version)
+            current = best.get(prefix)
+            if current is None or (current.is_link_local and not nh.is_link_local):
+                best[prefix] = nh
+    return [Path(peer=peer, prefix=p, next_hop=nh, as_path=as_path) for p, nh in best.items()]
+
+
+def _network(text: Any, version: int) -> IPNetwork:
+    if not isinstance(text, str):
+        raise DecodeError(f"nlri is not a string: {text!r}")
+    net = ipaddress.ip_network(text, strict=False)
+    if net.version != version:
+        raise DecodeError(f"nlri {text} is not IPv{version}")
+    return net
+
+
+def _as_path(raw: Any) -> tuple[int, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, list):  # ExaBGP 4.2: flat list
+        return tuple(int(a) for a in raw)
+    out: list[int] = []
+    for key in sorted(_obj(raw, "as-path"), key=lambda k: int(k)):
+        out.extend(int(a) for a in _list(_obj(raw[key], "as-path segment").get("value", []), "as-path value"))
+    return tuple(out)

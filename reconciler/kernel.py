@@ -1,0 +1,104 @@
+"""The kernel side of the reconciler: read the table, apply a plan. Thin I/O shell."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bgp.types import IPNetwork
+
+from .rtnl import Rtnl
+from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Plan, Route
+
+log = logging.getLogger(__name__)
+
+
+class RouteTable(Protocol):
+    """What the reconciler needs from the kernel (a fake in unit tests)."""
+
+    def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]: ...
+    def connected(self) -> frozenset[IPNetwork]: ...
+    def apply(self, plan: Plan) -> "ApplyResult": ...
+
+
+@dataclass
+class ApplyResult:
+    replaced: int = 0
+    deleted: int = 0
+    failed: dict[Route, int] = field(default_factory=dict)
+
+
+class KernelTable:
+    """Routes of one kernel table, ours told apart by the protocol number."""
+
+    def __init__(self, protocol: int = DEFAULT_PROTOCOL, table: int = MAIN_TABLE, netns: str | None = None):
+        self.protocol = protocol
+        self.table = table
+        self.rtnl = Rtnl(netns)
+
+    def close(self) -> None:
+        self.rtnl.close()
+
+    def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
+        """(ours, foreign) unicast routes of our table."""
+        ours: list[KernelRoute] = []
+        foreign: list[KernelRoute] = []
+        for route in self.rtnl.routes():
+            if route.table != self.table:
+                continue
+            (ours if route.protocol == self.protocol else foreign).append(route)
+        return _merge_split(ours), foreign
+
+    def connected(self) -> frozenset[IPNetwork]:
+        """Subnets of the addresses configured on this host (link-local and loopback left out)."""
+        nets = set()
+        for iface in self.rtnl.addresses():
+            if iface.ip.is_link_local or iface.ip.is_loopback:
+                continue
+            nets.add(iface.network)
+        return frozenset(nets)
+
+    def apply(self, plan: Plan) -> ApplyResult:
+        result = ApplyResult()
+        if plan.replace:
+            failed = self.rtnl.write(plan.replace, self.protocol, self.table, delete=False)
+            result.failed.update(failed)
+            result.replaced = len(plan.replace) - len(failed)
+            for route in plan.replace:
+                if route in failed:
+                    log.warning("route.replace.failed prefix=%s via=%s error=%s", route.prefix,
+                                _gws(route), os.strerror(failed[route]))
+                else:
+                    log.info("route.replace prefix=%s via=%s", route.prefix, _gws(route))
+        if plan.delete:
+            routes = [Route(r.prefix, r.gateways, r.metric) for r in plan.delete]
+            failed = self.rtnl.write(routes, self.protocol, self.table, delete=True)
+            result.failed.update(failed)
+            result.deleted = len(routes) - len(failed)
+            for route in routes:
+                if route in failed:
+                    log.warning("route.delete.failed prefix=%s error=%s", route.prefix, os.strerror(failed[route]))
+                else:
+                    log.info("route.delete prefix=%s via=%s", route.prefix, _gws(route))
+        return result
+
+
+def _gws(route: Route) -> str:
+    return ",".join(str(g) for g in route.gateways) or "-"
+
+
+def _merge_split(routes: list[KernelRoute]) -> list[KernelRoute]:
+    """Older kernels dump an IPv6 ECMP route as one entry per next hop: fold them back."""
+    merged: dict[tuple, KernelRoute] = {}
+    for r in routes:
+        k = (r.prefix, r.metric)
+        if k in merged:
+            prev = merged[k]
+            merged[k] = KernelRoute(r.prefix, tuple(sorted(set(prev.gateways) | set(r.gateways))),
+                                    r.metric, r.protocol, r.table, prev.oif)
+        else:
+            merged[k] = r
+    return list(merged.values())
+
+
