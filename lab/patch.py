@@ -1,0 +1,82 @@
+"""Patch documents for the lab API server: JSON merge patch, strategic merge (as merge), JSON patch."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .kubestore import ApiError
+
+
+def apply_patch(doc: dict, patch: Any, content_type: str) -> dict:
+    if content_type == "application/json-patch+json":
+        return _json_patch(doc, patch)
+    if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json",
+                        "application/apply-patch+yaml"):
+        if not isinstance(patch, dict):
+            raise ApiError(400, "BadRequest", "a merge patch must be an object")
+        return _merge(doc, patch)
+    raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
+
+
+def _merge(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue  # strategic-merge directives: not needed for Nodes in the lab
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(out.get(key), value)
+    return out
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise ApiError(422, "Invalid", f"bad JSON pointer {path!r}")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _json_patch(doc: dict, ops: Any) -> dict:
+    if not isinstance(ops, list):
+        raise ApiError(400, "BadRequest", "a JSON patch must be a list")
+    for op in ops:
+        try:
+            doc = _one(doc, op)
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ApiError(422, "Invalid", f"JSON patch {op!r} failed: {exc}") from None
+    return doc
+
+
+def _one(doc: dict, op: dict) -> dict:
+    kind, path = op["op"], _pointer(op["path"])
+    parent: Any = doc
+    for part in path[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    last = path[-1] if path else None
+    if kind == "test":
+        current = parent[int(last)] if isinstance(parent, list) else parent[last]
+        if current != op["value"]:
+            raise ValueError("test failed")
+    elif kind in ("add", "replace"):
+        if isinstance(parent, list):
+            idx = len(parent) if last == "-" else int(last)
+            if kind == "add":
+                parent.insert(idx, op["value"])
+            else:
+                parent[idx] = op["value"]
+        else:
+            if kind == "replace" and last not in parent:
+                raise KeyError(last)
+            parent[last] = op["value"]
+    elif kind == "remove":
+        if isinstance(parent, list):
+            parent.pop(int(last))
+        else:
+            del parent[last]
+    else:
+        raise ValueError(f"unsupported op {kind}")
+    return doc
