@@ -1,0 +1,491 @@
+"""Realizes a containerlab topology in network namespaces, without Docker.
+
+Each node is a namespace `<lab>-<node>`; links are veth pairs created straight into the two
+namespaces; a node's `exec` commands run inside it; an FRR node gets zebra and bgpd with private
+runtime paths (as in a container); a Kubernetes node gets its Pods (namespaces attached by the
+real CNI bridge + host-local plugins), a Node object in the lab API server, and `podbgp speaker`.
+Everything the lab made is recorded in <run dir>/<lab>/state.json so `down` removes exactly that.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import topology as topo_mod
+
+RUN_DIR = os.environ.get("PODBGP_LAB_RUN_DIR", "/run/podbgp-lab")
+DEFAULT_TOPOLOGY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "topology.clab.yml")
+DEFAULT_SPEAKER_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "podbgp.yaml")
+CNI_PATH = os.environ.get("CNI_PATH", "/usr/lib/cni")
+FRR_DIR = "/usr/lib/frr"
+API_PORT_IN_NODE = 6443
+
+
+class LabError(Exception):
+    pass
+
+
+@dataclass
+class State:
+    name: str
+    topology: str
+    dir: str
+    namespaces: list[str] = field(default_factory=list)
+    nodes: dict[str, dict] = field(default_factory=dict)  # name -> {netns, role, asn, pod_cidrs}
+    pods: list[dict] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd"
+    api_port: int = 0
+    speaker_config: str = DEFAULT_SPEAKER_CONFIG
+
+    def save(self) -> None:
+        tmp = os.path.join(self.dir, "state.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=1, sort_keys=True)
+        os.replace(tmp, os.path.join(self.dir, "state.json"))
+
+    @classmethod
+    def load(cls, name: str | None) -> "State":
+        name = name or current_lab()
+        path = os.path.join(RUN_DIR, name, "state.json")
+        try:
+            with open(path) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            raise LabError(f"no lab {name!r} is up (no {path})") from None
+
+    @property
+    def kubeconfig(self) -> str:
+        return os.path.join(self.dir, "kubeconfig")
+
+    def netns(self, target: str) -> str:
+        if target in self.nodes:
+            return self.nodes[target]["netns"]
+        for pod in self.pods:
+            if pod["name"] == target:
+                return pod["netns"]
+        raise LabError(f"no node or pod {target!r} in lab {self.name}")
+
+
+def current_lab() -> str:
+    if os.environ.get("PODBGP_LAB"):
+        return os.environ["PODBGP_LAB"]
+    labs = sorted(d for d in os.listdir(RUN_DIR) if os.path.exists(os.path.join(RUN_DIR, d, "state.json"))) \
+        if os.path.isdir(RUN_DIR) else []
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is up (podbgp lab up)")
+    raise LabError(f"several labs are up ({', '.join(labs)}): name one with --name or PODBGP_LAB")
+
+
+# ---- small helpers --------------------------------------------------------------------------
+
+def run(argv: list[str], netns: str | None = None, check: bool = True, input: str | None = None,
+        env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    full = (["ip", "netns", "exec", netns] if netns else []) + argv
+    proc = subprocess.run(full, input=input, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(full)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:400]}")
+    return proc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(pred, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = pred()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def tool_env(extra: dict | None = None) -> dict:
+    """Environment for commands run in the lab: this interpreter's bin dir first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    env.update(extra or {})
+    return env
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pid(pid: int, timeout: float = 10.0, sig: int = signal.SIGTERM) -> None:
+    """Stop one process we started: the signal, then SIGKILL after the timeout; reap if ours."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            if not pid_alive(pid):
+                return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+# ---- up --------------------------------------------------------------------------------------
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, veth, FRR)")
+    missing = [p for p in (f"{FRR_DIR}/zebra", f"{FRR_DIR}/bgpd", f"{CNI_PATH}/bridge", f"{CNI_PATH}/host-local")
+               if not os.path.exists(p)]
+    if missing:
+        raise LabError(f"missing {', '.join(missing)}: install frr and containernetworking-plugins (make setup)")
+    import grp
+    try:
+        grp.getgrnam("frrvty")
+    except KeyError:
+        raise LabError("group frrvty does not exist: FRR's package is half-configured; run `dpkg --configure -a`") from None
+
+
+def up(topology: str = DEFAULT_TOPOLOGY, name: str | None = None, speakers: bool = True,
+       speaker_config: str = DEFAULT_SPEAKER_CONFIG, log_level: str = "info") -> State:
+    check_host()
+    topo = topo_mod.load(topology)
+    name = name or topo.name
+    lab_dir = os.path.join(RUN_DIR, name)
+    if os.path.exists(os.path.join(lab_dir, "state.json")):
+        raise LabError(f"lab {name!r} is already up (podbgp lab down --name {name})")
+    os.makedirs(lab_dir, exist_ok=True)
+    state = State(name=name, topology=topo.path, dir=lab_dir, speaker_config=os.path.abspath(speaker_config))
+    state.save()
+    try:
+        _create(state, topo)
+        _start_frr(state, topo)
+        _start_apiserver(state)
+        _register_nodes(state, topo)
+        _start_pods(state, topo)
+        if speakers:
+            for node in state.nodes.values():
+                if node["role"] == "node":
+                    start_speaker(state, node["name"], log_level=log_level)
+        state.save()
+    except BaseException:
+        down(name)
+        raise
+    return state
+
+
+def _create(state: State, topo: topo_mod.Topology) -> None:
+    for node in topo.nodes:
+        ns = f"{state.name}-{node.name}"
+        run(["ip", "netns", "add", ns])
+        state.namespaces.append(ns)
+        state.save()
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        state.nodes[node.name] = {"name": node.name, "netns": ns, "role": node.role, "frr": node.is_frr,
+                                  "asn": node.label("podbgp.io/asn"), "pod_cidrs": node.label("podbgp.io/pod-cidrs"),
+                                  "dir": os.path.join(state.dir, node.name)}
+        os.makedirs(os.path.join(state.dir, node.name), exist_ok=True)
+    for link in topo.links:
+        (na, ia), (nb, ib) = link.a, link.b
+        run(["ip", "-n", state.nodes[na]["netns"], "link", "add", ia, "type", "veth",
+             "peer", "name", ib, "netns", state.nodes[nb]["netns"]])
+    for node in topo.nodes:
+        for cmd in node.exec:
+            run(["sh", "-c", cmd], netns=state.nodes[node.name]["netns"])
+    state.save()
+
+
+def frr_dir(state: State, node: str) -> str:
+    return os.path.join(state.dir, node, "frr")
+
+
+def _start_frr(state: State, topo: topo_mod.Topology) -> None:
+    for node in topo.nodes:
+        if node.is_frr:
+            start_frr(state, node.name)
+
+
+def start_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("zebra", "bgpd")) -> None:
+    node = topo_mod.load(state.topology).node(node_name)
+    ns = state.nodes[node_name]["netns"]
+    d = frr_dir(state, node_name)
+    os.makedirs(d, exist_ok=True)
+    src = node.bind_for("/etc/frr/frr.conf")
+    if not src:
+        raise LabError(f"FRR node {node_name} binds no /etc/frr/frr.conf")
+    shutil.copyfile(src, os.path.join(d, "bgpd.conf"))
+    with open(os.path.join(d, "zebra.conf"), "w") as f:
+        f.write(f"hostname {node_name}\n")
+    with open(os.path.join(d, "vtysh.conf"), "w") as f:
+        f.write("username root nopassword\n")
+    for path in [d] + [os.path.join(d, f) for f in os.listdir(d)]:
+        shutil.chown(path, "frr", "frr")  # the daemons drop to the frr user, as in FRR's own packages
+    for daemon in daemons:
+        pidfile = os.path.join(d, f"{daemon}.pid")
+        if os.path.exists(pidfile):
+            os.unlink(pidfile)
+        run([f"{FRR_DIR}/{daemon}", "-d", "-u", "frr", "-g", "frr", "-f", os.path.join(d, f"{daemon}.conf"),
+             "-i", pidfile, "-z", os.path.join(d, "zserv.api"), "--vty_socket", d,
+             "--log", f"file:{os.path.join(d, daemon + '.log')}", "-A", "127.0.0.1"], netns=ns)
+        pid = int(_wait(lambda: _read(pidfile), 10, f"{daemon} pid file in {d}"))
+        state.pids[f"frr:{node_name}:{daemon}"] = pid
+        state.save()
+
+
+def stop_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("bgpd", "zebra"), sig: int = signal.SIGTERM) -> None:
+    for daemon in daemons:
+        pid = state.pids.pop(f"frr:{node_name}:{daemon}", None)
+        if pid:
+            stop_pid(pid, sig=sig)
+    state.save()
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def vtysh(state: State, node_name: str, command: str) -> str:
+    d = frr_dir(state, node_name)
+    return run(["vtysh", "--vty_socket", d, "--config_dir", d, "-c", command], netns=state.nodes[node_name]["netns"]).stdout
+
+
+# ---- the lab API server -----------------------------------------------------------------------
+
+def _kubeconfig(server: str) -> str:
+    return (
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n"
+        f"    server: {server}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n"
+        "current-context: lab\nusers:\n- name: lab\n  user:\n    token: lab\n"
+    )
+
+
+def _start_apiserver(state: State) -> None:
+    state.api_port = _free_port()
+    with open(state.kubeconfig, "w") as f:
+        f.write(_kubeconfig(f"http://127.0.0.1:{state.api_port}"))
+    with open(os.path.join(state.dir, "node-kubeconfig"), "w") as f:
+        f.write(_kubeconfig(f"http://127.0.0.1:{API_PORT_IN_NODE}"))
+    start_apiserver(state)
+
+
+def start_apiserver(state: State) -> None:
+    listen = [f"127.0.0.1:{state.api_port}"] + [
+        f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] == "node"]
+    log = open(os.path.join(state.dir, "apiserver.log"), "ab")
+    args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json")]
+    for spec in listen:
+        args += ["--listen", spec]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log.close()
+    line = proc.stdout.readline() if proc.stdout else b""
+    if line.strip() != b"ready":
+        stop_pid(proc.pid)
+        raise LabError(f"lab API server did not start; see {state.dir}/apiserver.log")
+    state.pids["apiserver"] = proc.pid
+    state.save()
+
+
+def stop_apiserver(state: State) -> None:
+    pid = state.pids.pop("apiserver", None)
+    if pid:
+        stop_pid(pid)
+    state.save()
+
+
+def kubectl(state: State, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    env = tool_env({"KUBECACHEDIR": os.path.join(state.dir, "kubecache")})
+    return run(["kubectl", "--kubeconfig", state.kubeconfig, *args], input=input, env=env, check=check)
+
+
+def node_addresses(state: State, node: str) -> list[str]:
+    out = run(["ip", "-j", "addr", "show"], netns=state.nodes[node]["netns"]).stdout
+    addrs = []
+    for link in json.loads(out):
+        for a in link.get("addr_info", []):
+            ip = ipaddress.ip_address(a["local"])
+            if not (ip.is_loopback or ip.is_link_local):
+                addrs.append(str(ip))
+    return sorted(addrs, key=lambda s: (ipaddress.ip_address(s).version, ipaddress.ip_address(s)))
+
+
+def node_object(state: State, node: str) -> dict:
+    info = state.nodes[node]
+    cidrs = [c for c in info["pod_cidrs"].split(",") if c]
+    addresses = [{"type": "InternalIP", "address": a} for a in node_addresses(state, node)]
+    addresses.append({"type": "Hostname", "address": node})
+    obj = {"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}},
+           "spec": {"podCIDR": cidrs[0] if cidrs else "", "podCIDRs": cidrs},
+           "status": {"addresses": addresses,
+                      "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                      "nodeInfo": {"kubeletVersion": "v1.32.0", "osImage": "podbgp lab netns",
+                                   "kernelVersion": os.uname().release, "containerRuntimeVersion": "netns://lab"}}}
+    return obj
+
+
+def _register_nodes(state: State, topo: topo_mod.Topology) -> None:
+    for node in topo.nodes:
+        if node.role == "node":
+            kubectl(state, "create", "-f", "-", input=json.dumps(node_object(state, node.name)))
+
+
+# ---- pods ------------------------------------------------------------------------------------
+
+def cni_config(state: State, node: str) -> dict:
+    cidrs = [c for c in state.nodes[node]["pod_cidrs"].split(",") if c]
+    return {
+        "cniVersion": "1.0.0", "name": "podbgp", "type": "bridge", "bridge": "cni0",
+        "isGateway": True, "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": c}] for c in cidrs],
+                 "dataDir": os.path.join(state.dir, node, "cni")},
+    }
+
+
+def _start_pods(state: State, topo: topo_mod.Topology) -> None:
+    for node in topo.nodes:
+        count = int(node.label("podbgp.io/pods", "0") or 0)
+        for k in range(1, count + 1):
+            add_pod(state, node.name, f"{node.name}-pod{k}")
+
+
+def add_pod(state: State, node: str, pod: str) -> dict:
+    ns = f"{state.name}-{pod}"
+    run(["ip", "netns", "add", ns])
+    state.namespaces.append(ns)
+    state.save()
+    run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"], netns=ns)
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0",
+           "CNI_PATH": CNI_PATH, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    out = run([f"{CNI_PATH}/bridge"], netns=state.nodes[node]["netns"], input=json.dumps(cni_config(state, node)),
+              env=env).stdout
+    result = json.loads(out)
+    entry = {"name": pod, "node": node, "netns": ns, "ipv4": None, "ipv6": None}
+    for ip in result.get("ips", []):
+        addr = ipaddress.ip_interface(ip["address"]).ip
+        entry["ipv4" if addr.version == 4 else "ipv6"] = str(addr)
+    state.pods.append(entry)
+    state.save()
+    return entry
+
+
+# ---- speakers --------------------------------------------------------------------------------
+
+def speaker_runtime_dir(state: State, node: str) -> str:
+    return os.path.join(state.dir, node, "run")
+
+
+def start_speaker(state: State, node: str, log_level: str = "info") -> int:
+    info = state.nodes[node]
+    key = f"speaker:{node}"
+    if key in state.pids and pid_alive(state.pids[key]):
+        raise LabError(f"the speaker of {node} is already running (pid {state.pids[key]})")
+    log = open(os.path.join(state.dir, node, "speaker.log"), "ab")
+    argv = ["ip", "netns", "exec", info["netns"], sys.executable, "-m", "speaker.cli", "speaker",
+            "--config", state.speaker_config, "--node-name", node, "--asn", info["asn"],
+            "--kubeconfig", os.path.join(state.dir, "node-kubeconfig"),
+            "--runtime-dir", speaker_runtime_dir(state, node), "--log-level", log_level]
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                            env=tool_env(), cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log.close()
+    state.pids[key] = proc.pid
+    state.save()
+    return proc.pid
+
+
+def stop_speaker(state: State, node: str, sig: int = signal.SIGTERM) -> None:
+    pid = state.pids.pop(f"speaker:{node}", None)
+    if pid:
+        stop_pid(pid, sig=sig)
+    _stop_leftover_exabgp(state, node)
+    state.save()
+
+
+def _stop_leftover_exabgp(state: State, node: str) -> None:
+    pid = _read(os.path.join(speaker_runtime_dir(state, node), "exabgp.pid"))
+    if pid and pid.isdigit() and pid_alive(int(pid)) and _is_exabgp(int(pid)):
+        stop_pid(int(pid))
+
+
+def _is_exabgp(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"exabgp" in f.read()
+    except OSError:
+        return False
+
+
+def speaker_status(state: State, node: str) -> dict:
+    out = run([sys.executable, "-m", "speaker.cli", "status", "--json"], netns=state.nodes[node]["netns"],
+              env=tool_env(), check=True, timeout=10).stdout
+    return json.loads(out)
+
+
+# ---- down ------------------------------------------------------------------------------------
+
+def down(name: str | None = None) -> None:
+    state = State.load(name)
+    for key in sorted(k for k in state.pids if k.startswith("speaker:")):
+        stop_speaker(state, key.split(":", 1)[1])
+    for node in state.nodes.values():
+        _stop_leftover_exabgp(state, node["name"])
+    for key in sorted(k for k in state.pids if k.startswith("frr:")):
+        stop_pid(state.pids.pop(key))
+    stop_apiserver(state)
+    for ns in reversed(state.namespaces):
+        run(["ip", "netns", "del", ns], check=False)
+    shutil.rmtree(state.dir, ignore_errors=True)
+
+
+def status(name: str | None = None) -> dict:
+    state = State.load(name)
+    nodes = []
+    for n in state.nodes.values():
+        nodes.append({"name": n["name"], "netns": n["netns"], "role": n["role"],
+                      "addresses": node_addresses(state, n["name"]),
+                      "speakerPid": state.pids.get(f"speaker:{n['name']}")})
+    return {"name": state.name, "topology": state.topology, "kubeconfig": state.kubeconfig,
+            "apiserver": {"port": state.api_port, "pid": state.pids.get("apiserver")},
+            "nodes": nodes, "pods": state.pods}
+
+
+def exec_argv(state: State, target: str, argv: list[str]) -> list[str]:
+    """The full command that runs argv inside a node or pod (vtysh pointed at that FRR's paths)."""
+    ns = state.netns(target)
+    if argv and argv[0] == "vtysh" and state.nodes.get(target, {}).get("frr"):
+        d = frr_dir(state, target)
+        argv = ["vtysh", "--vty_socket", d, "--config_dir", d, *argv[1:]]
+    return ["ip", "netns", "exec", ns, *argv]

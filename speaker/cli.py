@@ -1,0 +1,115 @@
+"""The `podbgp` command."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from .config import ConfigError, load
+
+
+class _Group(click.Group):
+    """Adds the command groups other packages register under the `podbgp.commands` entry point."""
+
+    def _plugins(self) -> dict:
+        return {ep.name: ep for ep in entry_points(group="podbgp.commands")}
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in self._plugins():
+            cmd = self._plugins()[name].load()
+        return cmd
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """podbgp: a BGP speaker for underlay Kubernetes Pod networks."""
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML configuration file")
+@click.option("--node-name", help="this node's name (default: $NODE_NAME)")
+@click.option("--asn", type=int, help="local AS number")
+@click.option("--kubeconfig", help="kubeconfig file (default: in-cluster configuration)")
+@click.option("--status-address", help="HOST:PORT of the local status endpoint")
+@click.option("--runtime-dir", help="directory for ExaBGP's config and API socket")
+@click.option("--log-level", default="info", show_default=True)
+def speaker(config_path, node_name, asn, kubeconfig, status_address, runtime_dir, log_level) -> None:
+    """Run the speaker on this node."""
+    _setup_logging(log_level)
+    try:
+        cfg = load(config_path, overrides={"nodeName": node_name, "asn": asn, "kubeconfig": kubeconfig,
+                                           "statusAddress": status_address, "runtimeDir": runtime_dir})
+    except ConfigError as exc:
+        raise click.ClickException(f"config refused: {exc}") from None
+    sys.exit(asyncio.run(_run_speaker(cfg)))
+
+
+async def _run_speaker(cfg) -> int:
+    from reconciler.kernel import KernelTable
+
+    from . import status
+    from .app import Speaker
+    from .watch import KubeNodeClient, NodeWatcher
+
+    def start_watch(emit):
+        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit)
+        watcher.start()
+        return watcher.close
+
+    kernel = KernelTable(protocol=cfg.route_protocol, table=cfg.route_table)
+    sp = Speaker(cfg, kernel, start_watch)
+    server = await status.serve(sp, cfg.status_address)
+    logging.getLogger("speaker").info("speaker.start node=%s asn=%d status=%s", cfg.node_name, cfg.asn, cfg.status_address)
+    try:
+        return await sp.run()
+    finally:
+        server.close()
+        kernel.close()
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+@click.option("--address", default="127.0.0.1:9469", show_default=True, envvar="PODBGP_STATUS_ADDRESS")
+def status_cmd(as_json: bool, address: str) -> None:
+    """Ask the speaker on this node for its peers, routes and rejections."""
+    from . import status
+
+    try:
+        doc = status.fetch(address)
+    except OSError as exc:
+        raise click.ClickException(f"no speaker answers on {address}: {exc}") from None
+    click.echo(json.dumps(doc, indent=2) if as_json else status.render_table(doc))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Configuration tools."""
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def config_check(path: str) -> None:
+    """Validate a configuration file without starting anything."""
+    try:
+        cfg = load(path, env={})
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"ok: node {cfg.node_name} asn {cfg.asn}, {len(cfg.peers)} peer(s), "
+               f"cluster {','.join(map(str, cfg.cluster_cidrs))}, service {','.join(map(str, cfg.service_cidrs)) or '-'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""The speaker's configuration: a typed, validated model from YAML, environment and flags.
+
+Every refusal is a ConfigError with one line naming the field.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from bgp.types import IPAddress, IPNetwork
+
+
+class SpeakerError(Exception):
+    """Base of the speaker package's errors."""
+
+
+class ConfigError(SpeakerError):
+    """The configuration is refused; the message is one line naming the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: IPAddress
+    asn: int
+    hold_time: int = 9
+    password: str | None = None
+    multihop: int | None = None
+    ttl_security: int | None = None
+    families: frozenset[str] = frozenset()  # empty: the family of the address
+
+
+@dataclass(frozen=True, slots=True)
+class PodCIDRConfig:
+    node_local: tuple[IPNetwork, ...] = ()
+    kubelet_config: str = "/var/lib/kubelet/config.yaml"
+    k3s_file: str = "/var/lib/rancher/k3s/agent/pod-cidr"
+    derive: bool = False
+    node_mask_v4: int = 24
+    node_mask_v6: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node_name: str
+    asn: int
+    peers: tuple[Peer, ...]
+    cluster_cidrs: tuple[IPNetwork, ...]
+    service_cidrs: tuple[IPNetwork, ...]
+    node_addresses: tuple[IPAddress, ...] = ()  # empty: the Node's InternalIP of each family
+    pod_cidr: PodCIDRConfig = field(default_factory=PodCIDRConfig)
+    kubeconfig: str | None = None  # None: in-cluster configuration
+    graceful_restart: int = 120
+    convergence_timeout: float = 60.0
+    strict_next_hop: bool = True
+    route_protocol: int = 80
+    route_metric: int = 20
+    route_table: int = 254
+    resync_interval: float = 30.0
+    status_address: str = "127.0.0.1:9469"
+    runtime_dir: str = "/run/podbgp"
+    exabgp: str = "exabgp"
+
+
+def _net(value: Any, where: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a CIDR string, got {value!r}")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise ConfigError(f"{where}: {value} has host bits set (did you mean "
+                              f"{ipaddress.ip_network(value, strict=False)}?)") from None
+        raise ConfigError(f"{where}: {value!r} is not a valid CIDR") from None
+
+
+def _ip(value: Any, where: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not a valid IP address") from None
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not an integer") from None
+    if isinstance(value, bool) or not lo <= n <= hi:
+        raise ConfigError(f"{where}: {value!r} is out of range {lo}..{hi}")
+    return n
+
+
+def _list(raw: dict, key: str) -> list:
+    value = raw.get(key) or []
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected a list")
+    return value
+
+
+_KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR",
+          "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
+          "routeMetric", "routeTable", "resyncInterval", "statusAddress", "runtimeDir", "exabgp"}
+
+
+def parse(raw: dict) -> Config:
+    """Build and validate a Config from a plain mapping (camelCase keys, as in the YAML file)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the top level must be a mapping")
+    unknown = sorted(set(raw) - _KNOWN)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting")
+    name = raw.get("nodeName") or ""
+    if not name:
+        raise ConfigError("nodeName: required (set NODE_NAME, as a DaemonSet's downward API does)")
+    peers = tuple(_peer(p, i) for i, p in enumerate(raw.get("peers") or []))
+    pc = raw.get("podCIDR") or {}
+    if not isinstance(pc, dict):
+        raise ConfigError("podCIDR: expected a mapping")
+    pod_cidr = PodCIDRConfig(
+        node_local=tuple(_net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(_list(pc, "nodeLocal"))),
+        kubelet_config=str(pc.get("kubeletConfig", PodCIDRConfig.kubelet_config)),
+        k3s_file=str(pc.get("k3sFile", PodCIDRConfig.k3s_file)),
+        derive=bool(pc.get("deriveFromClusterCIDR", False)),
+        node_mask_v4=_int(pc.get("nodeMaskV4", 24), "podCIDR.nodeMaskV4", 1, 32),
+        node_mask_v6=_int(pc.get("nodeMaskV6", 64), "podCIDR.nodeMaskV6", 1, 128),
+    )
+    cfg = Config(
+        node_name=str(name),
+        asn=_int(raw.get("asn"), "asn", 1, 4294967295),
+        peers=peers,
+        cluster_cidrs=tuple(_net(c, f"clusterCIDRs[{i}]") for i, c in enumerate(_list(raw, "clusterCIDRs"))),
+        service_cidrs=tuple(_net(c, f"serviceCIDRs[{i}]") for i, c in enumerate(_list(raw, "serviceCIDRs"))),
+        node_addresses=tuple(_ip(a, f"nodeAddresses[{i}]") for i, a in enumerate(_list(raw, "nodeAddresses"))),
+        pod_cidr=pod_cidr,
+        kubeconfig=raw.get("kubeconfig") or None,
+        graceful_restart=_int(raw.get("gracefulRestart", 120), "gracefulRestart", 0, 4095),
+        convergence_timeout=float(raw.get("convergenceTimeout", 60.0)),
+        strict_next_hop=bool(raw.get("strictNextHop", True)),
+        route_protocol=_int(raw.get("routeProtocol", 80), "routeProtocol", 5, 255),
+        route_metric=_int(raw.get("routeMetric", 20), "routeMetric", 0, 2**32 - 1),
+        route_table=_int(raw.get("routeTable", 254), "routeTable", 1, 2**32 - 1),
+        resync_interval=float(raw.get("resyncInterval", 30.0)),
+        status_address=str(raw.get("statusAddress", "127.0.0.1:9469")),
+        runtime_dir=str(raw.get("runtimeDir", "/run/podbgp")),
+        exabgp=str(raw.get("exabgp", "exabgp")),
+    )
+    validate(cfg)
+    return cfg
+
+
+def _peer(raw: Any, i: int) -> Peer:
+    where = f"peers[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with address and asn")
+    fams = frozenset(_list(raw, "families"))
+    bad = sorted(fams - {"ipv4", "ipv6"})
+    if bad:
+        raise ConfigError(f"{where}.families: unknown family {bad[0]!r} (ipv4, ipv6)")
+    return Peer(
+        address=_ip(raw.get("address"), f"{where}.address"),
+        asn=_int(raw.get("asn"), f"{where}.asn", 1, 4294967295),
+        hold_time=_hold(raw.get("holdTime", 9), f"{where}.holdTime"),
+        password=raw.get("password"),
+        multihop=_int(raw["multihop"], f"{where}.multihop", 1, 255) if raw.get("multihop") else None,
+        ttl_security=_int(raw["ttlSecurity"], f"{where}.ttlSecurity", 1, 254) if raw.get("ttlSecurity") else None,
+        families=fams,
+    )
+
+
+def _hold(value: Any, where: str) -> int:
+    n = _int(value, where, 0, 65535)
+    if n in (1, 2):
+        raise ConfigError(f"{where}: {n} is not allowed (0 or at least 3 seconds, RFC 4271)")
+    return n
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks: families, overlaps between the Pod and Service ranges."""
+    if not cfg.peers:
+        raise ConfigError("peers: at least one BGP peer is required")
+    if not cfg.cluster_cidrs:
+        raise ConfigError("clusterCIDRs: at least one cluster (Pod) CIDR is required")
+    for what, nets in (("clusterCIDRs", cfg.cluster_cidrs), ("serviceCIDRs", cfg.service_cidrs)):
+        if len({n.version for n in nets}) != len(nets):
+            raise ConfigError(f"{what}: at most one CIDR per IP family")
+    for i, c in enumerate(cfg.cluster_cidrs):
+        for j, s in enumerate(cfg.service_cidrs):
+            if c.version == s.version and c.overlaps(s):
+                raise ConfigError(f"serviceCIDRs[{j}]: {s} overlaps clusterCIDRs[{i}] {c}; "
+                                  "Pod and Service ranges must be disjoint")
+    for i, c in enumerate(cfg.pod_cidr.node_local):
+        check_pod_cidr(cfg, c, f"podCIDR.nodeLocal[{i}]")
+    for i, p in enumerate(cfg.peers):
+        for fam in p.families:
+            if fam == "ipv6" and p.address.version == 4 or fam == "ipv4" and p.address.version == 6:
+                raise ConfigError(f"peers[{i}].families: {fam} over an IPv{p.address.version} session is not "
+                                  "supported; configure a peer of each family")
+    versions = {c.version for c in cfg.cluster_cidrs}
+    for i, a in enumerate(cfg.node_addresses):
+        if a.version not in versions:
+            raise ConfigError(f"nodeAddresses[{i}]: {a} is IPv{a.version} but no cluster CIDR of that family")
+
+
+def check_pod_cidr(cfg: Config, net: IPNetwork, where: str) -> None:
+    """A PodCIDR must sit inside the cluster CIDR of its family and outside every Service CIDR."""
+    cluster = [c for c in cfg.cluster_cidrs if c.version == net.version]
+    if not cluster:
+        raise ConfigError(f"{where}: {net} is IPv{net.version} but clusterCIDRs has no such family")
+    if not any(net.subnet_of(c) for c in cluster):
+        raise ConfigError(f"{where}: {net} is outside the cluster CIDR {cluster[0]}")
+    for s in cfg.service_cidrs:
+        if s.version == net.version and s.overlaps(net):
+            raise ConfigError(f"{where}: {net} overlaps the Service CIDR {s}")
+
+
+ENV_KEYS = {
+    "NODE_NAME": "nodeName", "PODBGP_ASN": "asn", "PODBGP_KUBECONFIG": "kubeconfig",
+    "PODBGP_CLUSTER_CIDRS": "clusterCIDRs", "PODBGP_SERVICE_CIDRS": "serviceCIDRs",
+    "PODBGP_NODE_ADDRESSES": "nodeAddresses", "PODBGP_STATUS_ADDRESS": "statusAddress",
+    "PODBGP_RUNTIME_DIR": "runtimeDir", "PODBGP_GRACEFUL_RESTART": "gracefulRestart",
+}
+
+
+def load(path: str | None, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """File, then environment, then flags (each later one wins)."""
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                raw = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config: {path} must hold a mapping")
+    env = os.environ if env is None else env
+    for var, key in ENV_KEYS.items():
+        if env.get(var):
+            raw[key] = env[var]
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return parse(raw)
+
