@@ -37,6 +37,15 @@ def exabgp_env(runtime_dir: str) -> dict[str, str]:
     return env
 
 
+def find_exabgp(name: str) -> str:
+    """`exabgp` next to this interpreter (the same install) wins over one found on PATH."""
+    if os.sep not in name:
+        local = os.path.join(os.path.dirname(sys.executable), name)
+        if os.access(local, os.X_OK):
+            return local
+    return name
+
+
 def api_command(socket_path: str) -> list[str]:
     return [sys.executable, "-m", "bgp.api_child", socket_path]
 
@@ -51,7 +60,7 @@ class ExaBGP:
     def __init__(self, runtime_dir: str, exabgp: str, on_line: Callable[[str], None],
                  on_connect: Callable[[], None], on_exit: Callable[[int], None]) -> None:
         self.runtime_dir = runtime_dir
-        self.exabgp = exabgp
+        self.exabgp = find_exabgp(exabgp)
         self.on_line, self.on_connect, self.on_exit = on_line, on_connect, on_exit
         self.conf_path = os.path.join(runtime_dir, "exabgp.conf")
         self.sock_path = os.path.join(runtime_dir, "api.sock")

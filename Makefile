@@ -1,0 +1,54 @@
+# podbgp: `make demo` runs the lab, `make test` runs every test. Both set themselves up.
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PODBGP    := $(VENV)/bin/podbgp
+PYTHON    ?= python3
+APT_PKGS  := frr containernetworking-plugins iproute2 iputils-ping
+PYTEST    ?= $(PY) -m pytest
+export KUBECACHEDIR ?= $(CURDIR)/.kubecache
+
+.PHONY: setup system venv demo test test-unit test-privileged test-lab bench clean
+
+setup: system venv
+
+# System packages, installed as root when missing (FRR, the CNI plugins, ip, ping).
+system:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing system packages:$$missing (run as root to install them)"; exit 1; fi; \
+	  echo "installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi; \
+	if [ "$$(id -u)" = 0 ] && ! getent group frrvty >/dev/null; then \
+	  echo "FRR is half-configured (no frrvty group): running dpkg --configure -a"; dpkg --configure -a; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PODBGP) lab demo
+
+test: setup
+	$(PYTEST) -q tests
+
+test-unit: venv
+	$(PYTEST) -q -m "not privileged and not lab" tests
+
+test-privileged: setup
+	$(PYTEST) -q -m privileged tests
+
+test-lab: setup
+	$(PYTEST) -q -m lab tests
+
+bench: setup
+	$(PY) -m bench.netlink_apply
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .kubecache *.egg-info
