@@ -33,10 +33,10 @@ def check(policy: Policy, path: Path) -> Reason | None:
         return Reason.DEFAULT_ROUTE
     if any(prefix.overlaps(o) for o in policy.own if o.version == prefix.version):
         return Reason.OWN_CIDR
-    if not any(prefix.subnet_of(c) for c in policy.cluster if c.version == prefix.version):
-        return Reason.OUTSIDE_CLUSTER
     if any(prefix.overlaps(s) for s in policy.service if s.version == prefix.version):
         return Reason.SERVICE_RANGE
+    if not any(prefix.subnet_of(c) for c in policy.cluster if c.version == prefix.version):
+        return Reason.OUTSIDE_CLUSTER
     if any(prefix.overlaps(c) for c in policy.connected if c.version == prefix.version):
         return Reason.CONNECTED
     if prefix in policy.disputed:

@@ -55,8 +55,9 @@ def _read_file(path: str) -> str | None:
 
 class Speaker:
     def __init__(self, cfg: Config, kernel: RouteTable, start_watch: Callable[[Callable[[object], None]], Callable[[], None]],
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, bgp_factory: Callable[..., ExaBGP] = ExaBGP) -> None:
         self.cfg = cfg
+        self.bgp_factory = bgp_factory
         self.kernel = kernel
         self.start_watch = start_watch
         self.env = dict(os.environ if env is None else env)
@@ -195,7 +196,7 @@ class Speaker:
         text = render.render(peers, api_command(os.path.join(self.cfg.runtime_dir, "api.sock")))
         if self.exabgp is None:
             self.peer_configs = peers
-            self.exabgp = ExaBGP(self.cfg.runtime_dir, self.cfg.exabgp, self._on_api_line,
+            self.exabgp = self.bgp_factory(self.cfg.runtime_dir, self.cfg.exabgp, self._on_api_line,
                                  self._on_api_connect, self._on_exabgp_exit)
             self.bgp_started_at = time.monotonic()
             asyncio.get_running_loop().call_later(self.cfg.convergence_timeout, self._convergence_timeout)
@@ -232,6 +233,7 @@ class Speaker:
         self.schedule_reconcile()
 
     def _on_api_line(self, line: str) -> None:
+        log.debug("exabgp.line %s", line.rstrip())
         try:
             ev = decode_line(line)
         except DecodeError as exc:

@@ -122,10 +122,11 @@ def parse(raw: dict) -> Config:
     pc = raw.get("podCIDR") or {}
     if not isinstance(pc, dict):
         raise ConfigError("podCIDR: expected a mapping")
+    dflt = PodCIDRConfig()
     pod_cidr = PodCIDRConfig(
         node_local=tuple(_net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(_list(pc, "nodeLocal"))),
-        kubelet_config=str(pc.get("kubeletConfig", PodCIDRConfig.kubelet_config)),
-        k3s_file=str(pc.get("k3sFile", PodCIDRConfig.k3s_file)),
+        kubelet_config=str(pc.get("kubeletConfig", dflt.kubelet_config)),
+        k3s_file=str(pc.get("k3sFile", dflt.k3s_file)),
         derive=bool(pc.get("deriveFromClusterCIDR", False)),
         node_mask_v4=_int(pc.get("nodeMaskV4", 24), "podCIDR.nodeMaskV4", 1, 32),
         node_mask_v6=_int(pc.get("nodeMaskV6", 64), "podCIDR.nodeMaskV6", 1, 128),
@@ -209,14 +210,14 @@ def validate(cfg: Config) -> None:
 
 def check_pod_cidr(cfg: Config, net: IPNetwork, where: str) -> None:
     """A PodCIDR must sit inside the cluster CIDR of its family and outside every Service CIDR."""
+    for s in cfg.service_cidrs:
+        if s.version == net.version and s.overlaps(net):
+            raise ConfigError(f"{where}: {net} overlaps the Service CIDR {s}")
     cluster = [c for c in cfg.cluster_cidrs if c.version == net.version]
     if not cluster:
         raise ConfigError(f"{where}: {net} is IPv{net.version} but clusterCIDRs has no such family")
     if not any(net.subnet_of(c) for c in cluster):
         raise ConfigError(f"{where}: {net} is outside the cluster CIDR {cluster[0]}")
-    for s in cfg.service_cidrs:
-        if s.version == net.version and s.overlaps(net):
-            raise ConfigError(f"{where}: {net} overlaps the Service CIDR {s}")
 
 
 ENV_KEYS = {
