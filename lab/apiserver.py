@@ -147,6 +147,8 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]
+        if self.server.stopping.is_set():
+            self.close_connection = True
         try:
             self._dispatch(method, parts, q)
         except ApiError as err:

@@ -1,0 +1,159 @@
+"""The lab API server against the real clients: the official Python client and kubectl."""
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+from kubernetes import client, config
+
+from lab.apiserver import serve
+from lab.kubestore import Store
+from speaker.watch import KubeNodeClient, NodeEvent, NodeWatcher, Snapshot
+
+
+def node(name, cidr, addr):
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": addr}]}}
+
+
+_servers = []  # the running servers of the current test (a test may restart them)
+
+
+@pytest.fixture
+def api(tmp_path):
+    store = Store(str(tmp_path / "nodes.json"), history=50)
+    servers, stopping = serve(store, [("127.0.0.1", 0, None)])
+    _servers[:] = servers
+    port = servers[0].server_address[1]
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(f"apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\n"
+                  "contexts:\n- name: t\n  context: {cluster: t, user: t}\ncurrent-context: t\nusers:\n- name: t\n  user: {token: t}\n")
+    yield store, str(kc), tmp_path
+    stopping.set()
+    for s in _servers:
+        s.shutdown()
+        s.server_close()
+    _servers.clear()
+
+
+def core(kc):
+    return client.CoreV1Api(config.new_client_from_config(config_file=kc))
+
+
+def test_python_client_crud_and_node_rules(api):
+    store, kc, _ = api
+    v1 = core(kc)
+    v1.create_node(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    with pytest.raises(client.ApiException) as err:
+        v1.create_node(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    assert err.value.status == 409
+    rv = v1.read_node("n1").metadata.resource_version
+    v1.patch_node("n1", {"metadata": {"annotations": {"a": "b"}}})
+    assert v1.read_node("n1").metadata.annotations == {"a": "b"}
+    v1.patch_node("n1", {"metadata": {"annotations": {"a": "b"}}})  # no change: no new version
+    assert int(v1.read_node("n1").metadata.resource_version) == int(rv) + 1
+    with pytest.raises(client.ApiException) as err:
+        v1.patch_node("n1", {"spec": {"podCIDR": "10.42.9.0/24", "podCIDRs": ["10.42.9.0/24"]}})
+    assert err.value.status == 422
+    v1.patch_node("n1", {"status": {"addresses": []}})  # ignored on the main resource
+    assert v1.read_node("n1").status.addresses[0].address == "192.168.50.11"
+    v1.patch_node_status("n1", {"status": {"conditions": [{"type": "NetworkUnavailable", "status": "False"}]}})
+    assert v1.read_node_status("n1").status.conditions[0].type == "NetworkUnavailable"
+    v1.delete_node("n1")
+    with pytest.raises(client.ApiException) as err:
+        v1.read_node("n1")
+    assert err.value.status == 404
+
+
+def test_watch_from_list_version_bookmarks_and_410(api, monkeypatch):
+    import lab.apiserver as srv
+    monkeypatch.setattr(srv, "BOOKMARK_INTERVAL", 0.2)
+    store, kc, _ = api
+    kube = KubeNodeClient(kc, read_timeout=5)
+    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    items, rv = kube.list_nodes()
+    store.create(node("n2", "10.42.2.0/24", "192.168.50.12"))
+    stop = threading.Event()
+    events = list(kube.watch_nodes(rv, 1, stop))
+    kinds = [(e["type"], e["object"]["metadata"].get("name")) for e in events]
+    assert kinds[0] == ("ADDED", "n2")  # only what came after the list
+    assert ("BOOKMARK", None) in kinds
+    for i in range(60):  # push the list's version out of the 50-event history
+        store.update("n2", {**store.get("n2"), "metadata": {**store.get("n2")["metadata"], "labels": {"i": str(i)}}})
+    events = list(kube.watch_nodes(rv, 1, stop))
+    assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
+    from speaker.watch import ApiDown
+    store, kc, _ = api
+    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    store.create(node("n3", "10.42.3.0/24", "192.168.50.13"))
+    got = []
+    w = NodeWatcher(KubeNodeClient(kc, read_timeout=2), got.append, watch_timeout=1, backoff_max=0.5)
+    w.start()
+    try:
+        wait_for(lambda: any(isinstance(e, Snapshot) for e in got))
+        assert len(got[0].nodes) == 2
+        # the API goes away; meanwhile n3 is deleted and the history is compacted past our version
+        port = int(open(kc).read().split("127.0.0.1:")[1].split("'")[0])
+        for srv in list(_servers):
+            srv.stopping.set()
+            srv.shutdown()
+            srv.server_close()
+        wait_for(lambda: any(isinstance(e, ApiDown) for e in got))
+        store.delete("n3")
+        store.events.clear()
+        store.compacted = store.rv + 1
+        servers, stopping = serve(store, [("127.0.0.1", port, None)])
+        _servers.extend(servers)
+        wait_for(lambda: sum(isinstance(e, Snapshot) for e in got) >= 2)
+        snaps = [e for e in got if isinstance(e, Snapshot)]
+        assert [n["metadata"]["name"] for n in snaps[-1].nodes] == ["n1"]
+        store.create(node("n4", "10.42.4.0/24", "192.168.50.14"))
+        wait_for(lambda: any(isinstance(e, NodeEvent) and e.node["metadata"]["name"] == "n4" for e in got))
+    finally:
+        w.close()
+        w.thread.join(timeout=10)
+
+
+def test_store_survives_restart(api):
+    store, _, tmp = api
+    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    again = Store(str(tmp / "nodes.json"))
+    assert again.get("n1")["spec"]["podCIDR"] == "10.42.1.0/24" and again.rv == store.rv
+
+
+@pytest.mark.skipif(not shutil.which("kubectl"), reason="kubectl is not on this machine")
+def test_kubectl_create_get_wide_annotate_delete(api):
+    _, kc, tmp = api
+    env = {**os.environ, "KUBECACHEDIR": str(tmp / "cache")}
+
+    def k(*args, input=None):
+        res = subprocess.run(["kubectl", "--kubeconfig", kc, *args], input=input, capture_output=True, text=True,
+                             env=env, timeout=30)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    k("create", "-f", "-", input=json.dumps(node("node1", "10.42.1.0/24", "192.168.50.11")))
+    wide = k("get", "nodes", "-o", "wide")
+    assert "INTERNAL-IP" in wide.splitlines()[0] and "192.168.50.11" in wide
+    k("annotate", "node", "node1", "podbgp.io/test=yes")
+    assert json.loads(k("get", "node", "node1", "-o", "json"))["metadata"]["annotations"]["podbgp.io/test"] == "yes"
+    k("label", "node", "node1", "rack=r1")
+    k("patch", "node", "node1", "--type", "json", "-p", '[{"op": "add", "path": "/metadata/labels/x", "value": "y"}]')
+    assert json.loads(k("get", "no", "node1", "-o", "json"))["metadata"]["labels"]["x"] == "y"
+    k("delete", "node", "node1")
+    assert "No resources found" in subprocess.run(["kubectl", "--kubeconfig", kc, "get", "nodes"], capture_output=True,
+                                                  text=True, env=env).stderr

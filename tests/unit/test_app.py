@@ -1,0 +1,204 @@
+"""The speaker's wiring with fakes at its three boundaries (Kubernetes, ExaBGP, kernel)."""
+import asyncio
+import ipaddress as ia
+import json
+
+from reconciler.kernel import ApplyResult
+from reconciler.types import KernelRoute
+from speaker import config as cfgmod
+from speaker.app import Speaker
+from speaker.watch import ApiDown, NodeEvent, Snapshot
+
+N = ia.ip_network
+
+
+class FakeKernel:
+    def __init__(self):
+        self.routes = {}
+        self.applied = 0
+
+    def snapshot(self):
+        return list(self.routes.values()), [KernelRoute(N("0.0.0.0/0"), (ia.ip_address("192.168.50.1"),), 0, 4, 254)]
+
+    def connected(self):
+        return frozenset({N("192.168.50.0/24")})
+
+    def apply(self, plan):
+        self.applied += 1
+        for r in plan.delete:
+            self.routes.pop(r.prefix)
+        for r in plan.replace:
+            self.routes[r.prefix] = KernelRoute(r.prefix, r.gateways, r.metric, 80, 254)
+        return ApplyResult(replaced=len(plan.replace), deleted=len(plan.delete))
+
+
+class FakeExaBGP:
+    instances = []
+
+    def __init__(self, runtime_dir, exabgp, on_line, on_connect, on_exit):
+        self.on_line, self.on_connect, self.on_exit = on_line, on_connect, on_exit
+        self.sent = []
+        self.config = None
+        self.pid = None
+        self.proc = None
+        FakeExaBGP.instances.append(self)
+
+    async def start(self, text):
+        self.config = text
+
+    def send(self, lines):
+        self.sent.extend(lines)
+        return True
+
+    async def stop(self):
+        pass
+
+
+def node(name, cidrs, addrs):
+    return {"metadata": {"name": name}, "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+            "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addrs]}}
+
+
+NODES = [node("node1", ["10.42.1.0/24"], ["192.168.50.11"]), node("node2", ["10.42.2.0/24"], ["192.168.50.12"]),
+         node("node3", ["10.42.3.0/24"], ["192.168.50.13"])]
+
+
+def line(kind, **msg):
+    base = {"exabgp": "5.0.0", "type": kind, "neighbor": {"address": {"local": "192.168.50.11", "peer": "192.168.50.1"},
+                                                          "asn": {"local": 65001, "peer": 65000}, **msg}}
+    return json.dumps(base)
+
+
+def announce(prefix, nh):
+    return line("update", message={"update": {"announce": {"ipv4 unicast": {nh: [{"nlri": prefix}]}}}})
+
+
+EOR = line("update", message={"eor": {"afi": "ipv4", "safi": "unicast"}})
+
+
+def make(tmp_path, **kw):
+    cfg = cfgmod.parse({"nodeName": "node1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
+                        "clusterCIDRs": ["10.42.0.0/16"], "serviceCIDRs": ["10.43.0.0/16"],
+                        "runtimeDir": str(tmp_path), "convergenceTimeout": 30, **kw})
+    kernel = FakeKernel()
+    sp = Speaker(cfg, kernel, lambda emit: (lambda: None), env={}, bgp_factory=FakeExaBGP)
+    return sp, kernel
+
+
+async def settle():
+    await asyncio.sleep(0.05)
+
+
+def run(coro):
+    asyncio.run(coro)
+
+
+def test_nothing_before_the_first_list_then_announce_before_eor(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(NodeEvent("ADDED", NODES[0]))
+        await settle()
+        assert sp.exabgp is None and kernel.applied == 0
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        await settle()
+        exa = sp.exabgp
+        assert "neighbor 192.168.50.1" in exa.config and "local-address 192.168.50.11" in exa.config
+        sp._on_api_line(line("state", state="up"))
+        assert exa.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self",
+                            "neighbor 192.168.50.1 announce eor ipv4 unicast"]
+    run(body())
+
+
+def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(line("state", state="up"))
+        for prefix, nh in [("10.42.2.0/24", "192.168.50.12"), ("10.42.3.0/24", "192.168.50.13"),
+                           ("10.42.1.0/24", "192.168.50.11"), ("0.0.0.0/0", "192.168.50.1"),
+                           ("10.42.2.0/24", "192.168.50.12"), ("10.42.99.0/24", "192.168.50.12")]:
+            sp._on_api_line(announce(prefix, nh))
+        await settle()
+        assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
+        assert {r.value: n for r, n in sp.rejected.items()} == {"own-cidr": 1, "default-route": 1, "no-such-node": 1}
+        sp._on_watch(NodeEvent("DELETED", NODES[2]))
+        await settle()
+        assert "10.42.3.0/24" in map(str, kernel.routes), "pruned before convergence"
+        sp._on_api_line(EOR)
+        await settle()
+        assert sp.converged and sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
+        sp._on_watch(NodeEvent("ADDED", NODES[2]))
+        await settle()
+        assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
+    run(body())
+
+
+def test_api_outage_changes_no_route(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(EOR)
+        await settle()
+        before = dict(kernel.routes)
+        sp._on_watch(ApiDown("connection refused"))
+        await settle()
+        assert kernel.routes == before and not sp.api_up
+    run(body())
+
+
+def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(announce("10.42.3.0/24", "192.168.50.13"))
+        sp._on_api_line(EOR)
+        await settle()
+        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await settle()
+        assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
+        assert all(p.stale for p in sp.rib.paths())
+        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(EOR)
+        await settle()
+        assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
+    run(body())
+
+
+def test_session_down_without_graceful_restart_drops_paths(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path, gracefulRestart=0, convergenceTimeout=0.01)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(line("state", state="up"))
+        assert sp.exabgp.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self"]
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        await settle()
+        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
+        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await settle()
+        assert kernel.routes == {}
+    run(body())
+
+
+def test_bad_input_is_counted_not_fatal(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES) + ({"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}},), "10"))
+        sp._on_api_line('{"truncated": ')
+        sp._on_api_line(line("surprise"))
+        await settle()
+        assert sp.counters["decode_errors"] == 1 and sp.counters["node_errors"] == 1
+        assert "bad" in sp.node_errors and sp.exabgp is not None
+    run(body())
+
+
+def test_invalid_own_podcidr_refuses_to_start(tmp_path):
+    async def body():
+        sp, _ = make(tmp_path)
+        sp._on_watch(Snapshot((node("node1", ["10.99.1.0/24"], ["192.168.50.11"]),), "10"))
+        assert sp.exit_code == 2 and sp._stop.is_set() and sp.exabgp is None
+    run(body())
