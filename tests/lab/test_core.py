@@ -1,0 +1,120 @@
+"""Issue: announce, learn, install. Real ExaBGP, a real FRR ToR, CNI pods, the lab API, pings."""
+import json
+import subprocess
+import sys
+
+from lab import demo, runner
+from tests.lab.conftest import poll
+
+NODES = ("node1", "node2", "node3")
+
+
+def installed(state, node):
+    return demo.installed(state, node)
+
+
+def test_every_pod_reaches_every_pod_on_other_nodes_v4_and_v6(lab):
+    ok, total, lines = demo.matrix(lab)
+    assert total == 48 and ok == total, "\n".join(lines)
+
+
+def test_kernel_routes_carry_our_protocol_and_point_at_the_owning_node(lab):
+    out = runner.run(["ip", "-j", "-4", "route", "show", "proto", "80"], netns=lab.nodes["node1"]["netns"]).stdout
+    by_dst = {r["dst"]: r["gateway"] for r in json.loads(out)}
+    assert by_dst == {"10.42.2.0/24": "192.168.50.12", "10.42.3.0/24": "192.168.50.13"}
+    out = runner.run(["ip", "-j", "-6", "route", "show", "proto", "80"], netns=lab.nodes["node1"]["netns"]).stdout
+    assert {r["dst"]: r["gateway"] for r in json.loads(out)} == {"fd00:42:0:2::/64": "fd00:50::12",
+                                                                 "fd00:42:0:3::/64": "fd00:50::13"}
+
+
+def test_lab_commands_status_exec_kubectl(lab):
+    cli = [sys.executable, "-m", "speaker.cli", "lab"]
+    env = runner.tool_env({"PODBGP_LAB": lab.name})
+    doc = json.loads(subprocess.run(cli + ["status", "--json"], capture_output=True, text=True, env=env, check=True).stdout)
+    assert sorted(n["name"] for n in doc["nodes"]) == ["node1", "node2", "node3", "tor"]
+    assert "192.168.50.11" in next(n for n in doc["nodes"] if n["name"] == "node1")["addresses"]
+    pods = {p["name"]: p for p in doc["pods"]}
+    assert len(pods) == 6 and pods["node2-pod1"]["ipv4"].startswith("10.42.2.") and pods["node2-pod1"]["ipv6"]
+    summary = subprocess.run(cli + ["exec", "tor", "--", "vtysh", "-c", "show bgp summary json"], capture_output=True,
+                             text=True, env=env, check=True).stdout
+    peers = json.loads(summary)["ipv4Unicast"]["peers"]
+    assert {p: v["state"] for p, v in peers.items()} == {f"192.168.50.1{i}": "Established" for i in (1, 2, 3)}
+    routes = subprocess.run(cli + ["exec", "node1-pod1", "--", "ip", "route"], capture_output=True, text=True,
+                            env=env, check=True).stdout
+    assert "default via 10.42.1.1" in routes
+    kc = subprocess.run(cli + ["kubeconfig"], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    wide = runner.kubectl(lab, "get", "nodes", "-o", "wide").stdout
+    assert kc == lab.kubeconfig and all(n in wide for n in NODES) and "192.168.50.12" in wide
+
+
+def test_podbgp_status_reports_peers_routes_and_rejections(lab):
+    doc = runner.speaker_status(lab, "node1")
+    assert {p["address"]: p["state"] for p in doc["peers"]} == {"192.168.50.1": "up", "fd00:50::1": "up"}
+    assert doc["announced"] == ["10.42.1.0/24", "fd00:42:0:1::/64"]
+    assert [r["prefix"] for r in doc["installed"]] == ["10.42.2.0/24", "10.42.3.0/24", "fd00:42:0:2::/64",
+                                                       "fd00:42:0:3::/64"]
+    assert doc["rejectedByReason"] == {"own-cidr": 2} and doc["converged"]
+    text = subprocess.run(runner.exec_argv(lab, "node1", ["podbgp", "status"]), capture_output=True, text=True,
+                          env=runner.tool_env(), check=True).stdout
+    assert "192.168.50.1" in text and "INSTALLED" in text and "own-cidr" in text
+
+
+def test_deleting_a_node_withdraws_its_routes_everywhere_and_recreating_restores_them(lab):
+    node3 = json.loads(runner.kubectl(lab, "get", "node", "node3", "-o", "json").stdout)
+    cidrs = {"10.42.3.0/24", "fd00:42:0:3::/64"}
+    runner.kubectl(lab, "delete", "node", "node3", "--wait=false")
+    gone = poll(lambda: all(not (cidrs & installed(lab, n)) for n in ("node1", "node2")), timeout=2)
+    for key in ("resourceVersion", "uid", "creationTimestamp"):
+        node3["metadata"].pop(key, None)
+    runner.kubectl(lab, "create", "-f", "-", input=json.dumps(node3))
+    back = poll(lambda: all(cidrs <= installed(lab, n) for n in ("node1", "node2")), timeout=2)
+    ok, total, lines = demo.matrix(lab)
+    assert ok == total, "\n".join(lines)
+    print(f"node3 routes gone in {gone:.3f}s, back in {back:.3f}s")
+
+
+def tor_config(lab, *lines):
+    args = ["configure terminal", "router bgp 65000", *lines]
+    cmd = []
+    for a in args:
+        cmd += ["-c", a]
+    d = runner.frr_dir(lab, "tor")
+    runner.run(["vtysh", "--vty_socket", d, "--config_dir", d, *cmd], netns=lab.nodes["tor"]["netns"])
+
+
+HOSTILE_V4 = ["0.0.0.0/0", "172.16.99.0/24", "10.43.7.0/24", "10.42.1.0/24"]
+HOSTILE_V6 = ["::/0", "fd00:99::/64", "fd00:43::/112"]
+
+
+def test_hostile_tor_routes_never_reach_a_kernel_and_foreign_routes_stay(lab):
+    n1 = lab.nodes["node1"]["netns"]
+    runner.run(["ip", "route", "add", "10.42.200.0/24", "via", "192.168.50.1", "proto", "static"], netns=n1)
+    runner.run(["ip", "route", "add", "default", "via", "192.168.50.1", "proto", "static"], netns=n1)
+    before = runner.run(["ip", "-4", "route", "show", "proto", "static"], netns=n1).stdout
+    v4 = ["no bgp network import-check", "address-family ipv4 unicast"] + [f"network {p}" for p in HOSTILE_V4]
+    v6 = ["address-family ipv6 unicast"] + [f"network {p}" for p in HOSTILE_V6]
+    try:
+        tor_config(lab, *v4)
+        tor_config(lab, *v6)
+        expected = {"default-route", "outside-cluster-cidr", "service-range"}
+
+        def seen_everywhere():
+            docs = {n: runner.speaker_status(lab, n) for n in NODES}
+            return all(expected <= set(d["rejectedByReason"]) for d in docs.values()) and docs
+
+        poll(seen_everywhere, timeout=15, interval=0.2)
+        docs = {n: runner.speaker_status(lab, n) for n in NODES}
+        assert docs["node1"]["rejectedByReason"]["own-cidr"] >= 1
+        assert docs["node2"]["rejectedByReason"]["next-hop-mismatch"] == 1  # node1's CIDR via the ToR
+        for n in NODES:
+            routes = installed(lab, n)
+            assert not routes & set(HOSTILE_V4 + HOSTILE_V6 + ["default"]), (n, routes)
+            assert "10.42.1.0/24" not in routes
+        assert runner.run(["ip", "-4", "route", "show", "proto", "static"], netns=n1).stdout == before
+    finally:
+        tor_config(lab, "address-family ipv4 unicast", *[f"no network {p}" for p in HOSTILE_V4])
+        tor_config(lab, "address-family ipv6 unicast", *[f"no network {p}" for p in HOSTILE_V6])
+    poll(lambda: {"10.42.1.0/24", "fd00:42:0:1::/64"} <= installed(lab, "node2"), timeout=10)
+    assert runner.run(["ip", "-4", "route", "show", "proto", "static"], netns=n1).stdout == before
+    runner.run(["ip", "route", "del", "10.42.200.0/24", "proto", "static"], netns=n1)
+    runner.run(["ip", "route", "del", "default", "proto", "static"], netns=n1)
