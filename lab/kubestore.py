@@ -44,7 +44,7 @@ class Store:
                 state = json.load(f)
             self.nodes = state["nodes"]
             self.rv = int(state["resourceVersion"])
-            self.compacted = self.rv  # history is not persisted: anything older is gone
+            self.compacted = self.rv + 1  # history is not persisted: a watch from any older version gets 410
 
     # -- persistence ---------------------------------------------------------------------------
     def _save(self) -> None:

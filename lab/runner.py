@@ -325,6 +325,21 @@ def stop_apiserver(state: State) -> None:
     state.save()
 
 
+def delete_from_store(state: State, node: str) -> None:
+    """Remove a Node straight from the stopped API server's store (as if etcd changed meanwhile)."""
+    if "apiserver" in state.pids:
+        raise LabError("stop the lab API server before editing its store")
+    path = os.path.join(state.dir, "nodes.json")
+    with open(path) as f:
+        data = json.load(f)
+    if data["nodes"].pop(node, None) is None:
+        raise LabError(f"no node {node!r} in the store")
+    data["resourceVersion"] = str(int(data["resourceVersion"]) + 1)
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
 def kubectl(state: State, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = tool_env({"KUBECACHEDIR": os.path.join(state.dir, "kubecache")})
     return run(["kubectl", "--kubeconfig", state.kubeconfig, *args], input=input, env=env, check=check)

@@ -8,7 +8,17 @@ from typing import Protocol
 
 from bgp.types import IPNetwork
 
-from .rtnl import Rtnl
+from .rtnl import (
+    RTM_DELROUTE,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+    Rtnl,
+    iter_messages,
+    open_socket,
+)
 from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Plan, Route
 
 log = logging.getLogger(__name__)
@@ -35,10 +45,14 @@ class KernelTable:
     def __init__(self, protocol: int = DEFAULT_PROTOCOL, table: int = MAIN_TABLE, netns: str | None = None):
         self.protocol = protocol
         self.table = table
+        self.netns = netns
         self.rtnl = Rtnl(netns)
 
     def close(self) -> None:
         self.rtnl.close()
+
+    def monitor(self) -> "KernelMonitor":
+        return KernelMonitor(self.protocol, self.netns)
 
     def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
         """(ours, foreign) unicast routes of our table."""
@@ -102,3 +116,44 @@ def _merge_split(routes: list[KernelRoute]) -> list[KernelRoute]:
     return list(merged.values())
 
 
+
+
+class KernelMonitor:
+    """Netlink events that should wake the reconciler: links, addresses, and deletions of our routes.
+
+    A link that comes back up, or a route of ours that someone (or the kernel, on link down)
+    removed, is repaired at once instead of at the next periodic pass.
+    """
+
+    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+
+    def __init__(self, protocol: int, netns: str | None = None) -> None:
+        self.protocol = protocol
+        self.sock = open_socket(netns, groups=self.GROUPS)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> list[str]:
+        """Read what is queued; return the kinds of events that matter (empty: nothing to do)."""
+        kinds: list[str] = []
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return kinds
+            except OSError:  # ENOBUFS: we missed events; a full pass repairs everything
+                kinds.append("overrun")
+                continue
+            for kind, _flags, _seq, payload in iter_messages(data):
+                if kind in (24, 25):  # RTM_NEWROUTE / RTM_DELROUTE
+                    if kind == RTM_DELROUTE and len(payload) > 5 and payload[5] == self.protocol:
+                        kinds.append("route-deleted")
+                elif kind in (16, 17):
+                    kinds.append("link")
+                elif kind in (20, 21):
+                    kinds.append("address")
+
+    def close(self) -> None:
+        self.sock.close()

@@ -37,7 +37,7 @@ from reconciler.policy import Policy, desired_routes
 from reconciler.types import Owner, Reason
 
 from . import announce
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_pod_cidr
 from .nodes import NodeError, NodeInfo, ownership, parse_node
 from .podcidr import Discovered, discover
 from .watch import ApiDown, NodeEvent, Snapshot
@@ -95,18 +95,38 @@ class Speaker:
             self.loop.add_signal_handler(sig, self._stop.set)
         stop_watch = self.start_watch(lambda ev: self.loop.call_soon_threadsafe(self._on_watch, ev))
         resync = asyncio.create_task(self._resync_loop(), name="resync")
+        monitor = self._start_monitor()
         try:
             await self._stop.wait()
         finally:
             log.info("speaker.stop leaving kernel routes in place")
             stop_watch()
             resync.cancel()
+            if monitor is not None:
+                self.loop.remove_reader(monitor.fileno())
+                monitor.close()
             if self.exabgp:
                 await self.exabgp.stop()
         return self.exit_code
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _start_monitor(self):
+        make = getattr(self.kernel, "monitor", None)
+        if make is None:
+            return None
+        monitor = make()
+
+        def on_event() -> None:
+            kinds = monitor.drain()
+            if kinds:
+                self.counters["kernel_events"] += 1
+                log.debug("kernel.event kinds=%s", ",".join(sorted(set(kinds))))
+                self.schedule_reconcile(0.02)
+
+        self.loop.add_reader(monitor.fileno(), on_event)
+        return monitor
 
     async def _resync_loop(self) -> None:
         while True:
@@ -153,6 +173,13 @@ class Speaker:
             log.warning("node.invalid %s", exc)
             return
         self.node_errors.pop(info.name, None)
+        for i, cidr in enumerate(info.pod_cidrs):
+            try:
+                check_pod_cidr(self.cfg, cidr, f"node {info.name}: spec.podCIDRs[{i}]")
+            except ConfigError as exc:
+                self.counters["node_errors"] += 1
+                self.node_errors[info.name] = str(exc)
+                log.warning("node.invalid %s", exc)
         if self.nodes.get(info.name) != info:
             log.info("node.%s name=%s podCIDRs=%s addresses=%s", kind.lower(), info.name,
                      ",".join(map(str, info.pod_cidrs)) or "-", ",".join(map(str, info.addresses)) or "-")
@@ -229,7 +256,10 @@ class Speaker:
     def _on_exabgp_exit(self, rc: int) -> None:
         self.counters["exabgp_restarts"] += 1
         for p in self.peer_configs:
-            self._peer_down(p.key, f"exabgp exited rc={rc}")
+            if self.peer_state.get(p.key) == SessionState.UP:
+                self._peer_down(p.key, f"exabgp exited rc={rc}")
+            else:
+                self.peer_state[p.key] = SessionState.DOWN
         self.schedule_reconcile()
 
     def _on_api_line(self, line: str) -> None:
@@ -276,7 +306,9 @@ class Speaker:
             self.sent.pop(ev.peer, None)
             self.eor[ev.peer].clear()
             self._announce_to(ev.peer)
-        elif ev.state == SessionState.DOWN and prev != SessionState.DOWN:
+        elif ev.state == SessionState.DOWN and prev == SessionState.UP:
+            # only the end of an established session touches the RIB; the failed connection
+            # attempts that follow (connected -> down, again and again) must not drop stale paths
             self._peer_down(ev.peer, ev.reason)
             self.schedule_reconcile()
 
@@ -334,10 +366,14 @@ class Speaker:
 
     # ---- kernel side -------------------------------------------------------------------------
     def schedule_reconcile(self, delay: float = 0.01) -> None:
-        if self._reconcile_handle is not None:
-            return
+        """Run a reconcile pass after `delay` (an earlier pending pass absorbs a later request)."""
         loop = asyncio.get_running_loop()
+        if self._reconcile_handle is not None:
+            if self._reconcile_handle.when() - loop.time() <= delay:
+                return
+            self._reconcile_handle.cancel()
         self._reconcile_handle = loop.call_later(delay, self._reconcile)
+
 
     def policy(self) -> Policy:
         own = frozenset(self.own.cidrs) if self.own else frozenset()
@@ -352,6 +388,14 @@ class Speaker:
                 log.warning("node.cidr.disputed cidr=%s nodes=%s", cidr, ",".join(names))
         for key in [k for k in self.node_errors if k.startswith("disputed:")]:
             if key.split(":", 1)[1] not in {str(c) for c in view.disputed}:
+                del self.node_errors[key]
+        for name, reason in view.unusable.items():
+            if self.node_errors.get(f"unusable:{name}") != reason:
+                self.node_errors[f"unusable:{name}"] = reason
+                self.counters["node_errors"] += 1
+                log.warning("node.unusable %s", reason)
+        for key in [k for k in self.node_errors if k.startswith("unusable:")]:
+            if key.split(":", 1)[1] not in view.unusable:
                 del self.node_errors[key]
         return Policy(
             own=own,
@@ -371,7 +415,11 @@ class Speaker:
         desired, rejected = desired_routes(self.policy(), self.rib.paths())
         ours, foreign = self.kernel.snapshot()
         p = plan(desired, ours, foreign, prune=self.converged)
+        if self.counters["reconciles"] == 0 and ours:
+            log.info("routes.adopted count=%d kept until convergence, then unconfirmed ones are swept", len(ours))
         result = self.kernel.apply(p) if not p.empty else None
+        if result is not None and result.failed:
+            self.schedule_reconcile(1.0)  # e.g. a gateway not reachable yet; try again soon
         self.rejections = rejected
         counts: dict[Reason, int] = collections.Counter(r.reason for r in rejected)
         counts.update({Reason.FOREIGN_ROUTE: len(p.blocked)} if p.blocked else {})

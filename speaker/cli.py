@@ -65,7 +65,7 @@ async def _run_speaker(cfg) -> int:
     from .watch import KubeNodeClient, NodeWatcher
 
     def start_watch(emit):
-        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit)
+        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit, backoff_max=cfg.api_backoff_max)
         watcher.start()
         return watcher.close
 

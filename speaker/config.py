@@ -60,6 +60,7 @@ class Config:
     route_metric: int = 20
     route_table: int = 254
     resync_interval: float = 30.0
+    api_backoff_max: float = 5.0
     status_address: str = "127.0.0.1:9469"
     runtime_dir: str = "/run/podbgp"
     exabgp: str = "exabgp"
@@ -105,7 +106,7 @@ def _list(raw: dict, key: str) -> list:
 
 _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
-          "routeMetric", "routeTable", "resyncInterval", "statusAddress", "runtimeDir", "exabgp"}
+          "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp"}
 
 
 def parse(raw: dict) -> Config:
@@ -147,6 +148,7 @@ def parse(raw: dict) -> Config:
         route_metric=_int(raw.get("routeMetric", 20), "routeMetric", 0, 2**32 - 1),
         route_table=_int(raw.get("routeTable", 254), "routeTable", 1, 2**32 - 1),
         resync_interval=float(raw.get("resyncInterval", 30.0)),
+        api_backoff_max=float(raw.get("apiBackoffMax", 5.0)),
         status_address=str(raw.get("statusAddress", "127.0.0.1:9469")),
         runtime_dir=str(raw.get("runtimeDir", "/run/podbgp")),
         exabgp=str(raw.get("exabgp", "exabgp")),

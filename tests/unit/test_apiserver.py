@@ -157,3 +157,18 @@ def test_kubectl_create_get_wide_annotate_delete(api):
     k("delete", "node", "node1")
     assert "No resources found" in subprocess.run(["kubectl", "--kubeconfig", kc, "get", "nodes"], capture_output=True,
                                                   text=True, env=env).stderr
+
+
+def test_restarted_store_sends_410_to_watches_from_before_an_offline_change(tmp_path):
+    from lab.kubestore import ApiError
+    path = str(tmp_path / "nodes.json")
+    store = Store(path)
+    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
+    store.create(node("n3", "10.42.3.0/24", "192.168.50.13"))
+    seen = store.rv
+    store.delete("n3")  # happens while a client is away; then the server restarts
+    again = Store(path)
+    with pytest.raises(ApiError) as err:
+        again.events_after(seen, 0.1)
+    assert err.value.code == 410
+    assert again.events_after(again.rv, 0.1) == ([], again.rv)

@@ -202,3 +202,20 @@ def test_invalid_own_podcidr_refuses_to_start(tmp_path):
         sp._on_watch(Snapshot((node("node1", ["10.99.1.0/24"], ["192.168.50.11"]),), "10"))
         assert sp.exit_code == 2 and sp._stop.is_set() and sp.exabgp is None
     run(body())
+
+
+def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(EOR)
+        await settle()
+        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        for _ in range(3):  # the ToR is still away: connection attempts fail
+            sp._on_api_line(line("state", state="connected"))
+            sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await settle()
+        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.rib.count() == 1
+    run(body())

@@ -1,0 +1,48 @@
+"""A continuous ping between two lab Pods, stopped by PID, with what it counted."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class PingResult:
+    sent: int
+    received: int
+    replies: list[float]  # reply timestamps (ping -D)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+class Pinger:
+    """ping -i 0.01 (100 packets/s) from a Pod namespace; bounded by -w so it always ends."""
+
+    def __init__(self, netns: str, dst: str, interval: float = 0.01, bound_s: int = 240) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", str(interval), "-W", "1", "-w", str(bound_s), dst],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.started = time.time()
+
+    def stop(self) -> PingResult:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, _ = self.proc.communicate()
+        m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
+        if not m:
+            raise AssertionError(f"no ping summary in: {out[-500:]}")
+        replies = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", out, re.M)]
+        return PingResult(int(m.group(1)), int(m.group(2)), replies)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
