@@ -79,23 +79,30 @@ class KernelTable:
             failed = self.rtnl.write(plan.replace, self.protocol, self.table, delete=False)
             result.failed.update(failed)
             result.replaced = len(plan.replace) - len(failed)
-            for route in plan.replace:
-                if route in failed:
-                    log.warning("route.replace.failed prefix=%s via=%s error=%s", route.prefix,
-                                _gws(route), os.strerror(failed[route]))
-                else:
-                    log.info("route.replace prefix=%s via=%s", route.prefix, _gws(route))
+            _log_changes("route.replace", plan.replace, failed)
         if plan.delete:
             routes = [Route(r.prefix, r.gateways, r.metric) for r in plan.delete]
             failed = self.rtnl.write(routes, self.protocol, self.table, delete=True)
             result.failed.update(failed)
             result.deleted = len(routes) - len(failed)
-            for route in routes:
-                if route in failed:
-                    log.warning("route.delete.failed prefix=%s error=%s", route.prefix, os.strerror(failed[route]))
-                else:
-                    log.info("route.delete prefix=%s via=%s", route.prefix, _gws(route))
+            _log_changes("route.delete", routes, failed)
         return result
+
+
+LOG_EACH = 64  # above this many changes in one pass, one summary line instead of a line each
+
+
+def _log_changes(event: str, routes: tuple[Route, ...] | list[Route], failed: dict[Route, int]) -> None:
+    for route, errno in failed.items():
+        log.warning("%s.failed prefix=%s via=%s error=%s", event, route.prefix, _gws(route), os.strerror(errno))
+    if not log.isEnabledFor(logging.INFO):
+        return
+    if len(routes) > LOG_EACH:
+        log.info("%s count=%d failed=%d", event, len(routes) - len(failed), len(failed))
+        return
+    for route in routes:
+        if not failed or route not in failed:
+            log.info("%s prefix=%s via=%s", event, route.prefix, _gws(route))
 
 
 def _gws(route: Route) -> str:

@@ -45,46 +45,39 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = _RTA.size + len(payload)
-    return _RTA.pack(size, kind) + payload + b"\0" * (_align(size) - size)
-
-
-def _u32(v: int) -> bytes:
-    return struct.pack("=I", v)
-
-
-def _family(version: int) -> int:
-    return socket.AF_INET if version == 4 else socket.AF_INET6
-
-
 # ---- packing (pure) -------------------------------------------------------------------------
 
-def pack_route(route: Route, seq: int, protocol: int, table: int, delete: bool = False) -> bytes:
+_MSG = struct.Struct("=IHHIIBBBBBBBBI")  # nlmsghdr + rtmsg, one pack per message
+_ATTR_U32 = struct.Struct("=HHI")
+_NEW_FLAGS = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE
+_DEL_FLAGS = NLM_F_REQUEST
+
+
+def pack_route(route: Route, seq: int, protocol: int, table: int, delete: bool = False, ack: bool = False) -> bytes:
+    """One RTM_NEWROUTE (replace) or RTM_DELROUTE message. Addresses are 4 or 16 bytes, so
+    every attribute is already 4-byte aligned and no padding is needed. Without `ack` the kernel
+    answers only if the request fails."""
     prefix = route.prefix
-    attrs = [
-        _attr(RTA_TABLE, _u32(table)),
-        _attr(RTA_DST, prefix.network_address.packed),
-        _attr(RTA_PRIORITY, _u32(route.metric)),
-    ]
+    v4 = prefix.version == 4
+    alen = 4 if v4 else 16
+    body = [_ATTR_U32.pack(8, RTA_TABLE, table), _ATTR_U32.pack(8, RTA_PRIORITY, route.metric),
+            _RTA.pack(4 + alen, RTA_DST), prefix.network_address.packed]
     if not delete:
-        if len(route.gateways) == 1:
-            attrs.append(_attr(RTA_GATEWAY, route.gateways[0].packed))
-        elif route.gateways:
-            hops = b""
-            for gw in route.gateways:
-                inner = _attr(RTA_GATEWAY, gw.packed)
-                hops += _RTNH.pack(_RTNH.size + len(inner), 0, 0, 0) + inner
-            attrs.append(_attr(RTA_MULTIPATH, hops))
-    body = _RTM.pack(
-        _family(prefix.version), prefix.prefixlen, 0, 0, table if table < 256 else 0,
+        gws = route.gateways
+        if len(gws) == 1:
+            body += (_RTA.pack(4 + alen, RTA_GATEWAY), gws[0].packed)
+        elif gws:
+            hop = _RTNH.size + 4 + alen
+            body.append(_RTA.pack(4 + hop * len(gws), RTA_MULTIPATH))
+            for gw in gws:
+                body += (_RTNH.pack(hop, 0, 0, 0), _RTA.pack(4 + alen, RTA_GATEWAY), gw.packed)
+    payload = b"".join(body)
+    return _MSG.pack(
+        _MSG.size + len(payload), RTM_DELROUTE if delete else RTM_NEWROUTE,
+        (_DEL_FLAGS if delete else _NEW_FLAGS) | (NLM_F_ACK if ack else 0),
+        seq, 0, socket.AF_INET if v4 else socket.AF_INET6, prefix.prefixlen, 0, 0, table if table < 256 else 0,
         protocol, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0,
-    ) + b"".join(attrs)
-    if delete:
-        kind, flags = RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK
-    else:
-        kind, flags = RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
-    return _NLH.pack(_NLH.size + len(body), kind, flags, seq, 0) + body
+    ) + payload
 
 
 def pack_dump(kind: int, family: int = socket.AF_UNSPEC) -> bytes:
@@ -117,34 +110,47 @@ def iter_attrs(payload: memoryview, start: int) -> Iterator[tuple[int, memoryvie
 
 
 def _ip(raw: memoryview) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    return ipaddress.ip_address(bytes(raw))
+    raw = bytes(raw)
+    return ipaddress.IPv4Address(raw) if len(raw) == 4 else ipaddress.IPv6Address(raw)
+
+
+_V4NET, _V6NET = ipaddress.IPv4Network, ipaddress.IPv6Network
+_V4, _V6 = ipaddress.IPv4Address, ipaddress.IPv6Address
+_U32 = struct.Struct("=I")
 
 
 def parse_route(payload: memoryview) -> KernelRoute | None:
-    """A unicast route from an RTM_NEWROUTE payload, or None for other kinds."""
+    """A unicast route from an RTM_NEWROUTE payload, or None for other kinds (hot: no generators)."""
     family, dst_len, _src, _tos, table, proto, _scope, rtype, _flags = _RTM.unpack_from(payload, 0)
-    if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
+    if rtype != RTN_UNICAST or (family != socket.AF_INET and family != socket.AF_INET6):
         return None
-    dst = None
+    v4 = family == socket.AF_INET
+    dst = 0
     gws: list = []
     metric = oif = 0
-    for kind, value in iter_attrs(payload, _RTM.size):
-        if kind == RTA_TABLE:
-            table = struct.unpack_from("=I", value)[0]
-        elif kind == RTA_DST:
-            dst = bytes(value)
+    off, end = _RTM.size, len(payload)
+    while off + 4 <= end:
+        length, kind = _RTA.unpack_from(payload, off)
+        if length < 4:
+            break
+        kind &= 0x3FFF
+        if kind == RTA_DST:
+            dst = int.from_bytes(payload[off + 4: off + length], "big")
+        elif kind == RTA_TABLE:
+            table = _U32.unpack_from(payload, off + 4)[0]
         elif kind == RTA_GATEWAY:
-            gws.append(_ip(value))
+            gws.append(_ip(payload[off + 4: off + length]))
         elif kind == RTA_PRIORITY:
-            metric = struct.unpack_from("=I", value)[0]
+            metric = _U32.unpack_from(payload, off + 4)[0]
         elif kind == RTA_OIF:
-            oif = struct.unpack_from("=I", value)[0]
+            oif = _U32.unpack_from(payload, off + 4)[0]
         elif kind == RTA_MULTIPATH:
-            gws.extend(_multipath(value))
-    if dst is None:
-        dst = bytes(4 if family == socket.AF_INET else 16)
-    prefix = ipaddress.ip_network((ipaddress.ip_address(dst), dst_len), strict=False)
-    return KernelRoute(prefix, tuple(sorted(gws)), metric, proto, table, oif)
+            gws.extend(_multipath(payload[off + 4: off + length]))
+        off += (length + 3) & ~3
+    prefix = _V4NET((dst, dst_len)) if v4 else _V6NET((dst, dst_len))
+    if len(gws) > 1:
+        gws.sort()
+    return KernelRoute(prefix, tuple(gws), metric, proto, table, oif)
 
 
 def _multipath(value: memoryview) -> Iterator:
@@ -221,6 +227,8 @@ class Rtnl:
     def __init__(self, netns: str | None = None) -> None:
         self.sock = open_socket(netns)
         self._seq = 1000
+        self._rbuf = bytearray(1 << 18)
+        self._dbuf = bytearray(1 << 20)
 
     def close(self) -> None:
         self.sock.close()
@@ -228,8 +236,8 @@ class Rtnl:
     def _dump(self, request: bytes) -> Iterator[tuple[int, memoryview]]:
         self.sock.send(request)
         while True:
-            data = self.sock.recv(1 << 20)
-            for kind, _flags, _seq, payload in iter_messages(data):
+            n = self.sock.recv_into(self._dbuf)
+            for kind, _flags, _seq, payload in iter_messages(memoryview(self._dbuf)[:n]):
                 if kind == NLMSG_DONE:
                     return
                 if kind == NLMSG_ERROR:
@@ -256,6 +264,8 @@ class Rtnl:
     def write(self, routes: Iterable[Route], protocol: int, table: int, delete: bool) -> dict[Route, int]:
         """Replace (or delete) many routes; returns {route: errno} for those the kernel refused.
 
+        Messages go out many per sendto; only the last of each chunk asks for an ACK, which tells
+        that the kernel has processed the whole chunk (it answers failures in any case).
         Deleting a route that is already gone is success.
         """
         failed: dict[Route, int] = {}
@@ -276,13 +286,20 @@ class Rtnl:
         return failed
 
     def _flush(self, buf: list[bytes], pending: dict[int, Route], failed: dict[Route, int], delete: bool) -> None:
+        last = bytearray(buf[-1])
+        flags, last_seq = struct.unpack_from("=HI", last, 6)
+        struct.pack_into("=H", last, 6, flags | NLM_F_ACK)
+        buf[-1] = bytes(last)
         self.sock.send(b"".join(buf))
-        while pending:
-            data = self.sock.recv(1 << 20)
-            for kind, _flags, seq, payload in iter_messages(data):
+        done = False
+        while not done:
+            n = self.sock.recv_into(self._rbuf)
+            for kind, _flags, seq, payload in iter_messages(memoryview(self._rbuf)[:n]):
                 if kind != NLMSG_ERROR or seq not in pending:
                     continue
-                route = pending.pop(seq)
                 err = -_ERR.unpack_from(payload, 0)[0]
                 if err and not (delete and err in (E.ESRCH, E.ENOENT)):
-                    failed[route] = err
+                    failed[pending[seq]] = err
+                if seq == last_seq:
+                    done = True
+        pending.clear()
