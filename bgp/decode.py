@@ -16,6 +16,7 @@ from .types import (
     IgnoredEvent,
     IPAddress,
     IPNetwork,
+    OpenEvent,
     Path,
     SessionState,
     ShutdownEvent,
@@ -58,11 +59,23 @@ def _decode_message(msg: dict[str, Any]) -> Event:
             state=_STATES.get(str(msg["neighbor"]["state"]), SessionState.IDLE),
             reason=str(msg["neighbor"].get("reason", "")),
         )
+    if kind == "open":
+        if msg["neighbor"].get("direction") != "receive":
+            return IgnoredEvent(kind="open-sent")
+        return _decode_open(_peer(msg), _obj(msg["neighbor"]["open"], "open"))
     if kind == "update":
         return _decode_update(_peer(msg), _obj(msg["neighbor"].get("message"), "message"))
     if isinstance(kind, str):
         return IgnoredEvent(kind=kind)
     raise DecodeError(f"message without a type: {sorted(msg)[:6]}")
+
+
+def _decode_open(peer: str, opened: dict[str, Any]) -> OpenEvent:
+    caps = _obj(opened.get("capabilities", {}), "open.capabilities")
+    gr = caps.get("64")
+    if gr is None:
+        return OpenEvent(peer=peer, graceful_restart=None)
+    return OpenEvent(peer=peer, graceful_restart=int(_obj(gr, "graceful restart capability").get("time", 0)))
 
 
 def _peer(msg: dict[str, Any]) -> str:

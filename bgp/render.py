@@ -66,6 +66,7 @@ def _neighbor(p: PeerConfig) -> list[str]:
         "        neighbor-changes;",
         "        receive {",
         "            parsed;",
+        "            open;",
         "            update;",
         "        }",
         "    }",

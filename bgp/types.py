@@ -90,6 +90,14 @@ class UpdateEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenEvent:
+    """The peer's OPEN: its graceful-restart time if it advertised the capability, else None."""
+
+    peer: str
+    graceful_restart: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class EorEvent:
     peer: str
     family: str  # "ipv4" | "ipv6"
@@ -112,7 +120,7 @@ class IgnoredEvent:
     kind: str
 
 
-Event = StateEvent | UpdateEvent | EorEvent | AckEvent | ShutdownEvent | IgnoredEvent
+Event = StateEvent | UpdateEvent | OpenEvent | EorEvent | AckEvent | ShutdownEvent | IgnoredEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from bgp.types import (
     DecodeError,
     EorEvent,
     Event,
+    OpenEvent,
     PeerConfig,
     SessionState,
     ShutdownEvent,
@@ -72,6 +73,7 @@ class Speaker:
         self.peer_state: dict[str, SessionState] = {}
         self.peer_reason: dict[str, str] = {}
         self.eor: dict[str, set[str]] = collections.defaultdict(set)
+        self.peer_gr: dict[str, int | None] = {}  # the restart time each peer advertised
         self.stale_timers: dict[str, asyncio.TimerHandle] = {}
         self.rib = Rib()
         self.exabgp: ExaBGP | None = None
@@ -278,6 +280,8 @@ class Speaker:
                 self.schedule_reconcile()
         elif isinstance(ev, StateEvent):
             self._on_state(ev)
+        elif isinstance(ev, OpenEvent):
+            self.peer_gr[ev.peer] = ev.graceful_restart
         elif isinstance(ev, EorEvent):
             self.eor[ev.peer].add(ev.family)
             log.info("bgp.eor peer=%s family=%s", ev.peer, ev.family)
@@ -329,16 +333,18 @@ class Speaker:
         self.peer_state[peer] = SessionState.DOWN
         self.peer_reason[peer] = reason
         self.sent.pop(peer, None)
-        had_eor = bool(self.eor[peer])
         self.eor[peer].clear()
-        keep = self.cfg.graceful_restart > 0 and had_eor
-        log.info("bgp.peer.down peer=%s reason=%r paths=%d kept_stale=%s", peer, reason, self.rib.count(peer), keep)
+        # graceful restart is negotiated when both sides advertised it: keep the peer's paths,
+        # marked stale, for the restart time the peer advertised (RFC 4724)
+        restart = self.peer_gr.get(peer) or 0
+        keep = self.cfg.graceful_restart > 0 and restart > 0
+        log.info("bgp.peer.down peer=%s reason=%r paths=%d kept_stale_for=%ss", peer, reason, self.rib.count(peer),
+                 restart if keep else 0)
         if self.rib.peer_down(peer, keep_stale=keep) and keep:
             old = self.stale_timers.pop(peer, None)
             if old:
                 old.cancel()
-            self.stale_timers[peer] = asyncio.get_running_loop().call_later(
-                self.cfg.graceful_restart, self._end_stale, peer)
+            self.stale_timers[peer] = asyncio.get_running_loop().call_later(restart, self._end_stale, peer)
 
     def _end_stale(self, peer: str) -> None:
         timer = self.stale_timers.pop(peer, None)

@@ -76,6 +76,17 @@ def announce(prefix, nh):
 EOR = line("update", message={"eor": {"afi": "ipv4", "safi": "unicast"}})
 
 
+def opened(gr_time=120):
+    caps = {"1": {"name": "multiprotocol", "families": ["ipv4/unicast"]}}
+    if gr_time is not None:
+        caps["64"] = {"name": "graceful restart", "time": gr_time, "address-family-flags": {"ipv4/unicast": []}}
+    return line("open", direction="receive", open={"version": 4, "asn": 65000, "hold_time": 9,
+                                                   "router_id": "192.168.50.1", "capabilities": caps})
+
+
+UP = line("state", state="up")
+
+
 def make(tmp_path, **kw):
     cfg = cfgmod.parse({"nodeName": "node1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
                         "clusterCIDRs": ["10.42.0.0/16"], "serviceCIDRs": ["10.43.0.0/16"],
@@ -152,7 +163,8 @@ def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(opened(120))
+        sp._on_api_line(UP)
         sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
         sp._on_api_line(announce("10.42.3.0/24", "192.168.50.13"))
         sp._on_api_line(EOR)
@@ -208,7 +220,8 @@ def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(line("state", state="up"))
+        sp._on_api_line(opened(120))
+        sp._on_api_line(UP)
         sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
         sp._on_api_line(EOR)
         await settle()
@@ -218,4 +231,36 @@ def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
             sp._on_api_line(line("state", state="down", reason="closing connection"))
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.rib.count() == 1
+    run(body())
+
+
+def test_stale_paths_last_the_restart_time_the_peer_advertised(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(opened(1))  # the peer asks for a 1 s restart time
+        sp._on_api_line(UP)
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(EOR)
+        await settle()
+        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await settle()
+        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
+        await asyncio.sleep(1.2)
+        assert kernel.routes == {} and sp.rib.count() == 0
+    run(body())
+
+
+def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
+    async def body():
+        sp, kernel = make(tmp_path)
+        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        sp._on_api_line(opened(None))
+        sp._on_api_line(UP)
+        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp._on_api_line(EOR)
+        await settle()
+        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await settle()
+        assert kernel.routes == {}
     run(body())

@@ -143,3 +143,12 @@ def test_fuzz_truncated_reference_lines(cut):
         decode_line(line[:cut])
     except DecodeError:
         pass
+
+
+def test_open_carries_the_peers_graceful_restart_time():
+    from bgp.types import OpenEvent
+    with open(os.path.join(EXA, "open-5.0.15.jsonl")) as f:
+        events = [decode_line(x) for x in f]
+    assert OpenEvent("fd00:50::1", 120) in events and OpenEvent("192.168.50.1", 120) in events
+    sent = _update({}).replace('"update"', '"open"', 1).replace('"receive"', '"send"')
+    assert decode_line(sent) == IgnoredEvent("open-sent")
