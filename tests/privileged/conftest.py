@@ -9,6 +9,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/privileged/" in str(item.fspath):
             item.add_marker(pytest.mark.privileged)
+            if os.geteuid() != 0:
+                item.add_marker(pytest.mark.skip(reason="needs root"))
 
 
 @pytest.fixture
