@@ -5,14 +5,6 @@ import uuid
 import pytest
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "/lab/" in str(item.fspath):
-            item.add_marker(pytest.mark.lab)
-            if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="needs root"))
-
-
 @pytest.fixture(scope="module")
 def lab():
     """The default topology up under a name unique to this run; torn down on every path."""

@@ -5,14 +5,6 @@ import uuid
 import pytest
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "/privileged/" in str(item.fspath):
-            item.add_marker(pytest.mark.privileged)
-            if os.geteuid() != 0:
-                item.add_marker(pytest.mark.skip(reason="needs root"))
-
-
 @pytest.fixture
 def netns():
     """A fresh network namespace with a veth pair (eth0 up, 192.168.77.1/24, fd00:77::1/64); removed on every path."""

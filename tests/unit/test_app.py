@@ -96,6 +96,24 @@ def make(tmp_path, **kw):
     return sp, kernel
 
 
+DOWN = line("state", state="down", reason="closing connection")
+
+
+async def established(sp, *routes, gr=120):
+    """The Node list, then a session (advertising graceful restart `gr`) that sends routes and EoR."""
+    sp._on_watch(Snapshot(tuple(NODES), "10"))
+    sp._on_api_line(opened(gr))
+    sp._on_api_line(UP)
+    for prefix, nh in routes:
+        sp._on_api_line(announce(prefix, nh))
+    sp._on_api_line(EOR)
+    await settle()
+
+
+N2 = ("10.42.2.0/24", "192.168.50.12")
+N3 = ("10.42.3.0/24", "192.168.50.13")
+
+
 async def settle():
     await asyncio.sleep(0.05)
 
@@ -162,14 +180,8 @@ def test_api_outage_changes_no_route(tmp_path):
 def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(opened(120))
-        sp._on_api_line(UP)
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(announce("10.42.3.0/24", "192.168.50.13"))
-        sp._on_api_line(EOR)
-        await settle()
-        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await established(sp, N2, N3, gr=120)
+        sp._on_api_line(DOWN)
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
         assert all(p.stale for p in sp.rib.paths())
@@ -190,7 +202,7 @@ def test_session_down_without_graceful_restart_drops_paths(tmp_path):
         sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
-        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        sp._on_api_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
@@ -219,16 +231,11 @@ def test_invalid_own_podcidr_refuses_to_start(tmp_path):
 def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(opened(120))
-        sp._on_api_line(UP)
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(EOR)
-        await settle()
-        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await established(sp, N2, gr=120)
+        sp._on_api_line(DOWN)
         for _ in range(3):  # the ToR is still away: connection attempts fail
             sp._on_api_line(line("state", state="connected"))
-            sp._on_api_line(line("state", state="down", reason="closing connection"))
+            sp._on_api_line(DOWN)
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.rib.count() == 1
     run(body())
@@ -243,7 +250,7 @@ def test_stale_paths_last_the_restart_time_the_peer_advertised(tmp_path):
         sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
         sp._on_api_line(EOR)
         await settle()
-        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        sp._on_api_line(DOWN)
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
         await asyncio.sleep(1.2)
@@ -254,13 +261,8 @@ def test_stale_paths_last_the_restart_time_the_peer_advertised(tmp_path):
 def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(opened(None))
-        sp._on_api_line(UP)
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(EOR)
-        await settle()
-        sp._on_api_line(line("state", state="down", reason="closing connection"))
+        await established(sp, N2, gr=None)
+        sp._on_api_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
