@@ -255,7 +255,7 @@ def start_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("zebra",
         run([f"{FRR_DIR}/{daemon}", "-d", "-u", "frr", "-g", "frr", "-f", os.path.join(d, f"{daemon}.conf"),
              "-i", pidfile, "-z", os.path.join(d, "zserv.api"), "--vty_socket", d,
              "--log", f"file:{os.path.join(d, daemon + '.log')}", "-A", "127.0.0.1"], netns=ns)
-        pid = int(_wait(lambda: _read(pidfile), 10, f"{daemon} pid file in {d}"))
+        pid = int(_wait(lambda path=pidfile: _read(path), 10, f"{daemon} pid file in {d}"))
         state.pids[f"frr:{node_name}:{daemon}"] = pid
         state.save()
 

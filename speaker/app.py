@@ -30,7 +30,6 @@ from bgp.types import (
     ShutdownEvent,
     StateEvent,
     UpdateEvent,
-    family_of,
 )
 from reconciler.kernel import RouteTable
 from reconciler.plan import plan

@@ -86,6 +86,13 @@ def derived_index(name: str, count: int) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % count
 
 
+def _carve(cluster: IPNetwork, mask: int, name: str) -> IPNetwork:
+    """The /mask subnet of cluster that the hash of name picks."""
+    count = 2 ** min(mask - cluster.prefixlen, 62)
+    size = 2 ** ((32 if cluster.version == 4 else 128) - mask)
+    return ipaddress.ip_network((int(cluster.network_address) + derived_index(name, count) * size, mask))
+
+
 def derive(cfg: Config, name: str, other_names: list[str], taken: list[IPNetwork]) -> Discovered:
     """A PodCIDR carved from the cluster CIDR by a hash of the node name; collisions refused."""
     cidrs = []
@@ -93,12 +100,9 @@ def derive(cfg: Config, name: str, other_names: list[str], taken: list[IPNetwork
         mask = cfg.pod_cidr.node_mask_v4 if cluster.version == 4 else cfg.pod_cidr.node_mask_v6
         if mask <= cluster.prefixlen:
             raise ConfigError(f"podCIDR.nodeMaskV{cluster.version}: /{mask} is not smaller than {cluster}")
-        count = 2 ** min(mask - cluster.prefixlen, 62)
-        size = 2 ** ((32 if cluster.version == 4 else 128) - mask)
-        pick = lambda n: ipaddress.ip_network((int(cluster.network_address) + derived_index(n, count) * size, mask))  # noqa: E731
-        mine = pick(name)
+        mine = _carve(cluster, mask, name)
         for other in other_names:
-            if pick(other) == mine:
+            if _carve(cluster, mask, other) == mine:
                 raise ConfigError(f"podCIDR.deriveFromClusterCIDR: {mine} derived for {name} collides with node "
                                   f"{other}; assign podCIDRs explicitly")
         for net in taken:

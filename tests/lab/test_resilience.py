@@ -7,7 +7,6 @@ import signal
 import subprocess
 import time
 
-import pytest
 
 from lab import demo, runner
 from tests.lab.conftest import poll
