@@ -158,3 +158,12 @@ def test_derivation_is_opt_in_deterministic_and_detects_collisions():
     tiny = cfg(clusterCIDRs=["10.42.0.0/23"], podCIDR={"deriveFromClusterCIDR": True, "nodeMaskV4": 24})
     with pytest.raises(ConfigError, match="collides"):
         derive(tiny, "node1", [f"other{i}" for i in range(8)], [])
+
+
+def test_speaker_command_refuses_a_bad_config_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodeName: n1\nasn: 65001\npeers: [{address: 192.168.50.1, asn: 65000}]\n"
+                   "clusterCIDRs: [10.42.0.0/16]\nserviceCIDRs: [10.42.0.0/24]\n")
+    res = CliRunner().invoke(main, ["speaker", "--config", str(bad)])
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines()[-1].startswith("Error: config refused: serviceCIDRs[0]:")
