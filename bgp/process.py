@@ -84,22 +84,20 @@ class ExaBGP:
         self._config = config_text
         self._task = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
 
-    def write_config(self, text: str) -> bool:
-        """Write the config file; return True if it changed (a reload is then worth it)."""
-        try:
-            with open(self.conf_path) as f:
-                if f.read() == text:
-                    return False
-        except OSError:
-            pass
+    def reconfigure(self, config_text: str) -> None:
+        """Use a new configuration: ExaBGP is restarted with it (the supervisor respawns it)."""
+        self._config = config_text
+        if self.proc and self.proc.returncode is None:
+            self.proc.terminate()
+
+    def _write_config(self) -> None:
         tmp = self.conf_path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(text)
+            f.write(self._config)
         os.replace(tmp, self.conf_path)
-        return True
 
     async def _spawn(self) -> None:
-        self.write_config(self._config)
+        self._write_config()
         self.proc = await asyncio.create_subprocess_exec(
             self.exabgp, "server", self.conf_path,
             env=exabgp_env(self.runtime_dir), stdin=asyncio.subprocess.DEVNULL,

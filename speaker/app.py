@@ -199,7 +199,6 @@ class Speaker:
                 self._stop.set()
                 return
             found = self.own  # keep announcing what was valid
-        
         if found != self.own:
             if found is None:
                 log.warning("podcidr.none node=%s nothing to announce", self.cfg.node_name)
@@ -234,9 +233,7 @@ class Speaker:
         elif peers != self.peer_configs:
             log.info("bgp.config.changed restarting exabgp")
             self.peer_configs = peers
-            self.exabgp._config = text
-            if self.exabgp.proc and self.exabgp.proc.returncode is None:
-                self.exabgp.proc.terminate()
+            self.exabgp.reconfigure(text)
 
     def _sync_announcements(self) -> None:
         if self.exabgp is None:

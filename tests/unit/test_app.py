@@ -266,3 +266,30 @@ def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
         await settle()
         assert kernel.routes == {}
     run(body())
+
+
+def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
+    from speaker import status
+
+    async def body():
+        sp, kernel = make(tmp_path)
+        await established(sp, N2, ("0.0.0.0/0", "192.168.50.1"), ("10.42.3.0/24", "192.168.50.12"))
+        sp._on_watch(NodeEvent("ADDED", {"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}}))
+        sp._on_api_line("{ truncated")
+        await settle()
+        doc = status.status_doc(sp)
+        assert doc["peers"][0]["state"] == "up" and doc["peers"][0]["endOfRib"] == ["ipv4"]
+        assert doc["announced"] == ["10.42.1.0/24"] and doc["converged"]
+        assert [r["prefix"] for r in doc["installed"]] == ["10.42.2.0/24"]
+        assert doc["rejectedByReason"] == {"default-route": 1, "next-hop-mismatch": 1}
+        assert "bad" in doc["nodeErrors"]
+        text = status.metrics_text(doc)
+        assert 'podbgp_peer_up{peer="192.168.50.1",asn="65000"} 1' in text
+        assert 'podbgp_rejected_routes{reason="next-hop-mismatch"} 1' in text
+        assert "podbgp_installed_routes 1" in text
+        assert 'podbgp_events_total{event="decode_errors"} 1' in text
+        assert 'podbgp_events_total{event="node_errors"} 1' in text
+        assert status._respond(sp, "/readyz")[0] == "200 OK"
+        table = status.render_table(doc)
+        assert "10.42.3.0/24 via 192.168.50.12 from 192.168.50.1: next-hop-mismatch" in table
+    run(body())
