@@ -17,10 +17,6 @@ def eor(peer: str, family: str) -> str:
     return f"neighbor {peer} announce eor {family} unicast"
 
 
-def route_refresh(peer: str, family: str) -> str:
-    return f"neighbor {peer} announce route-refresh {family} unicast"
-
-
 def sync(peer: str, families: frozenset[str], old: frozenset[Announcement], new: frozenset[Announcement]) -> list[str]:
     """Commands that take one peer from announcing `old` to announcing `new` (sorted, deterministic)."""
     wanted = {a for a in new if family_of(a.prefix) in families}

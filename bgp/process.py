@@ -21,7 +21,7 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
-def exabgp_env(runtime_dir: str) -> dict[str, str]:
+def exabgp_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("exabgp")}
     env.update({
         "exabgp_daemon_user": "root",
@@ -32,7 +32,6 @@ def exabgp_env(runtime_dir: str) -> dict[str, str]:
         "exabgp_log_destination": "stdout",
         "exabgp_log_level": "INFO",
         "exabgp_cache_attributes": "true",
-        "ETC": runtime_dir,
     })
     return env
 
@@ -100,7 +99,7 @@ class ExaBGP:
         self._write_config()
         self.proc = await asyncio.create_subprocess_exec(
             self.exabgp, "server", self.conf_path,
-            env=exabgp_env(self.runtime_dir), stdin=asyncio.subprocess.DEVNULL,
+            env=exabgp_env(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent,
         )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -122,11 +122,3 @@ class IgnoredEvent:
 
 Event = StateEvent | UpdateEvent | OpenEvent | EorEvent | AckEvent | ShutdownEvent | IgnoredEvent
 
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    address: str
-    state: SessionState
-    eor: frozenset[str] = field(default_factory=frozenset)
-    paths: int = 0
-    reason: str = ""

@@ -94,10 +94,6 @@ class Store:
                     return [], self.rv
                 self.cond.wait(left)
 
-    def current_rv(self) -> int:
-        with self.cond:
-            return self.rv
-
     # -- writes --------------------------------------------------------------------------------
     def create(self, obj: dict) -> dict:
         obj = copy.deepcopy(obj)

@@ -77,7 +77,6 @@ class Speaker:
         self.rib = Rib()
         self.exabgp: ExaBGP | None = None
         self.converged = False
-        self.bgp_started_at: float | None = None
         self.counters: collections.Counter[str] = collections.Counter()
         self.rejected: dict[Reason, int] = {}
         self.rejections: list = []
@@ -225,7 +224,6 @@ class Speaker:
             self.peer_configs = peers
             self.exabgp = self.bgp_factory(self.cfg.runtime_dir, self.cfg.exabgp, self._on_api_line,
                                  self._on_api_connect, self._on_exabgp_exit)
-            self.bgp_started_at = time.monotonic()
             asyncio.get_running_loop().call_later(self.cfg.convergence_timeout, self._convergence_timeout)
             asyncio.get_running_loop().create_task(self.exabgp.start(text))
             for p in peers:

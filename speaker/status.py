@@ -40,6 +40,7 @@ def status_doc(sp: Any) -> dict:
         "nodeErrors": dict(sorted(sp.node_errors.items())),
         "counters": dict(sorted(sp.counters.items())),
         "exabgpPid": sp.exabgp.pid if sp.exabgp else None,
+        "lastReconcile": sp.last_reconcile,
     }
 
 
