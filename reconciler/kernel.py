@@ -9,7 +9,11 @@ from typing import Protocol
 from bgp.types import IPNetwork
 
 from .rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
     RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
     RTMGRP_IPV4_IFADDR,
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
@@ -154,12 +158,12 @@ class KernelMonitor:
                 kinds.append("overrun")
                 continue
             for kind, _flags, _seq, payload in iter_messages(data):
-                if kind in (24, 25):  # RTM_NEWROUTE / RTM_DELROUTE
-                    if kind == RTM_DELROUTE and len(payload) > 5 and payload[5] == self.protocol:
+                if kind == RTM_DELROUTE:
+                    if len(payload) > 5 and payload[5] == self.protocol:  # rtmsg.rtm_protocol
                         kinds.append("route-deleted")
-                elif kind in (16, 17):
+                elif kind in (RTM_NEWLINK, RTM_DELLINK):
                     kinds.append("link")
-                elif kind in (20, 21):
+                elif kind in (RTM_NEWADDR, RTM_DELADDR):
                     kinds.append("address")
 
     def close(self) -> None:

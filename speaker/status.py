@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import urllib.request
 from typing import Any
+
+from bgp.types import SessionState
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +19,7 @@ def status_doc(sp: Any) -> dict:
     for p in sp.peer_configs:
         peers.append({
             "address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
-            "state": sp.peer_state.get(p.key, "idle").value if hasattr(sp.peer_state.get(p.key), "value") else "idle",
+            "state": sp.peer_state.get(p.key, SessionState.IDLE).value,
             "reason": sp.peer_reason.get(p.key, ""), "families": sorted(p.families),
             "endOfRib": sorted(sp.eor.get(p.key, ())), "paths": sp.rib.count(p.key),
         })
@@ -45,7 +48,6 @@ def status_doc(sp: Any) -> dict:
 
 
 def _net_key(text: str) -> tuple:
-    import ipaddress
     n = ipaddress.ip_network(text)
     return (n.version, int(n.network_address), n.prefixlen)
 
@@ -107,7 +109,7 @@ def _respond(sp: Any, path: str) -> tuple[str, str, str]:
     if path in ("/healthz", "/livez"):
         return "200 OK", "text/plain", "ok\n"
     if path == "/readyz":
-        ready = sp.synced and any(s == "up" or getattr(s, "value", None) == "up" for s in sp.peer_state.values())
+        ready = sp.synced and SessionState.UP in sp.peer_state.values()
         return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", ("ok\n" if ready else "not ready\n")
     return "404 Not Found", "text/plain", "not found\n"
 
