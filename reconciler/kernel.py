@@ -8,21 +8,7 @@ from typing import Protocol
 
 from bgp.types import IPNetwork
 
-from .rtnl import (
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_DELROUTE,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV4_ROUTE,
-    RTMGRP_IPV6_IFADDR,
-    RTMGRP_IPV6_ROUTE,
-    RTMGRP_LINK,
-    Rtnl,
-    iter_messages,
-    open_socket,
-)
+from .rtnl import Rtnl
 from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Plan, Route
 
 log = logging.getLogger(__name__)
@@ -55,7 +41,9 @@ class KernelTable:
     def close(self) -> None:
         self.rtnl.close()
 
-    def monitor(self) -> "KernelMonitor":
+    def monitor(self):
+        from .monitor import KernelMonitor
+
         return KernelMonitor(self.protocol, self.netns)
 
     def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
@@ -125,46 +113,3 @@ def _merge_split(routes: list[KernelRoute]) -> list[KernelRoute]:
         else:
             merged[k] = r
     return list(merged.values())
-
-
-
-
-class KernelMonitor:
-    """Netlink events that should wake the reconciler: links, addresses, and deletions of our routes.
-
-    A link that comes back up, or a route of ours that someone (or the kernel, on link down)
-    removed, is repaired at once instead of at the next periodic pass.
-    """
-
-    GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-
-    def __init__(self, protocol: int, netns: str | None = None) -> None:
-        self.protocol = protocol
-        self.sock = open_socket(netns, groups=self.GROUPS)
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def drain(self) -> list[str]:
-        """Read what is queued; return the kinds of events that matter (empty: nothing to do)."""
-        kinds: list[str] = []
-        while True:
-            try:
-                data = self.sock.recv(1 << 20)
-            except BlockingIOError:
-                return kinds
-            except OSError:  # ENOBUFS: we missed events; a full pass repairs everything
-                kinds.append("overrun")
-                continue
-            for kind, _flags, _seq, payload in iter_messages(data):
-                if kind == RTM_DELROUTE:
-                    if len(payload) > 5 and payload[5] == self.protocol:  # rtmsg.rtm_protocol
-                        kinds.append("route-deleted")
-                elif kind in (RTM_NEWLINK, RTM_DELLINK):
-                    kinds.append("link")
-                elif kind in (RTM_NEWADDR, RTM_DELADDR):
-                    kinds.append("address")
-
-    def close(self) -> None:
-        self.sock.close()
