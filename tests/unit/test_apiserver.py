@@ -11,7 +11,6 @@ from kubernetes import client, config
 
 from lab.apiserver import serve
 from lab.kubestore import Store
-from speaker.watch import KubeNodeClient, NodeEvent, NodeWatcher, Snapshot
 
 
 def node(name, cidr, addr):
@@ -67,65 +66,6 @@ def test_python_client_crud_and_node_rules(api):
     with pytest.raises(client.ApiException) as err:
         v1.read_node("n1")
     assert err.value.status == 404
-
-
-def test_watch_from_list_version_bookmarks_and_410(api, monkeypatch):
-    import lab.apiserver as srv
-    monkeypatch.setattr(srv, "BOOKMARK_INTERVAL", 0.2)
-    store, kc, _ = api
-    kube = KubeNodeClient(kc, read_timeout=5)
-    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
-    items, rv = kube.list_nodes()
-    store.create(node("n2", "10.42.2.0/24", "192.168.50.12"))
-    stop = threading.Event()
-    events = list(kube.watch_nodes(rv, 1, stop))
-    kinds = [(e["type"], e["object"]["metadata"].get("name")) for e in events]
-    assert kinds[0] == ("ADDED", "n2")  # only what came after the list
-    assert ("BOOKMARK", None) in kinds
-    for i in range(60):  # push the list's version out of the 50-event history
-        store.update("n2", {**store.get("n2"), "metadata": {**store.get("n2")["metadata"], "labels": {"i": str(i)}}})
-    events = list(kube.watch_nodes(rv, 1, stop))
-    assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
-
-
-def wait_for(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
-def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
-    from speaker.watch import ApiDown
-    store, kc, _ = api
-    store.create(node("n1", "10.42.1.0/24", "192.168.50.11"))
-    store.create(node("n3", "10.42.3.0/24", "192.168.50.13"))
-    got = []
-    w = NodeWatcher(KubeNodeClient(kc, read_timeout=2), got.append, watch_timeout=1, backoff_max=0.5)
-    w.start()
-    try:
-        wait_for(lambda: any(isinstance(e, Snapshot) for e in got))
-        assert len(got[0].nodes) == 2
-        # the API goes away; meanwhile n3 is deleted and the history is compacted past our version
-        port = int(open(kc).read().split("127.0.0.1:")[1].split("'")[0])
-        for srv in list(_servers):
-            srv.stopping.set()
-            srv.shutdown()
-            srv.server_close()
-        wait_for(lambda: any(isinstance(e, ApiDown) for e in got))
-        store.delete("n3")
-        store.events.clear()
-        store.compacted = store.rv + 1
-        servers, stopping = serve(store, [("127.0.0.1", port, None)])
-        _servers.extend(servers)
-        wait_for(lambda: sum(isinstance(e, Snapshot) for e in got) >= 2)
-        snaps = [e for e in got if isinstance(e, Snapshot)]
-        assert [n["metadata"]["name"] for n in snaps[-1].nodes] == ["n1"]
-        store.create(node("n4", "10.42.4.0/24", "192.168.50.14"))
-        wait_for(lambda: any(isinstance(e, NodeEvent) and e.node["metadata"]["name"] == "n4" for e in got))
-    finally:
-        w.close()
-        w.thread.join(timeout=10)
 
 
 def test_store_survives_restart(api):
