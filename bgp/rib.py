@@ -1,7 +1,10 @@
-"""The RIB of paths learned from peers, keyed by peer and prefix. Pure; no I/O."""
+"""The RIB of paths learned from peers, indexed by peer and by prefix. Pure; no I/O.
+
+Every change reports the prefixes it touched, so the reconciler recomputes only those.
+"""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from .types import IPNetwork, Path, UpdateEvent
@@ -9,55 +12,74 @@ from .types import IPNetwork, Path, UpdateEvent
 
 class Rib:
     def __init__(self) -> None:
-        self._paths: dict[str, dict[IPNetwork, Path]] = {}
-        self.generation = 0  # bumped on every real change; cheap "did anything change" test
+        self._by_peer: dict[str, dict[IPNetwork, Path]] = {}
+        self._by_prefix: dict[IPNetwork, dict[str, Path]] = {}
 
-    def apply(self, ev: UpdateEvent) -> bool:
-        """Apply one UPDATE; return True if the RIB changed."""
-        table = self._paths.setdefault(ev.peer, {})
-        changed = False
+    def _drop(self, peer: str, prefix: IPNetwork) -> None:
+        paths = self._by_prefix.get(prefix)
+        if paths is not None:
+            paths.pop(peer, None)
+            if not paths:
+                del self._by_prefix[prefix]
+
+    def apply(self, ev: UpdateEvent) -> set[IPNetwork]:
+        """Apply one UPDATE; return the prefixes whose paths changed."""
+        table = self._by_peer.setdefault(ev.peer, {})
+        changed: set[IPNetwork] = set()
         for prefix in ev.withdrawn:
             if table.pop(prefix, None) is not None:
-                changed = True
+                self._drop(ev.peer, prefix)
+                changed.add(prefix)
         for path in ev.announced:
             if table.get(path.prefix) != path:
                 table[path.prefix] = path
-                changed = True
-        if changed:
-            self.generation += 1
+                self._by_prefix.setdefault(path.prefix, {})[ev.peer] = path
+                changed.add(path.prefix)
         return changed
 
-    def peer_down(self, peer: str, keep_stale: bool) -> bool:
-        """A session went down: drop its paths, or keep them marked stale (graceful restart)."""
-        table = self._paths.get(peer)
+    def peer_down(self, peer: str, keep_stale: bool) -> set[IPNetwork]:
+        """A session went down: drop its paths (returned), or keep them marked stale (graceful restart).
+
+        Marking stale changes no kernel route, so it reports no prefix."""
+        table = self._by_peer.get(peer)
         if not table:
-            return False
+            return set()
         if keep_stale:
             for prefix, path in table.items():
-                table[prefix] = replace(path, stale=True)
-        else:
-            del self._paths[peer]
-        self.generation += 1
-        return True
+                if not path.stale:
+                    stale = replace(path, stale=True)
+                    table[prefix] = stale
+                    self._by_prefix[prefix][peer] = stale
+            return set()
+        del self._by_peer[peer]
+        for prefix in table:
+            self._drop(peer, prefix)
+        return set(table)
 
-    def sweep_stale(self, peer: str) -> int:
+    def sweep_stale(self, peer: str) -> set[IPNetwork]:
         """Remove the peer's paths still stale (after its End-of-RIB or restart timer)."""
-        table = self._paths.get(peer, {})
-        stale = [p for p, path in table.items() if path.stale]
+        table = self._by_peer.get(peer, {})
+        stale = {p for p, path in table.items() if path.stale}
         for prefix in stale:
             del table[prefix]
-        if stale:
-            self.generation += 1
-        return len(stale)
+            self._drop(peer, prefix)
+        return stale
+
+    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
+        paths = self._by_prefix.get(prefix)
+        return paths.values() if paths else ()
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        return self._by_prefix.keys()
 
     def paths(self) -> Iterator[Path]:
-        for peer in sorted(self._paths):
-            yield from self._paths[peer].values()
+        for peer in sorted(self._by_peer):
+            yield from self._by_peer[peer].values()
 
     def count(self, peer: str | None = None) -> int:
         if peer is not None:
-            return len(self._paths.get(peer, {}))
-        return sum(len(t) for t in self._paths.values())
+            return len(self._by_peer.get(peer, {}))
+        return sum(len(t) for t in self._by_peer.values())
 
     def peers(self) -> list[str]:
-        return sorted(self._paths)
+        return sorted(self._by_peer)

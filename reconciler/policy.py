@@ -6,7 +6,7 @@ rejected with a reason.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from bgp.types import IPNetwork, Path
@@ -20,8 +20,8 @@ class Policy:
     cluster: frozenset[IPNetwork]
     service: frozenset[IPNetwork]
     connected: frozenset[IPNetwork]
-    owners: Mapping[IPNetwork, Owner]  # vouched PodCIDRs of other nodes
-    disputed: frozenset[IPNetwork] = frozenset()
+    owners: Mapping[IPNetwork, Owner]  # vouched PodCIDRs (anything with .addresses), kept live by the caller
+    disputed: Container[IPNetwork] = frozenset()
     strict_next_hop: bool = True
     metric: int = 20
 
@@ -66,3 +66,17 @@ def desired_routes(policy: Policy, paths: Iterable[Path]) -> tuple[dict[IPNetwor
         for prefix, gws in gateways.items()
     }
     return routes, rejected
+
+
+def evaluate(policy: Policy, prefix: IPNetwork, paths: Iterable[Path]) -> tuple[Route | None, tuple[Rejection, ...]]:
+    """The kernel route wanted for one prefix given its learned paths, and the paths refused."""
+    gateways = set()
+    rejected = []
+    for path in paths:
+        reason = check(policy, path)
+        if reason is None:
+            gateways.add(path.next_hop)
+        else:
+            rejected.append(Rejection(path.prefix, path.peer, path.next_hop, reason))
+    route = Route(prefix=prefix, gateways=tuple(sorted(gateways)), metric=policy.metric) if gateways else None
+    return route, tuple(sorted(rejected, key=lambda r: r.peer))

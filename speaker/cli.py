@@ -59,6 +59,7 @@ def speaker(config_path, node_name, asn, kubeconfig, status_address, runtime_dir
 
 async def _run_speaker(cfg) -> int:
     from reconciler.kernel import KernelTable
+    from reconciler.monitor import KernelMonitor
 
     from . import status
     from .app import Speaker
@@ -70,13 +71,15 @@ async def _run_speaker(cfg) -> int:
         return watcher.close
 
     kernel = KernelTable(protocol=cfg.route_protocol, table=cfg.route_table)
-    sp = Speaker(cfg, kernel, start_watch)
+    monitor = KernelMonitor(cfg.route_protocol, table=cfg.route_table)
+    sp = Speaker(cfg, kernel, start_watch, monitor=monitor)
     server = await status.serve(sp, cfg.status_address)
     logging.getLogger("speaker").info("speaker.start node=%s asn=%d status=%s", cfg.node_name, cfg.asn, cfg.status_address)
     try:
         return await sp.run()
     finally:
         server.close()
+        monitor.close()
         kernel.close()
 
 

@@ -4,7 +4,10 @@ Pure: raw Node dicts in, values out. Bad input raises NodeError naming the node 
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import ipaddress
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +15,11 @@ from typing import Any
 from bgp.types import IPAddress, IPNetwork
 
 from .config import SpeakerError
+
+log = logging.getLogger(__name__)
+
+
+ANNOTATION_PREFIX = "podbgp.io/"
 
 
 class NodeError(SpeakerError):
@@ -64,7 +72,10 @@ def parse_node(obj: Any) -> NodeInfo:
         except ValueError:
             raise NodeError(f"node {name}: status.addresses[{i}].address {a.get('address')!r} is invalid") from None
     ann = meta.get("annotations") or {}
-    annotations = tuple(sorted((str(k), str(v)) for k, v in ann.items())) if isinstance(ann, dict) else ()
+    # only podbgp's own annotations are kept: others change for reasons that are none of ours,
+    # and a Node whose used fields are unchanged must compare equal
+    annotations = tuple(sorted((str(k), str(v)) for k, v in ann.items() if str(k).startswith(ANNOTATION_PREFIX))) \
+        if isinstance(ann, dict) else ()
     return NodeInfo(name=name, pod_cidrs=tuple(cidrs), addresses=tuple(addrs), annotations=annotations)
 
 
@@ -106,3 +117,140 @@ def ownership(nodes: Iterable[NodeInfo]) -> Ownership:
             continue
         owners[c] = (n.name, frozenset(a for a in n.addresses if a.version == c.version))
     return Ownership(owners=owners, disputed={c: tuple(sorted(v)) for c, v in disputed.items()}, unusable=unusable)
+
+
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """The API's verdict on one claimed PodCIDR: its owner's name and addresses of that family."""
+
+    node: str
+    addresses: frozenset[IPAddress]
+
+
+def _span(net: IPNetwork) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+class NodeView:
+    """The Nodes as the speaker uses them, and who owns each PodCIDR, kept up to date per change.
+
+    `upsert` and `delete` return the PodCIDRs whose verdict (owner, disputed, unusable) changed,
+    at a cost proportional to the Node's CIDRs and the claims overlapping them, never to the
+    number of Nodes. `ownership()` above is the same verdict computed from scratch.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeInfo] = {}
+        self.owners: dict[IPNetwork, Owned] = {}
+        self.disputed: dict[IPNetwork, tuple[str, ...]] = {}
+        self.unusable_at: dict[IPNetwork, tuple[str, str]] = {}  # CIDR -> (node, reason)
+        self._claims: dict[IPNetwork, set[str]] = {}
+        self._starts: dict[int, list[tuple[int, int]]] = {4: [], 6: []}  # sorted (start, prefixlen)
+        self._lengths: dict[int, collections.Counter[int]] = {4: collections.Counter(), 6: collections.Counter()}
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def get(self, name: str) -> NodeInfo | None:
+        return self.nodes.get(name)
+
+    @property
+    def unusable(self) -> dict[str, str]:
+        ordered = sorted(self.unusable_at.items(), key=lambda kv: (kv[0].version, int(kv[0].network_address), kv[0].prefixlen))
+        return {name: reason for _c, (name, reason) in ordered}
+
+    # ---- changes -----------------------------------------------------------------------------
+    def upsert(self, info: NodeInfo) -> set[IPNetwork]:
+        old = self.nodes.get(info.name)
+        if old == info:
+            return set()
+        touched = set(old.pod_cidrs) if old else set()
+        self._unclaim(old)
+        self.nodes[info.name] = info
+        self._claim(info)
+        return self._reassess(touched | set(info.pod_cidrs))
+
+    def delete(self, name: str) -> set[IPNetwork]:
+        old = self.nodes.pop(name, None)
+        if old is None:
+            return set()
+        self._unclaim(old)
+        return self._reassess(set(old.pod_cidrs))
+
+    # ---- the claim index ---------------------------------------------------------------------
+    def _claim(self, info: NodeInfo) -> None:
+        for c in info.pod_cidrs:
+            names = self._claims.setdefault(c, set())
+            if not names:
+                bisect.insort(self._starts[c.version], (int(c.network_address), c.prefixlen))
+                self._lengths[c.version][c.prefixlen] += 1
+            names.add(info.name)
+
+    def _unclaim(self, info: NodeInfo | None) -> None:
+        for c in info.pod_cidrs if info else ():
+            names = self._claims.get(c)
+            if names is None:
+                continue
+            names.discard(info.name)
+            if not names:
+                del self._claims[c]
+                starts = self._starts[c.version]
+                del starts[bisect.bisect_left(starts, (int(c.network_address), c.prefixlen))]
+                self._lengths[c.version][c.prefixlen] -= 1
+
+    def _overlapping(self, net: IPNetwork) -> list[IPNetwork]:
+        """Claimed CIDRs other than net that overlap it (CIDRs overlap only by containment)."""
+        out = []
+        for length, n in self._lengths[net.version].items():
+            if n and length < net.prefixlen:
+                sup = net.supernet(new_prefix=length)
+                if sup in self._claims:
+                    out.append(sup)
+        start, end = _span(net)
+        starts = self._starts[net.version]
+        cls = type(net)
+        for i in range(bisect.bisect_left(starts, (start, net.prefixlen + 1)), len(starts)):
+            s, length = starts[i]
+            if s > end:
+                break
+            out.append(cls((s, length)))
+        return out
+
+    # ---- verdicts ----------------------------------------------------------------------------
+    def _reassess(self, cidrs: set[IPNetwork]) -> set[IPNetwork]:
+        affected = set(cidrs)
+        for c in cidrs:
+            affected.update(self._overlapping(c))
+        changed = set()
+        for c in affected:
+            if self._verdict(c):
+                changed.add(c)
+        return changed
+
+    def _verdict(self, c: IPNetwork) -> bool:
+        """Recompute one CIDR's verdict; True if it changed."""
+        before = (self.owners.get(c), self.disputed.get(c), self.unusable_at.get(c))
+        self.owners.pop(c, None)
+        self.disputed.pop(c, None)
+        self.unusable_at.pop(c, None)
+        names = set(self._claims.get(c, ()))
+        if names:
+            for other in self._overlapping(c):
+                names |= self._claims[other]
+            if len(names) > 1:
+                self.disputed[c] = tuple(sorted(names))
+            else:
+                node = self.nodes[names.pop()]
+                addrs = frozenset(a for a in node.addresses if a.version == c.version)
+                if addrs:
+                    self.owners[c] = Owned(node.name, addrs)
+                else:
+                    self.unusable_at[c] = (node.name, f"node {node.name}: no InternalIP of IPv{c.version} for podCIDR {c}")
+        after = (self.owners.get(c), self.disputed.get(c), self.unusable_at.get(c))
+        if after == before:
+            return False
+        if after[1] and after[1] != before[1]:
+            log.warning("node.cidr.disputed cidr=%s nodes=%s", c, ",".join(after[1]))
+        if after[2] and after[2] != before[2]:
+            log.warning("node.unusable %s", after[2][1])
+        return True

@@ -9,42 +9,57 @@ import urllib.request
 from typing import Any
 
 from bgp.types import SessionState
+from reconciler.types import Reason
 
 log = logging.getLogger(__name__)
 
 
 def status_doc(sp: Any) -> dict:
     """Everything `podbgp status` shows, as plain JSON values (sorted, deterministic)."""
+    ses, rec = sp.sessions, sp.reconciler
     peers = []
-    for p in sp.peer_configs:
+    for p in ses.peers:
         peers.append({
             "address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
-            "state": sp.peer_state.get(p.key, SessionState.IDLE).value,
-            "reason": sp.peer_reason.get(p.key, ""), "families": sorted(p.families),
-            "endOfRib": sorted(sp.eor.get(p.key, ())), "paths": sp.rib.count(p.key),
+            "state": ses.state.get(p.key, SessionState.IDLE).value, "since": ses.since.get(p.key),
+            "reason": ses.reason.get(p.key, ""), "families": sorted(p.families),
+            "endOfRib": sorted(ses.eor.get(p.key, ())), "paths": ses.rib.count(p.key),
         })
+    errors = dict(sp.node_errors)
+    for cidr, names in sp.view.disputed.items():
+        errors[f"disputed:{cidr}"] = f"podCIDR {cidr} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"
+    for name, reason in sp.view.unusable.items():
+        errors[f"unusable:{name}"] = reason
     return {
         "node": sp.cfg.node_name,
         "synced": sp.synced,
         "apiReachable": sp.api_up,
-        "converged": sp.converged,
+        "nodes": len(sp.view),
+        "converged": ses.converged,
         "podCIDRSource": sp.own.source if sp.own else None,
         "peers": peers,
-        "announced": sorted((str(a.prefix) for a in sp.announced), key=_net_key),
+        "announced": sorted((str(a.prefix) for a in ses.announced), key=_net_key),
         "learned": sorted(({"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
-                           for x in sp.rib.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
+                           for x in ses.rib.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
         "installed": sorted(({"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]}
-                             for r in sp.installed.values()), key=lambda d: _net_key(d["prefix"])),
+                             for r in rec.installed()), key=lambda d: _net_key(d["prefix"])),
         "rejected": sorted(({"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop),
-                             "reason": r.reason.value} for r in sp.rejections),
+                             "reason": r.reason.value} for r in rec.rejections()),
                            key=lambda d: (_net_key(d["prefix"]), d["peer"])),
-        "rejectedByReason": {k.value: v for k, v in sorted(sp.rejected.items(), key=lambda kv: kv[0].value)},
-        "blocked": sorted(str(r.prefix) for r in sp.blocked),
-        "nodeErrors": dict(sorted(sp.node_errors.items())),
+        "rejectedByReason": {k.value: v for k, v in sorted(_by_reason(rec).items(), key=lambda kv: kv[0].value)},
+        "blocked": sorted((str(p) for p in rec.blocked), key=_net_key),
+        "nodeErrors": dict(sorted(errors.items())),
         "counters": dict(sorted(sp.counters.items())),
-        "exabgpPid": sp.exabgp.pid if sp.exabgp else None,
-        "lastReconcile": sp.last_reconcile,
+        "exabgpPid": ses.pid,
+        "lastReconcile": rec.last_pass,
     }
+
+
+def _by_reason(rec: Any) -> dict:
+    counts = {k: v for k, v in rec.rejected_count.items() if v > 0}
+    if rec.blocked:
+        counts[Reason.FOREIGN_ROUTE] = len(rec.blocked)
+    return counts
 
 
 def _net_key(text: str) -> tuple:
@@ -109,7 +124,7 @@ def _respond(sp: Any, path: str) -> tuple[str, str, str]:
     if path in ("/healthz", "/livez"):
         return "200 OK", "text/plain", "ok\n"
     if path == "/readyz":
-        ready = sp.synced and SessionState.UP in sp.peer_state.values()
+        ready = sp.synced and SessionState.UP in sp.sessions.state.values()
         return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", ("ok\n" if ready else "not ready\n")
     return "404 Not Found", "text/plain", "not found\n"
 

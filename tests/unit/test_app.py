@@ -7,7 +7,7 @@ from reconciler.kernel import ApplyResult
 from reconciler.types import KernelRoute
 from speaker import config as cfgmod
 from speaker.app import Speaker
-from speaker.watch import ApiDown, NodeEvent, Snapshot
+from speaker.watch import ApiDown, _changes, _parse
 
 N = ia.ip_network
 
@@ -52,6 +52,17 @@ class FakeExaBGP:
 
     async def stop(self):
         pass
+
+
+def Snapshot(raws, _rv):
+    """What the watcher emits once a full list is taken (every Node new to it)."""
+    return _changes(dict(_parse(r) for r in raws), (), synced=True)
+
+
+def NodeEvent(kind, raw):
+    if kind == "DELETED":
+        return _changes({}, (raw["metadata"]["name"],))
+    return _changes(dict([_parse(raw)]), ())
 
 
 def node(name, cidrs, addrs):
@@ -101,12 +112,12 @@ DOWN = line("state", state="down", reason="closing connection")
 
 async def established(sp, *routes, gr=120):
     """The Node list, then a session (advertising graceful restart `gr`) that sends routes and EoR."""
-    sp._on_watch(Snapshot(tuple(NODES), "10"))
-    sp._on_api_line(opened(gr))
-    sp._on_api_line(UP)
+    sp.on_watch(Snapshot(tuple(NODES), "10"))
+    sp.sessions.on_line(opened(gr))
+    sp.sessions.on_line(UP)
     for prefix, nh in routes:
-        sp._on_api_line(announce(prefix, nh))
-    sp._on_api_line(EOR)
+        sp.sessions.on_line(announce(prefix, nh))
+    sp.sessions.on_line(EOR)
     await settle()
 
 
@@ -125,14 +136,14 @@ def run(coro):
 def test_nothing_before_the_first_list_then_announce_before_eor(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(NodeEvent("ADDED", NODES[0]))
+        sp.on_watch(NodeEvent("ADDED", NODES[0]))
         await settle()
-        assert sp.exabgp is None and kernel.applied == 0
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
+        assert sp.sessions.exabgp is None and kernel.applied == 0
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
         await settle()
-        exa = sp.exabgp
+        exa = sp.sessions.exabgp
         assert "neighbor 192.168.50.1" in exa.config and "local-address 192.168.50.11" in exa.config
-        sp._on_api_line(line("state", state="up"))
+        sp.sessions.on_line(line("state", state="up"))
         assert exa.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self",
                             "neighbor 192.168.50.1 announce eor ipv4 unicast"]
     run(body())
@@ -141,22 +152,22 @@ def test_nothing_before_the_first_list_then_announce_before_eor(tmp_path):
 def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(line("state", state="up"))
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
+        sp.sessions.on_line(line("state", state="up"))
         for prefix, nh in [("10.42.2.0/24", "192.168.50.12"), ("10.42.3.0/24", "192.168.50.13"),
                            ("10.42.1.0/24", "192.168.50.11"), ("0.0.0.0/0", "192.168.50.1"),
                            ("10.42.2.0/24", "192.168.50.12"), ("10.42.99.0/24", "192.168.50.12")]:
-            sp._on_api_line(announce(prefix, nh))
+            sp.sessions.on_line(announce(prefix, nh))
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
-        assert {r.value: n for r, n in sp.rejected.items()} == {"own-cidr": 1, "default-route": 1, "no-such-node": 1}
-        sp._on_watch(NodeEvent("DELETED", NODES[2]))
+        assert {r.value: n for r, n in sp.reconciler.rejected_count.items()} == {"own-cidr": 1, "default-route": 1, "no-such-node": 1}
+        sp.on_watch(NodeEvent("DELETED", NODES[2]))
         await settle()
         assert "10.42.3.0/24" in map(str, kernel.routes), "pruned before convergence"
-        sp._on_api_line(EOR)
+        sp.sessions.on_line(EOR)
         await settle()
-        assert sp.converged and sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
-        sp._on_watch(NodeEvent("ADDED", NODES[2]))
+        assert sp.sessions.converged and sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
+        sp.on_watch(NodeEvent("ADDED", NODES[2]))
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
     run(body())
@@ -165,13 +176,13 @@ def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence
 def test_api_outage_changes_no_route(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(line("state", state="up"))
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(EOR)
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
+        sp.sessions.on_line(line("state", state="up"))
+        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.sessions.on_line(EOR)
         await settle()
         before = dict(kernel.routes)
-        sp._on_watch(ApiDown("connection refused"))
+        sp.on_watch(ApiDown("connection refused"))
         await settle()
         assert kernel.routes == before and not sp.api_up
     run(body())
@@ -181,13 +192,13 @@ def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, N3, gr=120)
-        sp._on_api_line(DOWN)
+        sp.sessions.on_line(DOWN)
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
-        assert all(p.stale for p in sp.rib.paths())
-        sp._on_api_line(line("state", state="up"))
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(EOR)
+        assert all(p.stale for p in sp.sessions.rib.paths())
+        sp.sessions.on_line(line("state", state="up"))
+        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.sessions.on_line(EOR)
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
     run(body())
@@ -196,13 +207,13 @@ def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
 def test_session_down_without_graceful_restart_drops_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path, gracefulRestart=0, convergenceTimeout=0.01)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(line("state", state="up"))
-        assert sp.exabgp.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self"]
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
+        sp.sessions.on_line(line("state", state="up"))
+        assert sp.sessions.exabgp.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self"]
+        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
-        sp._on_api_line(DOWN)
+        sp.sessions.on_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
@@ -211,20 +222,20 @@ def test_session_down_without_graceful_restart_drops_paths(tmp_path):
 def test_bad_input_is_counted_not_fatal(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES) + ({"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}},), "10"))
-        sp._on_api_line('{"truncated": ')
-        sp._on_api_line(line("surprise"))
+        sp.on_watch(Snapshot(tuple(NODES) + ({"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}},), "10"))
+        sp.sessions.on_line('{"truncated": ')
+        sp.sessions.on_line(line("surprise"))
         await settle()
         assert sp.counters["decode_errors"] == 1 and sp.counters["node_errors"] == 1
-        assert "bad" in sp.node_errors and sp.exabgp is not None
+        assert "bad" in sp.node_errors and sp.sessions.exabgp is not None
     run(body())
 
 
 def test_invalid_own_podcidr_refuses_to_start(tmp_path):
     async def body():
         sp, _ = make(tmp_path)
-        sp._on_watch(Snapshot((node("node1", ["10.99.1.0/24"], ["192.168.50.11"]),), "10"))
-        assert sp.exit_code == 2 and sp._stop.is_set() and sp.exabgp is None
+        sp.on_watch(Snapshot((node("node1", ["10.99.1.0/24"], ["192.168.50.11"]),), "10"))
+        assert sp.exit_code == 2 and sp._stop.is_set() and sp.sessions.exabgp is None
     run(body())
 
 
@@ -232,29 +243,29 @@ def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, gr=120)
-        sp._on_api_line(DOWN)
+        sp.sessions.on_line(DOWN)
         for _ in range(3):  # the ToR is still away: connection attempts fail
-            sp._on_api_line(line("state", state="connected"))
-            sp._on_api_line(DOWN)
+            sp.sessions.on_line(line("state", state="connected"))
+            sp.sessions.on_line(DOWN)
         await settle()
-        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.rib.count() == 1
+        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.sessions.rib.count() == 1
     run(body())
 
 
 def test_stale_paths_last_the_restart_time_the_peer_advertised(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
-        sp._on_watch(Snapshot(tuple(NODES), "10"))
-        sp._on_api_line(opened(1))  # the peer asks for a 1 s restart time
-        sp._on_api_line(UP)
-        sp._on_api_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp._on_api_line(EOR)
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
+        sp.sessions.on_line(opened(1))  # the peer asks for a 1 s restart time
+        sp.sessions.on_line(UP)
+        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.sessions.on_line(EOR)
         await settle()
-        sp._on_api_line(DOWN)
+        sp.sessions.on_line(DOWN)
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
         await asyncio.sleep(1.2)
-        assert kernel.routes == {} and sp.rib.count() == 0
+        assert kernel.routes == {} and sp.sessions.rib.count() == 0
     run(body())
 
 
@@ -262,7 +273,7 @@ def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, gr=None)
-        sp._on_api_line(DOWN)
+        sp.sessions.on_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
@@ -274,8 +285,8 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, ("0.0.0.0/0", "192.168.50.1"), ("10.42.3.0/24", "192.168.50.12"))
-        sp._on_watch(NodeEvent("ADDED", {"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}}))
-        sp._on_api_line("{ truncated")
+        sp.on_watch(NodeEvent("ADDED", {"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}}))
+        sp.sessions.on_line("{ truncated")
         await settle()
         doc = status.status_doc(sp)
         assert doc["peers"][0]["state"] == "up" and doc["peers"][0]["endOfRib"] == ["ipv4"]

@@ -33,26 +33,30 @@ def path(peer, prefix, nh, stale=False):
     return Path(peer, N(prefix), A(nh), stale=stale)
 
 
-def test_rib_apply_withdraw_and_generation():
+def test_rib_apply_withdraw_reports_the_prefixes_it_changed():
     rib = Rib()
-    assert rib.apply(UpdateEvent("p", announced=(path("p", "10.42.2.0/24", "192.168.50.12"),)))
-    assert not rib.apply(UpdateEvent("p", announced=(path("p", "10.42.2.0/24", "192.168.50.12"),)))
-    assert rib.count() == 1
-    assert rib.apply(UpdateEvent("p", withdrawn=(N("10.42.2.0/24"),)))
-    assert not rib.apply(UpdateEvent("p", withdrawn=(N("10.42.2.0/24"),)))
-    assert rib.count() == 0 and rib.generation == 2
+    p2 = N("10.42.2.0/24")
+    assert rib.apply(UpdateEvent("p", announced=(path("p", "10.42.2.0/24", "192.168.50.12"),))) == {p2}
+    assert rib.apply(UpdateEvent("p", announced=(path("p", "10.42.2.0/24", "192.168.50.12"),))) == set()
+    assert rib.apply(UpdateEvent("q", announced=(path("q", "10.42.2.0/24", "192.168.50.13"),))) == {p2}
+    assert rib.count() == 2 and sorted(str(p.next_hop) for p in rib.paths_for(p2)) == ["192.168.50.12", "192.168.50.13"]
+    assert rib.apply(UpdateEvent("p", withdrawn=(p2,))) == {p2}
+    assert rib.apply(UpdateEvent("p", withdrawn=(p2,))) == set()
+    assert [str(p.peer) for p in rib.paths_for(p2)] == ["q"]
+    assert rib.apply(UpdateEvent("q", withdrawn=(p2,))) == {p2}
+    assert rib.count() == 0 and list(rib.prefixes()) == [] and list(rib.paths_for(p2)) == []
 
 
 def test_rib_peer_down_drops_or_keeps_stale_then_sweeps():
     rib = Rib()
     rib.apply(UpdateEvent("a", announced=(path("a", "10.42.2.0/24", "1.1.1.2"), path("a", "10.42.3.0/24", "1.1.1.3"))))
     rib.apply(UpdateEvent("b", announced=(path("b", "10.42.2.0/24", "1.1.1.2"),)))
-    rib.peer_down("b", keep_stale=False)
+    assert rib.peer_down("b", keep_stale=False) == {N("10.42.2.0/24")}
     assert rib.count("b") == 0
-    rib.peer_down("a", keep_stale=True)
-    assert all(p.stale for p in rib.paths())
+    assert rib.peer_down("a", keep_stale=True) == set()  # stale paths still route: no kernel change
+    assert all(p.stale for p in rib.paths()) and all(p.stale for p in rib.paths_for(N("10.42.3.0/24")))
     rib.apply(UpdateEvent("a", announced=(path("a", "10.42.2.0/24", "1.1.1.2"),)))  # refreshed
-    assert rib.sweep_stale("a") == 1
+    assert rib.sweep_stale("a") == {N("10.42.3.0/24")}
     assert [(str(p.prefix), p.stale) for p in rib.paths()] == [("10.42.2.0/24", False)]
 
 

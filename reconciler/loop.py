@@ -1,0 +1,239 @@
+"""The reconcile loop: learned paths and the API's verdicts in, kernel routes out, per change.
+
+Level-triggered and incremental. Events only mark prefixes dirty; a pass re-evaluates the import
+policy for those prefixes alone, compares with its model of the kernel (our routes, and the keys
+foreign routes hold) and applies the difference. A burst of marks (an UPDATE stream, a re-list)
+coalesces into the next pass, which runs as soon as the loop is idle: a single change is not
+delayed. The full pass (start-up adoption, the periodic resync, a link change, a netlink
+overrun) dumps the table, rebuilds the model and plans over everything.
+
+Gates: nothing is installed before the Nodes are listed (`synced`), nothing pruned before the
+RIB has converged (`converged`); before that, routes adopted from a previous run are kept.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Container, Iterable, Mapping
+
+from bgp.types import IPNetwork, Path
+
+from .kernel import ApplyResult, RouteTable
+from .plan import plan
+from .policy import Policy, evaluate
+from .types import KernelRoute, Plan, Reason, Rejection, Route, RouteKey
+
+log = logging.getLogger(__name__)
+RETRY_DELAY = 1.0  # a route the kernel refused (e.g. gateway not reachable yet) is tried again
+
+
+class Reconciler:
+    def __init__(self, kernel: RouteTable, paths_for: Callable[[IPNetwork], Iterable[Path]],
+                 learned: Callable[[], Iterable[IPNetwork]], owners: Mapping, disputed: Container,
+                 cluster: Iterable[IPNetwork], service: Iterable[IPNetwork], strict_next_hop: bool = True,
+                 metric: int = 20, counters: collections.Counter | None = None) -> None:
+        self.kernel = kernel
+        self.paths_for, self.learned = paths_for, learned
+        self.counters = counters if counters is not None else collections.Counter()
+        self.policy = Policy(own=frozenset(), cluster=frozenset(cluster), service=frozenset(service),
+                             connected=frozenset(), owners=owners, disputed=disputed,
+                             strict_next_hop=strict_next_hop, metric=metric)
+        self.synced = False
+        self.converged = False
+        # desired state, per prefix
+        self.desired: dict[IPNetwork, Route] = {}
+        self.rejected: dict[IPNetwork, tuple[Rejection, ...]] = {}
+        self.rejected_count: collections.Counter[Reason] = collections.Counter()
+        # the kernel as last seen or written: our routes, and how many foreign routes hold each key
+        self.ours: dict[RouteKey, Route | KernelRoute] = {}
+        self.foreign: set[RouteKey] = set()
+        self.blocked: set[IPNetwork] = set()
+        self.failed: set[IPNetwork] = set()
+        self.dirty: set[IPNetwork] = set()
+        self._full = True  # the first pass adopts what the kernel holds
+        self._all = True  # re-evaluate every prefix (the policy itself changed)
+        self._handle: asyncio.Handle | None = None
+        self.last_pass: float | None = None
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def mark(self, prefixes: Iterable[IPNetwork]) -> None:
+        self.dirty.update(prefixes)
+        self.schedule()
+
+    def mark_all(self) -> None:
+        self._all = True
+        self.schedule()
+
+    def request_full(self) -> None:
+        self._full = True
+        self.schedule()
+
+    def set_own(self, own: Iterable[IPNetwork]) -> None:
+        own = frozenset(own)
+        if own != self.policy.own:
+            self.policy = _replace(self.policy, own=own)
+            self.mark_all()
+
+    def set_synced(self) -> None:
+        if not self.synced:
+            self.synced = True
+            self.request_full()
+
+    def set_converged(self, _why: str = "") -> None:
+        self.converged = True
+        self.request_full()
+
+    def kernel_route_event(self, key: RouteKey, ours: bool, deleted: bool) -> None:
+        """A route of our table changed under us: keep the model true and look at that prefix again."""
+        if ours:
+            if not deleted:
+                return  # our own writes echoing back
+            self.ours.pop(key, None)
+        elif deleted:
+            self.foreign.discard(key)
+        else:
+            self.foreign.add(key)
+            self.ours.pop(key, None)  # a foreign route on our key replaced ours
+        self.mark((key.prefix,))
+
+    def on_kernel_events(self, events) -> None:
+        """A drain of the kernel monitor (reconciler.monitor.KernelEvents)."""
+        self.counters["kernel_events"] += 1
+        for key, ours, deleted in events.routes:
+            self.kernel_route_event(key, ours, deleted)
+        if events.full:
+            log.debug("kernel.event full pass for %s", events.full)
+            self.request_full()
+
+    # ---- scheduling --------------------------------------------------------------------------
+    def schedule(self, delay: float = 0.0) -> None:
+        """Run a pass once the loop is idle (or after `delay`); an earlier pending pass absorbs this."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (pure tests call run_pass themselves)
+        if self._handle is not None:
+            if not isinstance(self._handle, asyncio.TimerHandle) or self._handle.when() - loop.time() <= delay:
+                return
+            self._handle.cancel()
+        self._handle = loop.call_soon(self.run_pass) if delay <= 0 else loop.call_later(delay, self.run_pass)
+
+    def run_pass(self) -> None:
+        self._handle = None
+        if not self.synced:
+            return  # nothing is trusted before the first full list of Nodes
+        if self._full:
+            self._full_pass()
+        elif self._all or self.dirty:
+            self._incremental_pass()
+        self.last_pass = time.time()
+        if self.failed:
+            self.dirty |= self.failed
+            self.schedule(RETRY_DELAY)
+
+    # ---- desired state -----------------------------------------------------------------------
+    def _evaluate(self, prefix: IPNetwork) -> None:
+        route, rejected = evaluate(self.policy, prefix, self.paths_for(prefix))
+        if route is None:
+            self.desired.pop(prefix, None)
+        else:
+            self.desired[prefix] = route
+        before = self.rejected.get(prefix, ())
+        if rejected != before:
+            self.rejected_count.subtract(r.reason for r in before)
+            self.rejected_count.update(r.reason for r in rejected)
+            if rejected:
+                self.rejected[prefix] = rejected
+            else:
+                del self.rejected[prefix]
+            for r in set(rejected) - set(before):
+                log.info("route.rejected prefix=%s peer=%s via=%s reason=%s", r.prefix, r.peer, r.next_hop, r.reason.value)
+
+    def _evaluate_all(self) -> set[IPNetwork]:
+        prefixes = set(self.learned()) | set(self.desired) | set(self.rejected)
+        for prefix in prefixes:
+            self._evaluate(prefix)
+        self._all = False
+        return prefixes
+
+    # ---- passes ------------------------------------------------------------------------------
+    def _incremental_pass(self) -> None:
+        if self._all:
+            dirty = self._evaluate_all() | self.dirty
+        else:
+            dirty = self.dirty
+            for prefix in dirty:
+                self._evaluate(prefix)
+        self.dirty = set()
+        replace, delete, metric = [], [], self.policy.metric
+        for prefix in dirty:
+            self.blocked.discard(prefix)
+            self.failed.discard(prefix)
+            want = self.desired.get(prefix)
+            key = RouteKey(prefix, metric)
+            have = self.ours.get(key)
+            if want is not None:
+                if key in self.foreign:
+                    self.blocked.add(prefix)
+                elif have is None or have.gateways != want.gateways:
+                    replace.append(want)
+            elif have is not None and self.converged:
+                delete.append(have)
+        self.counters["reconciles"] += 1
+        if replace or delete:
+            self._apply(Plan(replace=tuple(replace), delete=tuple(delete), blocked=()))
+
+    def _full_pass(self) -> None:
+        connected = self.kernel.connected()
+        if connected != self.policy.connected:
+            self.policy = _replace(self.policy, connected=connected)
+            self._all = True
+        if self._all:
+            self._evaluate_all()
+        self.dirty = set()
+        ours, foreign = self.kernel.snapshot()
+        if self.counters["full_passes"] == 0 and ours:
+            log.info("routes.adopted count=%d kept until convergence, then unconfirmed ones are swept", len(ours))
+        self.ours = {r.key: r for r in ours}
+        self.foreign = {r.key for r in foreign}
+        p = plan(self.desired, ours, foreign, prune=self.converged)
+        self.blocked = {r.prefix for r in p.blocked}
+        self.failed = set()
+        self._full = False
+        self.counters["full_passes"] += 1
+        self.counters["reconciles"] += 1
+        if not p.empty:
+            self._apply(p)
+
+    def _apply(self, p: Plan) -> None:
+        result: ApplyResult = self.kernel.apply(p)
+        failed = result.failed
+        for route in p.replace:
+            if route in failed:
+                self.failed.add(route.prefix)
+            else:
+                self.ours[route.key] = route
+        for route in p.delete:
+            if Route(route.prefix, route.gateways, route.metric) in failed:
+                self.failed.add(route.prefix)
+            else:
+                self.ours.pop(route.key, None)
+        self.counters["routes_replaced"] += result.replaced
+        self.counters["routes_deleted"] += result.deleted
+        self.counters["route_failures"] += len(failed)
+
+    # ---- what status shows -------------------------------------------------------------------
+    def installed(self) -> list[KernelRoute]:
+        """Our routes in the kernel, as last written or dumped."""
+        return list(self.ours.values())
+
+    def rejections(self) -> list[Rejection]:
+        return [r for rs in self.rejected.values() for r in rs]
+
+
+def _replace(policy: Policy, **changes) -> Policy:
+    from dataclasses import replace
+
+    return replace(policy, **changes)

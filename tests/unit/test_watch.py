@@ -1,0 +1,192 @@
+"""The Node watcher: list decoded item by item, watch-list, no-op filtering, re-list diffs."""
+import json
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speaker.nodes import NodeInfo
+from speaker.watch import ApiDown, Changed, ListStream, NodeWatcher, WatchListUnsupported
+
+
+def node(name, cidr="10.42.1.0/24", addr="192.168.50.11", heartbeat="t0", **ann):
+    return {"metadata": {"name": name, "resourceVersion": "1", "annotations": {"other/x": heartbeat, **ann}},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": addr}],
+                       "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}]}}
+
+
+def chunks(data: bytes, size: int):
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+@given(n=st.integers(0, 12), size=st.integers(1, 300), meta_last=st.booleans(), indent=st.sampled_from([None, 1]))
+@settings(max_examples=200, deadline=None)
+def test_list_stream_yields_every_item_whatever_the_chunking(n, size, meta_last, indent):
+    items = [node(f"n{i}ü", f"10.42.{i}.0/24", heartbeat="é" * i) for i in range(n)]
+    doc = {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "77"}, "items": items}
+    if meta_last:
+        doc = {"kind": "NodeList", "items": items, "metadata": {"resourceVersion": "77", "n": 1.5e3}}
+    stream = ListStream(chunks(json.dumps(doc, indent=indent, ensure_ascii=False).encode(), size))
+    assert list(stream) == items and stream.resource_version == "77"
+
+
+def test_list_stream_refuses_a_truncated_document():
+    data = json.dumps({"metadata": {"resourceVersion": "5"}, "items": [node("a"), node("b")]}).encode()
+    with pytest.raises(ValueError):
+        list(ListStream(chunks(data[:-40], 50)))
+
+
+class FakeClient:
+    """Serves a scripted cluster: watch-list (or 422), list, and watch streams."""
+
+    def __init__(self, nodes, watch_list=True):
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.rv = 10
+        self.watch_list_ok = watch_list
+        self.calls = []
+        self.later: list[dict] = []  # events the next watch stream delivers
+
+    def watch_list(self, timeout, stop):
+        self.calls.append("watch-list")
+        if not self.watch_list_ok:
+            raise WatchListUnsupported("HTTP 422: the WatchList feature is off")
+        events = [{"type": "ADDED", "object": n} for n in self.nodes.values()]
+        events.append({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": str(self.rv),
+                                                                  "annotations": {"k8s.io/initial-events-end": "true"}}}})
+        return self._stream(events + self._take(), stop)
+
+    def list_nodes(self):
+        self.calls.append("list")
+        doc = {"metadata": {"resourceVersion": str(self.rv)}, "items": list(self.nodes.values())}
+        return ListStream(chunks(json.dumps(doc).encode(), 100))
+
+    def watch_nodes(self, rv, timeout, stop):
+        self.calls.append(f"watch@{rv}")
+        return self._stream(self._take(), stop)
+
+    def _take(self):
+        out, self.later = self.later, []
+        return out
+
+    def _stream(self, events, stop):
+        yield from events
+        stop.wait(0.05)
+
+
+def collect(client, **kw):
+    got = []
+    w = NodeWatcher(client, got.append, watch_timeout=1, backoff_max=0.05, **kw)
+    return w, got
+
+
+def wait_for(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("watch_list", [True, False])
+def test_first_list_is_one_batch_then_only_real_changes_pass(watch_list):
+    client = FakeClient([node("a"), node("b", "10.42.2.0/24", "192.168.50.12")], watch_list=watch_list)
+    client.later = [
+        {"type": "MODIFIED", "object": node("a", heartbeat="t1")},  # a heartbeat: nothing podbgp uses
+        {"type": "MODIFIED", "object": node("b", "10.42.2.0/24", "192.168.50.12", heartbeat="t1")},
+        {"type": "MODIFIED", "object": node("a", addr="192.168.50.99")},  # a real change
+        {"type": "MODIFIED", "object": node("a", addr="192.168.50.99", **{"podbgp.io/asn": "65009"})},
+        {"type": "DELETED", "object": node("b")},
+    ]
+    w, got = collect(client)
+    w.start()
+    try:
+        wait_for(lambda: any(isinstance(e, Changed) and e.deleted for e in got))
+    finally:
+        w.close()
+        w.thread.join(5)
+    first = got[0]
+    assert first.synced and sorted(n.name for n in first.nodes) == ["a", "b"]
+    changes = [e for e in got[1:] if isinstance(e, Changed)]
+    assert [(c.nodes[0].addresses[0].exploded, c.nodes[0].annotations) for c in changes if c.nodes] == [
+        ("192.168.50.99", ()), ("192.168.50.99", (("podbgp.io/asn", "65009"),))]
+    assert changes[-1].deleted == ("b",) and w.dropped == 2
+    assert client.calls[0] == ("watch-list" if watch_list else "watch-list") and \
+        ("list" in client.calls) == (not watch_list)
+
+
+def test_a_relist_reports_only_the_difference_and_vanished_nodes_as_deletions():
+    client = FakeClient([node("a"), node("b", "10.42.2.0/24", "192.168.50.12")])
+    w, got = collect(client)
+    w.start()
+    try:
+        wait_for(lambda: got)
+        # while the watch is away the cluster changes; then the watch answers 410
+        del client.nodes["b"]
+        client.nodes["c"] = node("c", "10.42.3.0/24", "192.168.50.13")
+        client.later = [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}]
+        wait_for(lambda: sum(isinstance(e, Changed) and e.synced for e in got) >= 2)
+    finally:
+        w.close()
+        w.thread.join(5)
+    again = [e for e in got if isinstance(e, Changed) and e.synced][1]
+    assert [n.name for n in again.nodes] == ["c"] and again.deleted == ("b",)
+
+
+def test_invalid_nodes_are_reported_once_by_name():
+    bad = {"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}}
+    client = FakeClient([node("a"), bad])
+    client.later = [{"type": "MODIFIED", "object": bad}, {"type": "MODIFIED", "object": node("bad", "10.42.7.0/24")}]
+    w, got = collect(client)
+    w.start()
+    try:
+        wait_for(lambda: len([e for e in got if isinstance(e, Changed)]) >= 2)
+    finally:
+        w.close()
+        w.thread.join(5)
+    first, fixed = [e for e in got if isinstance(e, Changed)][:2]
+    assert first.invalid and first.invalid[0][0] == "bad" and "spec.podCIDRs[0]" in first.invalid[0][1]
+    assert [n.name for n in fixed.nodes] == ["bad"] and w.dropped == 1
+
+
+def test_errors_report_api_down_once_and_retry():
+    class Broken(FakeClient):
+        def watch_list(self, timeout, stop):
+            self.calls.append("watch-list")
+            raise ConnectionRefusedError("connection refused")
+
+    client = Broken([node("a")])
+    w, got = collect(client)
+    w.start()
+    try:
+        wait_for(lambda: len(client.calls) >= 3)
+    finally:
+        w.close()
+        w.thread.join(5)
+    assert sum(isinstance(e, ApiDown) for e in got) == 1
+
+
+def test_parsed_value_keeps_no_node_dict():
+    client = FakeClient([node("a")])
+    w, got = collect(client)
+    w.start()
+    try:
+        wait_for(lambda: got)
+    finally:
+        w.close()
+        w.thread.join(5)
+    assert all(isinstance(v, NodeInfo) for v in w.known.values())
+    assert not any(isinstance(getattr(v, s, None), dict) for v in w.known.values() for s in NodeInfo.__slots__)
+
+
+def test_watch_stop_is_prompt():
+    client = FakeClient([node("a")])
+    w, _ = collect(client)
+    w.start()
+    w.close()
+    w.thread.join(5)
+    assert not w.thread.is_alive()
+
+
+_ = threading  # the watcher is threaded; the tests join it on every path
