@@ -273,7 +273,9 @@ class NodeWatcher:
                         name, value = _parse(obj)
                         if name:
                             fresh[name] = value
-                    elif kind == "BOOKMARK" and _initial_end(obj):
+                    elif kind == "BOOKMARK":
+                        if not _initial_end(obj):  # a server that ignores sendInitialEvents
+                            raise WatchListUnsupported("a bookmark came before the initial-events-end one")
                         self._synced(fresh, _rv(obj), started, "watch-list")
                         return stream
                 raise RuntimeError("watch-list ended before its initial-events-end bookmark")
