@@ -192,6 +192,9 @@ class Reconciler:
             self._all = True
         if self._all:
             self._evaluate_all()
+        else:
+            for prefix in self.dirty:
+                self._evaluate(prefix)
         self.dirty = set()
         ours, foreign = self.kernel.snapshot()
         if self.counters["full_passes"] == 0 and ours:

@@ -60,7 +60,7 @@ class World:
         self.rec.set_synced()
 
     # -- the events ----------------------------------------------------------------------------
-    def do(self, op):
+    def do(self, op, run_pass=True):
         kind, *args = op
         rec = self.rec
         if kind == "node":
@@ -108,7 +108,8 @@ class World:
             rec.set_converged("test")
         elif kind == "resync":
             rec.request_full()
-        rec.run_pass()
+        if run_pass:
+            rec.run_pass()
 
     # -- the same, from scratch ----------------------------------------------------------------
     def check(self):
@@ -167,6 +168,10 @@ def test_incremental_equals_a_full_pass_from_scratch(data):
     steps = data.draw(st.integers(1, 80))
     for _ in range(steps):
         op = data.draw(st.one_of(ops, vouched(world), vouched(world)))
+        # events coalesce: sometimes several arrive before the next pass runs
+        if data.draw(st.integers(0, 3)) == 0:
+            world.do(op, run_pass=False)
+            continue
         world.do(op)
         world.check()
 
