@@ -190,3 +190,94 @@ def test_watch_stop_is_prompt():
 
 
 _ = threading  # the watcher is threaded; the tests join it on every path
+
+
+# ---- against the lab API server, through the official client ----------------------------------
+
+from lab.apiserver import serve  # noqa: E402
+from lab.kubestore import Store  # noqa: E402
+from speaker.watch import KubeNodeClient  # noqa: E402
+
+
+def api_node(name, cidr, addr):
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+            "status": {"addresses": [{"type": "InternalIP", "address": addr}]}}
+
+
+class Api:
+    def __init__(self, tmp_path, watch_list):
+        self.store = Store(str(tmp_path / "nodes.json"), history=50)
+        self.watch_list = watch_list
+        self.servers, self.stopping = serve(self.store, [("127.0.0.1", 0, None)], watch_list=watch_list)
+        self.port = self.servers[0].server_address[1]
+        self.kubeconfig = str(tmp_path / "kubeconfig")
+        with open(self.kubeconfig, "w") as f:
+            f.write(f"apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: 'http://127.0.0.1:{self.port}'}}\n"
+                    "contexts:\n- name: t\n  context: {cluster: t, user: t}\ncurrent-context: t\n"
+                    "users:\n- name: t\n  user: {token: t}\n")
+
+    def stop(self):
+        self.stopping.set()
+        for s in self.servers:
+            s.shutdown()
+            s.server_close()
+
+    def start(self):
+        self.servers, self.stopping = serve(self.store, [("127.0.0.1", self.port, None)], watch_list=self.watch_list)
+
+
+@pytest.fixture(params=[True, False], ids=["watch-list", "list-from-cache"])
+def api(request, tmp_path):
+    api = Api(tmp_path, watch_list=request.param)
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def test_real_client_lists_then_follows_changes(api):
+    for i in range(1, 4):
+        api.store.create(api_node(f"n{i}", f"10.42.{i}.0/24", f"192.168.50.1{i}"))
+    got = []
+    w = NodeWatcher(KubeNodeClient(api.kubeconfig, read_timeout=5), got.append, watch_timeout=2, backoff_max=0.2)
+    w.start()
+    try:
+        wait_for(lambda: got)
+        assert got[0].synced and sorted(n.name for n in got[0].nodes) == ["n1", "n2", "n3"]
+        assert w.watch_list_supported == api.watch_list
+        n1 = api.store.get("n1")
+        api.store.update("n1", {**n1, "metadata": {**n1["metadata"], "labels": {"x": "y"}}})  # nothing we use
+        api.store.create(api_node("n4", "10.42.4.0/24", "192.168.50.14"))
+        api.store.delete("n2")
+        wait_for(lambda: any(isinstance(e, Changed) and e.deleted == ("n2",) for e in got))
+    finally:
+        w.close()
+        w.thread.join(10)
+    changes = [e for e in got[1:] if isinstance(e, Changed)]
+    assert [[n.name for n in c.nodes] for c in changes] == [["n4"], []] and w.dropped == 1
+
+
+def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
+    api.store.create(api_node("n1", "10.42.1.0/24", "192.168.50.11"))
+    api.store.create(api_node("n3", "10.42.3.0/24", "192.168.50.13"))
+    got = []
+    w = NodeWatcher(KubeNodeClient(api.kubeconfig, read_timeout=2), got.append, watch_timeout=1, backoff_max=0.5)
+    w.start()
+    try:
+        wait_for(lambda: any(isinstance(e, Changed) and e.synced for e in got))
+        # the API goes away; meanwhile n3 is deleted and the history is compacted past our version
+        api.stop()
+        wait_for(lambda: any(isinstance(e, ApiDown) for e in got))
+        api.store.delete("n3")
+        api.store.events.clear()
+        api.store.compacted = api.store.rv + 1
+        api.start()
+        wait_for(lambda: sum(isinstance(e, Changed) and e.synced for e in got) >= 2)
+        again = [e for e in got if isinstance(e, Changed) and e.synced][-1]
+        assert again.nodes == () and again.deleted == ("n3",)
+        api.store.create(api_node("n4", "10.42.4.0/24", "192.168.50.14"))
+        wait_for(lambda: any(isinstance(e, Changed) and [n.name for n in e.nodes] == ["n4"] for e in got))
+    finally:
+        w.close()
+        w.thread.join(10)
