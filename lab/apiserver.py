@@ -131,8 +131,8 @@ def parse_list_options(q: dict[str, str], watch_list: bool) -> ListOptions:
     """The query of a list or watch, defaulted as the API server does (SetListOptionsDefaults)."""
     try:
         opts = ListOptions(watch=_bool("watch", q["watch"]) if "watch" in q else False,
-                           resource_version=q.get("resourceVersion", ""), match=q.get("resourceVersionMatch", ""),
-                           send_initial=_bool("sendInitialEvents", q["sendInitialEvents"]) if "sendInitialEvents" in q else None,
+                           resource_version=q.get("resourceVersion", ""), match=q.get(RVM, ""),
+                           send_initial=_bool(SIE, q[SIE]) if SIE in q else None,
                            bookmarks=_bool("allowWatchBookmarks", q.get("allowWatchBookmarks", "false")),
                            limit=int(q.get("limit") or 0), cont=q.get("continue", ""),
                            labels=q.get("labelSelector"), fields=q.get("fieldSelector"),
@@ -159,36 +159,41 @@ def _not_supported(field: str, value: str, supported: list[str]) -> tuple[str, s
     return field, "FieldValueNotSupported", f'Unsupported value: "{value}": supported values: {values}'
 
 
+RVM, SIE = "resourceVersionMatch", "sendInitialEvents"
+
+
 def validate_list(o: ListOptions) -> list[tuple[str, str, str]]:
+    """ValidateListOptions for a list (k8s.io/apimachinery internalversion/validation)."""
     errs = []
     if o.match:
         if not o.resource_version:
-            errs.append(_forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden unless resourceVersion is provided"))
+            errs.append(_forbidden(RVM, f"{RVM} is forbidden unless resourceVersion is provided"))
         if o.cont:
-            errs.append(_forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"))
+            errs.append(_forbidden(RVM, f"{RVM} is forbidden when continue is provided"))
         if o.match not in ("Exact", "NotOlderThan"):
-            errs.append(_not_supported("resourceVersionMatch", o.match, ["Exact", "NotOlderThan", ""]))
+            errs.append(_not_supported(RVM, o.match, ["Exact", "NotOlderThan", ""]))
         if o.match == "Exact" and o.resource_version == "0":
-            errs.append(_forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'))
+            errs.append(_forbidden(RVM, f'{RVM} "exact" is forbidden for resourceVersion "0"'))
     if o.send_initial is not None:
-        errs.append(_forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"))
+        errs.append(_forbidden(SIE, f"{SIE} is forbidden for list"))
     return errs
 
 
 def validate_watch(o: ListOptions, watch_list: bool) -> list[tuple[str, str, str]]:
+    """validateWatchOptions; watch_list is the WatchList feature gate."""
     errs = []
     if o.send_initial is not None:
         if o.match != "NotOlderThan":
-            errs.append(_forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"))
+            errs.append(_forbidden(RVM, f"{SIE} requires setting {RVM} to NotOlderThan"))
         if not watch_list:
-            errs.append(_forbidden("sendInitialEvents", "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled"))
+            errs.append(_forbidden(SIE, f"{SIE} is forbidden for watch unless the WatchList feature gate is enabled"))
     if o.match:
         if o.send_initial is None:
-            errs.append(_forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"))
+            errs.append(_forbidden(RVM, f"{RVM} is forbidden for watch unless {SIE} is provided"))
         if o.match != "NotOlderThan":
-            errs.append(_not_supported("resourceVersionMatch", o.match, ["NotOlderThan"]))
+            errs.append(_not_supported(RVM, o.match, ["NotOlderThan"]))
         if o.cont:
-            errs.append(_forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden when continue is provided"))
+            errs.append(_forbidden(RVM, f"{RVM} is forbidden when continue is provided"))
     return errs
 
 
@@ -430,8 +435,32 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- list ----------------------------------------------------------------------------------
     def _list(self, o: ListOptions) -> None:
-        """rv "0": the cache, whole; rv "": a consistent read that pages; rv N: not older / exactly N."""
-        store, start = self.store, ""
+        items, at, limit = self._list_source(o)
+        page, more = self._page(items, o, limit)
+        meta: dict = {"resourceVersion": str(at)}
+        if more:
+            meta["continue"] = encode_continue(at, page[-1].name + "\x00")
+            if not o.labels and not o.fields:
+                meta["remainingItemCount"] = more
+        if "as=Table" in (self.headers.get("Accept") or ""):
+            return self._send_table(meta, page)
+        head = b'{"kind":"NodeList","apiVersion":"v1","metadata":%s,"items":[' % dumps(meta)
+        body = self._start(len(head) + sum(len(e.raw) for e in page) + max(0, len(page) - 1) + 2)
+        body.write(head)
+        for i, e in enumerate(page):
+            if i:
+                body.write(b",")
+            body.write(e.raw)
+        body.write(b"]}")
+        body.end()
+
+    def _list_source(self, o: ListOptions) -> tuple[list[Entry], int, int]:
+        """The items a list reads (from its continue key on), their version, and the limit that holds.
+
+        rv "0": the watch cache, whole (limit ignored); rv "": a consistent read that pages;
+        rv N: not older than N (Exact, or legacy rv N with a limit: exactly N, from the history).
+        """
+        store = self.store
         if o.cont:
             if o.resource_version:
                 raise ApiError(400, "BadRequest", "specifying resource version is not allowed when using continue")
@@ -445,38 +474,19 @@ class Handler(BaseHTTPRequestHandler):
                     if err.code == 410:
                         raise ApiError(410, "Expired", CONTINUE_EXPIRED, list_continue=encode_continue(-1, start)) from None
                     raise
-            limit = o.limit
-        elif o.resource_version in ("", "0"):
+            return items[bisect_left([e.name for e in items], start):], at, o.limit
+        if o.resource_version in ("", "0"):
             items, at = store.snapshot()
-            limit = o.limit if o.resource_version == "" else 0  # the watch cache ignores limit
-        else:
-            try:
-                want = int(o.resource_version)
-            except ValueError:
-                raise ApiError(400, "BadRequest", f'invalid resource version "{o.resource_version}"') from None
-            if o.match == "Exact" or (not o.match and o.limit):
-                items, at, limit = store.snapshot_at(want), want, o.limit
-            else:
-                store.wait_for(want)
-                items, at = store.snapshot()
-                limit = o.limit if o.match else 0
-        if start:
-            items = items[bisect_left([e.name for e in items], start):]
-        page, more = self._page(items, o, limit)
-        meta: dict = {"resourceVersion": str(at)}
-        if more:
-            meta["continue"] = encode_continue(at, page[-1].name + "\x00")
-            if not o.labels and not o.fields:
-                meta["remainingItemCount"] = more
-        if "as=Table" in (self.headers.get("Accept") or ""):
-            return self._send_table(meta, page)
-        head = b'{"kind":"NodeList","apiVersion":"v1","metadata":%s,"items":[' % dumps(meta)
-        body = self._start(len(head) + sum(len(e.raw) for e in page) + max(0, len(page) - 1) + 2)
-        body.write(head)
-        for i, e in enumerate(page):
-            body.write(b"," + e.raw if i else e.raw)
-        body.write(b"]}")
-        body.end()
+            return items, at, o.limit if o.resource_version == "" else 0
+        try:
+            want = int(o.resource_version)
+        except ValueError:
+            raise ApiError(400, "BadRequest", f'invalid resource version "{o.resource_version}"') from None
+        if o.match == "Exact" or (not o.match and o.limit):
+            return store.snapshot_at(want), want, o.limit
+        store.wait_for(want)
+        items, at = store.snapshot()
+        return items, at, o.limit if o.match else 0
 
     @staticmethod
     def _page(items: list[Entry], o: ListOptions, limit: int) -> tuple[list[Entry], int]:
