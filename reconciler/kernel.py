@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -47,13 +48,19 @@ class KernelTable:
         return KernelMonitor(self.protocol, self.netns)
 
     def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
-        """(ours, foreign) unicast routes of our table."""
+        """(ours, foreign) unicast routes of our table; ours with a split IPv6 ECMP route merged.
+
+        Only our table is dumped (the kernel filters it), and the routes come back as
+        `KernelRoute.dumped`: `plan` and `apply` work on their plain `.ident`/`.hops`, and the
+        `ipaddress` objects of `.prefix`/`.gateways`/`.key` are built only for the routes whose
+        caller asks for them.
+        """
         ours: list[KernelRoute] = []
         foreign: list[KernelRoute] = []
-        for route in self.rtnl.routes():
-            if route.table != self.table:
-                continue
-            (ours if route.protocol == self.protocol else foreign).append(route)
+        table, protocol = self.table, self.protocol
+        for route in self.rtnl.routes(table):
+            if route.table == table:
+                (ours if route.protocol == protocol else foreign).append(route)
         return _merge_split(ours), foreign
 
     def connected(self) -> frozenset[IPNetwork]:
@@ -66,6 +73,8 @@ class KernelTable:
         return frozenset(nets)
 
     def apply(self, plan: Plan) -> ApplyResult:
+        """Replace, then delete. Deletes name routes by ident; their failures are reported as
+        Route(prefix, gateways, metric)."""
         result = ApplyResult()
         if plan.replace:
             failed = self.rtnl.write(plan.replace, self.protocol, self.table, delete=False)
@@ -73,18 +82,17 @@ class KernelTable:
             result.replaced = len(plan.replace) - len(failed)
             _log_changes("route.replace", plan.replace, failed)
         if plan.delete:
-            routes = [Route(r.prefix, r.gateways, r.metric) for r in plan.delete]
-            failed = self.rtnl.write(routes, self.protocol, self.table, delete=True)
-            result.failed.update(failed)
-            result.deleted = len(routes) - len(failed)
-            _log_changes("route.delete", routes, failed)
+            gone = self.rtnl.write(plan.delete, self.protocol, self.table, delete=True)
+            result.failed.update({Route(r.prefix, r.gateways, r.metric): err for r, err in gone.items()})
+            result.deleted = len(plan.delete) - len(gone)
+            _log_changes("route.delete", plan.delete, gone)
         return result
 
 
 LOG_EACH = 64  # above this many changes in one pass, one summary line instead of a line each
 
 
-def _log_changes(event: str, routes: tuple[Route, ...] | list[Route], failed: dict[Route, int]) -> None:
+def _log_changes(event: str, routes: Sequence[Route | KernelRoute], failed: Mapping[Route | KernelRoute, int]) -> None:
     for route, errno in failed.items():
         log.warning("%s.failed prefix=%s via=%s error=%s", event, route.prefix, _gws(route), os.strerror(errno))
     if not log.isEnabledFor(logging.INFO):
@@ -97,19 +105,21 @@ def _log_changes(event: str, routes: tuple[Route, ...] | list[Route], failed: di
             log.info("%s prefix=%s via=%s", event, route.prefix, _gws(route))
 
 
-def _gws(route: Route) -> str:
+def _gws(route: Route | KernelRoute) -> str:
     return ",".join(str(g) for g in route.gateways) or "-"
 
 
 def _merge_split(routes: list[KernelRoute]) -> list[KernelRoute]:
     """Older kernels dump an IPv6 ECMP route as one entry per next hop: fold them back."""
-    merged: dict[tuple, KernelRoute] = {}
+    merged: dict[tuple, KernelRoute] = {r.ident: r for r in routes}
+    if len(merged) == len(routes):
+        return routes
+    merged = {}
     for r in routes:
-        k = (r.prefix, r.metric)
-        if k in merged:
-            prev = merged[k]
-            merged[k] = KernelRoute(r.prefix, tuple(sorted(set(prev.gateways) | set(r.gateways))),
-                                    r.metric, r.protocol, r.table, prev.oif)
+        prev = merged.get(r.ident)
+        if prev is None:
+            merged[r.ident] = r
         else:
-            merged[k] = r
+            hops = tuple(sorted(set(prev.hops) | set(r.hops)))
+            merged[r.ident] = KernelRoute.dumped(r.ident, hops, r.protocol, r.table, prev.oif)
     return list(merged.values())

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Mapping
 
 from bgp.types import IPNetwork
 
-from .types import KernelRoute, Plan, Route, RouteKey
+from .types import KernelRoute, Plan, Route, hops_of, ident_of
 
 
 def plan(
@@ -18,20 +18,22 @@ def plan(
 
     `ours` are the kernel routes carrying our protocol number, `foreign` every other route of the
     same table. A desired route whose key a foreign route already holds is blocked, never
-    replaced. With prune=False (before convergence) nothing is deleted.
+    replaced. With prune=False (before convergence) nothing is deleted. Routes are matched by
+    their plain `ident` (the key as numbers) and next hops compared packed, so dumped kernel
+    routes never need their ipaddress objects; output is sorted by key.
     """
-    have = {r.key: r for r in ours}
-    taken = {r.key for r in foreign}
-    wanted = {r.key: r for r in desired.values()}
+    have = {r.ident: r for r in ours}
+    taken = {r.ident for r in foreign}
+    wanted = {ident_of(r.prefix, r.metric): r for r in desired.values()}
     replace: list[Route] = []
     blocked: list[Route] = []
-    for key in sorted(wanted, key=RouteKey.sort_key):
+    for key in sorted(wanted):
         route = wanted[key]
         if key in taken:
             blocked.append(route)
             continue
         current = have.get(key)
-        if current is None or current.gateways != route.gateways:
+        if current is None or current.hops != hops_of(route.gateways):
             replace.append(route)
-    delete = [have[k] for k in sorted(have, key=RouteKey.sort_key) if k not in wanted] if prune else []
+    delete = [have[k] for k in sorted(have) if k not in wanted] if prune else []
     return Plan(replace=tuple(replace), delete=tuple(delete), blocked=tuple(blocked))

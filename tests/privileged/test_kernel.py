@@ -7,7 +7,8 @@ import pytest
 
 from reconciler.kernel import KernelTable
 from reconciler.plan import plan
-from reconciler.types import Route
+from reconciler.rtnl import Rtnl
+from reconciler.types import Plan, Route
 
 N = ia.ip_network
 A = ia.ip_address
@@ -100,3 +101,80 @@ def test_large_batch_round_trip(netns, kernel):
 
 def test_connected_subnets(netns, kernel):
     assert {N("192.168.77.0/24"), N("fd00:77::/64")} <= kernel.connected()
+
+
+def test_dump_parse_agrees_with_ip_for_every_kind_of_route(netns):
+    """The hot dump parser against iproute2's own reading of the same tables."""
+    for cmd in (["10.42.2.0/24", "via", "192.168.77.12", "proto", "80", "metric", "20"],
+                ["10.42.3.0/24", "proto", "80", "metric", "20",
+                 "nexthop", "via", "192.168.77.14", "nexthop", "via", "192.168.77.13"],
+                ["10.42.4.0/24", "via", "192.168.77.12", "proto", "80", "metric", "20", "table", "1000"],
+                ["10.42.5.0/24", "via", "192.168.77.12", "proto", "static", "metric", "7", "table", "100"],
+                ["default", "via", "192.168.77.254", "proto", "static"],
+                ["fd00:42:0:2::/64", "via", "fd00:77::12", "proto", "80", "metric", "20"],
+                ["fd00:42:0:3::/64", "proto", "80", "metric", "20",
+                 "nexthop", "via", "fd00:77::14", "nexthop", "via", "fd00:77::13"],
+                ["fd00:42:0:4::/64", "via", "fd00:77::12", "proto", "80", "metric", "20", "table", "1000"],
+                ["default", "via", "fd00:77::254", "proto", "static"]):
+        ip(netns, "route", "add", *cmd)
+    index = {link["ifname"]: link["ifindex"] for link in json.loads(ip(netns, "-j", "link", "show"))}
+    seen = []
+    for x in json.loads(ip(netns, "-N", "-j", "-d", "route", "show", "table", "all")):
+        if x["type"] != "1":  # unicast only
+            continue
+        gws = [x["gateway"]] if "gateway" in x else [h["gateway"] for h in x.get("nexthops", []) if "gateway" in h]
+        dst = x["dst"] if x["dst"] != "default" else "::/0" if ":" in gws[0] else "0.0.0.0/0"
+        seen.append((str(N(dst)), tuple(str(g) for g in sorted(A(g) for g in gws)), x.get("metric", 0),
+                     int(x["protocol"]), int(x["table"]), index.get(x.get("dev"), 0)))
+    sock = Rtnl(netns)
+    try:
+        dumped = sock.routes()  # every table
+    finally:
+        sock.close()
+    got = [(str(x.prefix), tuple(str(g) for g in x.gateways), x.metric, x.protocol, x.table, x.oif) for x in dumped]
+    assert sorted(got) == sorted(seen)
+    assert ("10.42.3.0/24", ("192.168.77.13", "192.168.77.14"), 20, 80, 254, 0) in got
+    assert ("fd00:42:0:4::/64", ("fd00:77::12",), 20, 80, 1000, index["eth0"]) in got
+
+
+def test_a_table_above_255_and_one_that_does_not_exist(netns):
+    ip(netns, "route", "add", "10.42.9.0/24", "via", "192.168.77.9", "proto", "80", "metric", "20")  # main, not 1000
+    ip(netns, "route", "add", "10.42.8.0/24", "via", "192.168.77.8", "proto", "static", "metric", "20", "table", "1000")
+    missing = KernelTable(protocol=80, table=1001, netns=netns)
+    kernel = KernelTable(protocol=80, table=1000, netns=netns)
+    try:
+        assert missing.snapshot() == ([], [])  # the kernel answers ENOENT for a table it has not got
+        desired = [r("10.42.2.0/24", "192.168.77.12"), r("10.42.3.0/24", "192.168.77.13", "192.168.77.14"),
+                   r("fd00:42:0:3::/64", "fd00:77::13", "fd00:77::14"), r("10.42.8.0/24", "192.168.77.12")]
+        for attempt in range(2):
+            p, res = converge(kernel, desired)
+            assert (len(p.replace), res.failed, [str(x.prefix) for x in p.blocked]) == (
+                (3 if attempt == 0 else 0), {}, ["10.42.8.0/24"])
+        ours, foreign = kernel.snapshot()
+        assert sorted((str(x.prefix), x.table) for x in ours) == [
+            ("10.42.2.0/24", 1000), ("10.42.3.0/24", 1000), ("fd00:42:0:3::/64", 1000)]
+        assert [(str(x.prefix), x.protocol, x.table) for x in foreign] == [("10.42.8.0/24", 4, 1000)]
+        converge(kernel, [])
+        left = json.loads(ip(netns, "-j", "route", "show", "table", "1000"))
+        assert [x["dst"] for x in left] == ["10.42.8.0/24"] and "10.42.9.0/24" in routes(netns)
+    finally:
+        kernel.close()
+        missing.close()
+
+
+def test_snapshot_is_the_same_without_strict_dump_checking(netns, kernel):
+    """Kernels before 4.20 ignore the table filter: the routes are then filtered here."""
+    ip(netns, "route", "add", "10.42.50.0/24", "via", "192.168.77.50", "proto", "static", "table", "100")
+    converge(kernel, [r("10.42.2.0/24", "192.168.77.12"), r("fd00:42:0:3::/64", "fd00:77::13", "fd00:77::14")])
+    strict = kernel.snapshot()
+    kernel.rtnl.strict = False
+    assert kernel.snapshot() == strict and len(strict[0]) == 2
+    assert all(x.table == 254 for x in strict[0] + strict[1])
+
+
+def test_deletes_name_routes_by_key_whatever_they_carry(netns, kernel):
+    """A plan may hold Route values among its deletes (an incremental pass deletes what it wrote)."""
+    converge(kernel, [r("10.42.2.0/24", "192.168.77.12"), r("fd00:42:0:2::/64", "fd00:77::12")])
+    gone = (r("10.42.2.0/24", "192.168.77.99"), r("fd00:42:0:2::/64"))  # next hops play no part
+    res = kernel.apply(Plan(replace=(), delete=gone, blocked=()))
+    assert (res.deleted, res.failed) == (2, {}) and kernel.snapshot()[0] == []
