@@ -114,7 +114,7 @@ class World:
     # -- the same, from scratch ----------------------------------------------------------------
     def check(self):
         scratch = ownership(self.view.nodes.values())
-        assert {c: (o.node, o.addresses) for c, o in self.view.owners.items()} == dict(scratch.owners)
+        assert {c: (o.node, frozenset(o.addresses)) for c, o in self.view.owners.items()} == dict(scratch.owners)
         assert dict(self.view.disputed) == dict(scratch.disputed)
         assert self.view.unusable == dict(scratch.unusable)
         policy = Policy(own=self.own, cluster=frozenset(CLUSTER), service=frozenset(SERVICE),
