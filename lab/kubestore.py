@@ -202,7 +202,7 @@ class Store:
         """Record a change (caller holds the lock): new RV, event, log line, wake watchers."""
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        new = entry(obj)
+        new = entry({"kind": "Node", "apiVersion": "v1", **obj})  # the field order a real server writes
         if kind == "DELETED":
             self.nodes.pop(new.name, None)
         else:

@@ -399,3 +399,53 @@ def test_a_snapshot_edited_offline_after_a_crash_wins_over_the_stale_log(tmp_pat
     assert sorted(again.nodes) == ["n01", "n02"]
     assert again.rv > store.rv  # a watch from any version handed out before gets 410
     again.close()
+
+
+def test_the_server_process_keeps_its_state_across_sigterm_and_restart(tmp_path):
+    """What runner.stop_apiserver / start_apiserver do: SIGTERM, an offline edit, start again."""
+    import signal
+    import socket
+    import sys
+    from types import SimpleNamespace
+
+    from lab import runner
+    state = tmp_path / "nodes.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kc = tmp_path / "kubeconfig"
+    kc.write_text(f"apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\n"
+                  "contexts:\n- name: t\n  context: {cluster: t, user: t}\ncurrent-context: t\nusers:\n- name: t\n  user: {token: t}\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-m", "lab.apiserver", "--state", str(state),
+                                 "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, cwd=root)
+        assert proc.stdout.readline().strip() == b"ready"
+        return proc
+
+    proc = start()
+    try:
+        v1 = core(str(kc))
+        for i in range(3):
+            v1.create_node(node(f"n{i:02d}", f"10.42.{i}.0/24", f"192.168.50.{i + 10}"))
+        v1.patch_node("n01", {"metadata": {"labels": {"rack": "r1"}}})
+        seen = json.loads(v1.list_node(_preload_content=False).data)["metadata"]["resourceVersion"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert not os.path.exists(f"{state}.log")
+    runner.delete_from_store(SimpleNamespace(pids={}, dir=str(tmp_path)), "n02")
+    proc = start()
+    try:
+        listed = json.loads(v1.list_node(_preload_content=False).data)
+        assert [n["metadata"]["name"] for n in listed["items"]] == ["n00", "n01"]
+        assert listed["items"][1]["metadata"]["labels"]["rack"] == "r1"
+        assert int(listed["metadata"]["resourceVersion"]) == int(seen) + 1
+        resp = v1.list_node(watch=True, resource_version=seen, timeout_seconds=1, _preload_content=False,
+                            _request_timeout=(5, 10))
+        events = [json.loads(line) for line in iter_resp_lines(resp)]
+        assert events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
