@@ -17,13 +17,14 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
+from ipaddress import IPv4Network, IPv6Network
 
 from bgp.types import IPNetwork, Path
 
 from .kernel import ApplyResult, RouteTable
 from .plan import plan
 from .policy import Policy, evaluate
-from .types import KernelRoute, Plan, Reason, Rejection, Route, RouteKey
+from .types import Ident, KernelRoute, Plan, Reason, Rejection, Route, ident_of
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 1.0  # a route the kernel refused (e.g. gateway not reachable yet) is tried again
@@ -46,9 +47,10 @@ class Reconciler:
         self.desired: dict[IPNetwork, Route] = {}
         self.rejected: dict[IPNetwork, tuple[Rejection, ...]] = {}
         self.rejected_count: collections.Counter[Reason] = collections.Counter()
-        # the kernel as last seen or written: our routes, and how many foreign routes hold each key
-        self.ours: dict[RouteKey, Route | KernelRoute] = {}
-        self.foreign: set[RouteKey] = set()
+        # the kernel as last seen or written, by (version, address, length, metric): our routes,
+        # and the keys foreign routes hold (plain numbers: a dump builds no ipaddress objects)
+        self.ours: dict[Ident, Route | KernelRoute] = {}
+        self.foreign: set[Ident] = set()
         self.blocked: set[IPNetwork] = set()
         self.failed: set[IPNetwork] = set()
         self.dirty: set[IPNetwork] = set()
@@ -85,18 +87,19 @@ class Reconciler:
         self.converged = True
         self.request_full()
 
-    def kernel_route_event(self, key: RouteKey, ours: bool, deleted: bool) -> None:
+    def kernel_route_event(self, ident: Ident, ours: bool, deleted: bool) -> None:
         """A route of our table changed under us: keep the model true and look at that prefix again."""
         if ours:
             if not deleted:
                 return  # our own writes echoing back
-            self.ours.pop(key, None)
+            self.ours.pop(ident, None)
         elif deleted:
-            self.foreign.discard(key)
+            self.foreign.discard(ident)
         else:
-            self.foreign.add(key)
-            self.ours.pop(key, None)  # a foreign route on our key replaced ours
-        self.mark((key.prefix,))
+            self.foreign.add(ident)
+            self.ours.pop(ident, None)  # a foreign route on our key replaced ours
+        version, address, length, _metric = ident
+        self.mark(((IPv4Network if version == 4 else IPv6Network)((address, length)),))
 
     def on_kernel_events(self, events) -> None:
         """A drain of the kernel monitor (reconciler.monitor.KernelEvents)."""
@@ -172,12 +175,12 @@ class Reconciler:
             self.blocked.discard(prefix)
             self.failed.discard(prefix)
             want = self.desired.get(prefix)
-            key = RouteKey(prefix, metric)
+            key = ident_of(prefix, metric)
             have = self.ours.get(key)
             if want is not None:
                 if key in self.foreign:
                     self.blocked.add(prefix)
-                elif have is None or have.gateways != want.gateways:
+                elif have is None or have.hops != want.hops:
                     replace.append(want)
             elif have is not None and self.converged:
                 delete.append(have)
@@ -199,8 +202,8 @@ class Reconciler:
         ours, foreign = self.kernel.snapshot()
         if self.counters["full_passes"] == 0 and ours:
             log.info("routes.adopted count=%d kept until convergence, then unconfirmed ones are swept", len(ours))
-        self.ours = {r.key: r for r in ours}
-        self.foreign = {r.key for r in foreign}
+        self.ours = {r.ident: r for r in ours}
+        self.foreign = {r.ident for r in foreign}
         p = plan(self.desired, ours, foreign, prune=self.converged)
         self.blocked = {r.prefix for r in p.blocked}
         self.failed = set()
@@ -217,12 +220,12 @@ class Reconciler:
             if route in failed:
                 self.failed.add(route.prefix)
             else:
-                self.ours[route.key] = route
+                self.ours[route.ident] = route
         for route in p.delete:
-            if Route(route.prefix, route.gateways, route.metric) in failed:
+            if any(f.ident == route.ident for f in failed):
                 self.failed.add(route.prefix)
             else:
-                self.ours.pop(route.key, None)
+                self.ours.pop(route.ident, None)
         self.counters["routes_replaced"] += result.replaced
         self.counters["routes_deleted"] += result.deleted
         self.counters["route_failures"] += len(failed)

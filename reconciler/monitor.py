@@ -1,7 +1,6 @@
 """Kernel events that wake the reconciler (links, addresses, route changes). Thin I/O shell."""
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from .rtnl import (
 )
 
 
-from .types import RouteKey
+from .types import Ident
 
 _RTM = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
@@ -36,15 +35,15 @@ RTN_UNICAST = 1
 class KernelEvents:
     """What one drain of the monitor saw."""
 
-    routes: list[tuple[RouteKey, bool, bool]] = field(default_factory=list)  # (key, ours, deleted)
+    routes: list[tuple[Ident, bool, bool]] = field(default_factory=list)  # (ident, ours, deleted)
     full: str = ""  # why a full pass is needed ("link", "address", "overrun"), or ""
 
     def __bool__(self) -> bool:
         return bool(self.routes or self.full)
 
 
-def parse_route_key(payload: memoryview, table: int) -> tuple[RouteKey, int] | None:
-    """(key, protocol) of a unicast route of `table` in an RTM_*ROUTE payload, else None."""
+def parse_route_key(payload: memoryview, table: int) -> tuple[Ident, int] | None:
+    """(ident, protocol) of a unicast route of `table` in an RTM_*ROUTE payload, else None."""
     family, dst_len, _src, _tos, rtm_table, proto, _scope, rtype, _flags = _RTM.unpack_from(payload, 0)
     if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
         return None
@@ -63,8 +62,7 @@ def parse_route_key(payload: memoryview, table: int) -> tuple[RouteKey, int] | N
         off += (length + 3) & ~3
     if rtm_table != table:
         return None
-    net = ipaddress.IPv4Network((dst, dst_len)) if family == socket.AF_INET else ipaddress.IPv6Network((dst, dst_len))
-    return RouteKey(net, metric), proto
+    return (4 if family == socket.AF_INET else 6, dst, dst_len, metric), proto
 
 
 class KernelMonitor:

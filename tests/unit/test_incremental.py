@@ -12,7 +12,7 @@ from reconciler.kernel import ApplyResult
 from reconciler.loop import Reconciler
 from reconciler.plan import plan
 from reconciler.policy import Policy, desired_routes
-from reconciler.types import KernelRoute, Owner, RouteKey
+from reconciler.types import KernelRoute, Owner, RouteKey, ident_of
 from speaker.nodes import NodeInfo, NodeView, ownership
 
 N, A = ia.ip_network, ia.ip_address
@@ -88,16 +88,16 @@ class World:
                 self.kernel.ours.pop(key, None)  # another daemon's replace takes the key
                 self.kernel.foreign[key] = KernelRoute(prefix, (A("192.168.50.99") if prefix.version == 4 else
                                                                 A("fd00:50::99"),), METRIC, 4, 254)
-                rec.kernel_route_event(key, ours=False, deleted=False)
+                rec.kernel_route_event(ident_of(prefix, METRIC), ours=False, deleted=False)
             elif not present and key in self.kernel.foreign:
                 del self.kernel.foreign[key]
-                rec.kernel_route_event(key, ours=False, deleted=True)
+                rec.kernel_route_event(ident_of(prefix, METRIC), ours=False, deleted=True)
         elif kind == "zap":  # someone deletes one of our routes
             keys = sorted(self.kernel.ours, key=RouteKey.sort_key)
             if keys:
                 key = keys[args[0] % len(keys)]
                 del self.kernel.ours[key]
-                rec.kernel_route_event(key, ours=True, deleted=True)
+                rec.kernel_route_event(ident_of(key.prefix, key.metric), ours=True, deleted=True)
         elif kind == "own":
             self.own = frozenset(args[0])
             rec.set_own(self.own)
@@ -127,8 +127,7 @@ class World:
         left = plan(desired, ours, foreign, prune=self.rec.converged)
         assert not left.replace and not left.delete, left
         assert {r.prefix for r in left.blocked} == self.rec.blocked
-        assert {k: tuple(r.gateways) for k, r in self.rec.ours.items()} == \
-            {k: tuple(r.gateways) for k, r in self.kernel.ours.items()}
+        assert {k: r.hops for k, r in self.rec.ours.items()} == {r.ident: r.hops for r in self.kernel.ours.values()}
 
 
 cidr_v4 = st.sampled_from([c for c in CIDRS if c.version == 4])
