@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from typing import Any
 
 from .types import (
@@ -26,6 +27,8 @@ from .types import (
 
 _FAMILIES = {"ipv4 unicast": 4, "ipv6 unicast": 6}
 _STATES = {s.value: s for s in SessionState}
+_AF = {4: (socket.AF_INET, ipaddress.IPv4Network), 6: (socket.AF_INET6, ipaddress.IPv6Network)}
+_PEERS: dict[str, str] = {}  # the few peer addresses as ExaBGP writes them -> canonical text
 
 
 def decode_line(line: str) -> Event:
@@ -80,7 +83,24 @@ def _decode_open(peer: str, opened: dict[str, Any]) -> OpenEvent:
 
 def _peer(msg: dict[str, Any]) -> str:
     peer = _obj(_obj(msg.get("neighbor"), "neighbor").get("address"), "neighbor.address")["peer"]
-    return str(ipaddress.ip_address(peer))
+    known = _PEERS.get(peer) if isinstance(peer, str) else None
+    if known is None:
+        known = str(ipaddress.ip_address(peer))
+        if len(_PEERS) < 1024:
+            _PEERS[peer] = known
+    return known
+
+
+def _address(text: Any) -> IPAddress:
+    """ipaddress.ip_address, 4x faster for the plain texts ExaBGP writes (inet_pton is as strict)."""
+    if isinstance(text, str):
+        try:
+            if ":" in text:
+                return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text))
+            return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+        except (OSError, ValueError):
+            pass
+    return ipaddress.ip_address(text)
 
 
 def _obj(value: Any, what: str) -> dict[str, Any]:
@@ -121,7 +141,7 @@ def _paths(peer: str, version: int, by_nh: dict[str, Any], as_path: tuple[int, .
     """One path per prefix; a global next hop wins over a link-local one for the same prefix."""
     best: dict[IPNetwork, IPAddress] = {}
     for nh_text, entries in by_nh.items():
-        nh = ipaddress.ip_address(nh_text)
+        nh = _address(nh_text)
         for entry in _list(entries, "nlri list"):
             prefix = _network(_obj(entry, "nlri entry")["nlri"], version)
             current = best.get(prefix)
@@ -133,6 +153,13 @@ def _paths(peer: str, version: int, by_nh: dict[str, Any], as_path: tuple[int, .
 def _network(text: Any, version: int) -> IPNetwork:
     if not isinstance(text, str):
         raise DecodeError(f"nlri is not a string: {text!r}")
+    addr, slash, length = text.partition("/")
+    if slash and length.isascii() and length.isdigit():  # the shape ExaBGP writes: twice as fast
+        family, network = _AF[version]
+        try:
+            return network((socket.inet_pton(family, addr), int(length)), strict=False)
+        except (OSError, ValueError):
+            pass  # let ipaddress say what is wrong with it
     net = ipaddress.ip_network(text, strict=False)
     if net.version != version:
         raise DecodeError(f"nlri {text} is not IPv{version}")

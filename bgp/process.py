@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 
+from .api_child import HELLO
 from .types import BgpError
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def _die_with_parent() -> None:
@@ -37,6 +41,45 @@ def exabgp_env() -> dict[str, str]:
         "exabgp_cache_attributes": "true",
     })
     return env
+
+
+async def _recv_fds(conn: socket.socket) -> tuple[int, int]:
+    """The two pipe ends an API child sends right after it connects (see bgp.api_child)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+    def ready() -> None:
+        if done.done():
+            return
+        try:
+            msg, fds, _, _ = socket.recv_fds(conn, 64, 2)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            done.set_exception(exc)
+            return
+        if msg != HELLO or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            done.set_exception(ValueError(f"unexpected handoff {msg[:32]!r} with {len(fds)} fds"))
+        else:
+            done.set_result((fds[0], fds[1]))
+
+    loop.add_reader(conn.fileno(), ready)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+def _grow_pipe(fd: int) -> None:
+    """Let ExaBGP run ahead of a busy loop by a MiB of lines instead of 64 KiB (best effort)."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            size = min(int(f.read()), 1 << 20)
+        fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+    except (OSError, ValueError):
+        pass
 
 
 def find_exabgp(name: str) -> str:
@@ -67,8 +110,11 @@ class ExaBGP:
         self.conf_path = os.path.join(runtime_dir, "exabgp.conf")
         self.sock_path = os.path.join(runtime_dir, "api.sock")
         self.proc: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.writer: asyncio.WriteTransport | None = None
+        self._rtrans: asyncio.ReadTransport | None = None
+        self._reading: asyncio.Task | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
         self.restarts = 0
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -82,8 +128,12 @@ class ExaBGP:
         os.makedirs(self.runtime_dir, exist_ok=True)
         if os.path.exists(self.sock_path):
             os.unlink(self.sock_path)
-        self.server = await asyncio.start_unix_server(self._accept, path=self.sock_path, limit=1 << 24)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.sock_path)
+        self._listener.listen(4)
+        self._listener.setblocking(False)
         self._config = config_text
+        self._accepting = asyncio.create_task(self._accept_loop(), name="exabgp-api-accept")
         self._task = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
 
     def reconfigure(self, config_text: str) -> None:
@@ -132,21 +182,59 @@ class ExaBGP:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.writer = writer
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listener is not None
+        while True:
+            conn, _ = await loop.sock_accept(self._listener)
+            try:
+                fds = await asyncio.wait_for(_recv_fds(conn), 10)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                log.warning("exabgp.api.handoff.failed %s", exc)
+                continue
+            finally:
+                conn.close()
+            await self._attach(*fds)
+
+    async def _attach(self, rfd: int, wfd: int) -> None:
+        """A (new) API child handed over ExaBGP's pipes: read its lines, write our commands."""
+        loop = asyncio.get_running_loop()
+        self._detach()
+        _grow_pipe(rfd)
+        reader = asyncio.StreamReader(limit=1 << 24)
+        rtrans, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                 os.fdopen(rfd, "rb", buffering=0))
+        wtrans, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(wfd, "wb", buffering=0))
+        self.writer, self._rtrans = wtrans, rtrans
         log.info("exabgp.api.connected")
         self.on_connect()
+        self._reading = asyncio.create_task(self._read(reader, wtrans), name="exabgp-api-read")
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.WriteTransport) -> None:
+        """ExaBGP's lines, a pipe-full at a time (no await per line), to on_line one by one."""
+        tail = b""
         try:
-            async for raw in reader:
-                self.on_line(raw.decode(errors="replace"))
-        except (ConnectionError, asyncio.IncompleteReadError):
+            while chunk := await reader.read(1 << 18):
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                for raw in lines:
+                    self.on_line(raw.decode(errors="replace") + "\n")
+            if tail:
+                self.on_line(tail.decode(errors="replace"))
+        except ConnectionError:
             pass
         finally:
             if self.writer is writer:
-                self.writer = None
-            writer.close()
+                self._detach()
+
+    def _detach(self) -> None:
+        if self._reading is not None and self._reading is not asyncio.current_task():
+            self._reading.cancel()
+        self._reading = None
+        for t in (self.writer, self._rtrans):
+            if t is not None:
+                t.close()
+        self.writer = self._rtrans = None
 
     def send(self, lines: list[str]) -> bool:
         """Queue commands for ExaBGP; False if no API process is connected right now."""
@@ -174,7 +262,8 @@ class ExaBGP:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.server:
-            self.server.close()
-        if self.writer:
-            self.writer.close()
+        if self._accepting:
+            self._accepting.cancel()
+        if self._listener:
+            self._listener.close()
+        self._detach()

@@ -152,3 +152,33 @@ def test_open_carries_the_peers_graceful_restart_time():
     assert OpenEvent("fd00:50::1", 120) in events and OpenEvent("192.168.50.1", 120) in events
     sent = _update({}).replace('"update"', '"open"', 1).replace('"receive"', '"send"')
     assert decode_line(sent) == IgnoredEvent("open-sent")
+
+
+@pytest.mark.parametrize("text", ["192.168.50.12", "01.2.3.4", "1.2.3", "1.2.3.4 ", "", "fe80::1", "fe80::1%eth0",
+                                  "::ffff:1.2.3.4", "::", "1:2:3:4:5:6:7:8:9", "\u0663.2.3.4", "1.2.3.4\x00"])
+def test_fast_address_parse_agrees_with_ipaddress(text):
+    from bgp.decode import _address
+    try:
+        expected = ia.ip_address(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _address(text)
+    else:
+        assert _address(text) == expected and type(_address(text)) is type(expected)
+
+
+@pytest.mark.parametrize("text,version", [
+    ("10.42.1.0/24", 4), ("10.42.1.7/24", 4), ("10.0.0.0/33", 4), ("10.0.0.0/024", 4), ("10.0.0.0/", 4),
+    ("01.0.0.0/8", 4), ("10.0.0.0/\u0663", 4), ("10.0.0.0", 4), ("fd00:42::/64", 6), ("fd00:42::1/64", 6),
+    ("fd00:42::/129", 6), ("fd00:42::/64", 4), ("10.42.1.0/24", 6)])
+def test_fast_network_parse_agrees_with_ipaddress(text, version):
+    from bgp.decode import _network
+    try:
+        expected = ia.ip_network(text, strict=False)
+    except ValueError:
+        expected = None
+    if expected is None or expected.version != version:
+        with pytest.raises((ValueError, DecodeError)):
+            _network(text, version)
+    else:
+        assert _network(text, version) == expected
