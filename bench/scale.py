@@ -72,7 +72,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _role(pid: int, root: int) -> str:
+    """speaker (the root), exabgp, api_child (what ExaBGP runs: the API process, whatever it
+    has exec'd into), or other."""
     if pid == root:
         return "speaker"
     cmd = _cmdline(pid)
@@ -80,6 +90,9 @@ def _role(pid: int, root: int) -> str:
         return "api_child"
     if "exabgp" in cmd:
         return "exabgp"
+    parent = _ppid(pid)
+    if parent and parent != root and "exabgp" in _cmdline(parent):
+        return "api_child"
     return "other"
 
 
