@@ -67,13 +67,15 @@ for line in sys.stdin.buffer:
         up = time.monotonic()
     elif b'"announce"' in line:
         count += line.count(b'"nlri"')
-        if done is None and count >= n:
-            done = time.monotonic()
-            with open(out + ".tmp", "w") as f:
-                f.write(f"{up} {done} {lines}\n")
-            os.replace(out + ".tmp", out)
-            if trace:
-                trace.flush()
+    elif b'"type": "update"' in line and b'"body"' in line:  # `receive { packets; }`: one route each
+        count += 1
+    if done is None and count >= n:
+        done = time.monotonic()
+        with open(out + ".tmp", "w") as f:
+            f.write(f"{up} {done} {lines}\n")
+        os.replace(out + ".tmp", out)
+        if trace:
+            trace.flush()
 '''
 
 
@@ -243,6 +245,16 @@ def config_text(api: list[str], neighbor_extra: list[str]) -> str:
     return text
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     seconds: float
@@ -251,6 +263,8 @@ class Result:
     exabgp_hwm: float
     child_rss: float
     lines: int
+    exabgp_cpu: float = float("nan")  # ExaBGP's CPU seconds from its start to the last route (wall
+    speaker_cpu: float = float("nan")  # time is noisy on a shared machine; CPU time much less)
 
 
 def run_exabgp(lab: Lab, tor_pid: int, mode: str, args: argparse.Namespace, profile: cProfile.Profile | None) -> Result:
@@ -265,6 +279,12 @@ def run_exabgp(lab: Lab, tor_pid: int, mode: str, args: argparse.Namespace, prof
     else:
         api = process.api_command(os.path.join(rdir, "api.sock"))
     text = config_text(api, args.neighbor)
+    for swap in args.conf_replace:
+        old, new = swap.split("=", 1)
+        assert old in text, f"{old!r} is not in the rendered configuration"
+        text = text.replace(old, new)
+    if args.receive_packets:
+        text = text.replace("            parsed;\n", "            packets;\n")
     return asyncio.run(_run_exabgp(lab, tor_pid, mode, args, rdir, done_file, text, profile))
 
 
@@ -309,6 +329,7 @@ async def _run_exabgp(lab: Lab, tor_pid: int, mode: str, args: argparse.Namespac
     est = Established(tor_pid)
     if profile:
         profile.enable()
+    cpu0 = time.process_time()
     try:
         await bgp.start(text)
         deadline = loop.time() + args.timeout
@@ -330,6 +351,8 @@ async def _run_exabgp(lab: Lab, tor_pid: int, mode: str, args: argparse.Namespac
             profile.disable()
         if state["done"] is None:
             raise SystemExit(f"{mode}: only {state['paths']} of {lab.n} paths after {args.timeout}s")
+        speaker_cpu = time.process_time() - cpu0
+        exabgp_cpu = cpu_seconds(_exabgp_pid(bgp.pid))
         await asyncio.sleep(0.3)  # let ExaBGP finish the tail before sampling memory
         exa_pid = _exabgp_pid(bgp.pid)
         kids = children(exa_pid)
@@ -342,7 +365,7 @@ async def _run_exabgp(lab: Lab, tor_pid: int, mode: str, args: argparse.Namespac
                 buckets[int((t - est.at) * 10)] = buckets.get(int((t - est.at) * 10), 0) + 1
             print("    lines per 100 ms:", " ".join(f"{k / 10:.1f}:{v}" for k, v in sorted(buckets.items())))
         return Result(state["done"] - est.at, state["done"] - state["up"] if state["up"] else float("nan"),
-                      exa_rss, exa_hwm, child_rss, state["lines"])
+                      exa_rss, exa_hwm, child_rss, state["lines"], exabgp_cpu, speaker_cpu)
     finally:
         est.stop()
         await bgp.stop()
@@ -411,6 +434,10 @@ def main() -> None:
     ap.add_argument("--neighbor", action="append", default=[], help="extra statement in the neighbor block")
     ap.add_argument("--profile", help="cProfile of this process during the last decode run, to FILE")
     ap.add_argument("--pyspy", help="py-spy record ExaBGP during the last run of each mode, to FILE-MODE.txt")
+    ap.add_argument("--conf-replace", action="append", default=[], metavar="OLD=NEW",
+                    help="replace text in the rendered configuration (e.g. to undo a setting)")
+    ap.add_argument("--receive-packets", action="store_true",
+                    help="counter mode: ExaBGP sends raw UPDATEs (hex) instead of parsed JSON")
     ap.add_argument("--read-pause", type=float, help="override ExaBGP.read_pause (seconds; 0 = off)")
     ap.add_argument("--hist", action="store_true", help="print lines received per 100 ms (relay, decode)")
     ap.add_argument("--timeout", type=float, default=120)
@@ -450,14 +477,16 @@ def main() -> None:
                 r = results[-1]
                 print(f"  {mode:8} run {i + 1}: {r.seconds:6.3f}s (from up {r.from_up:6.3f}s) "
                       f"exabgp {r.exabgp_rss:5.1f} MiB (peak {r.exabgp_hwm:5.1f}) child {r.child_rss:5.1f} MiB "
-                      f"lines {r.lines}", flush=True)
+                      f"lines {r.lines} cpu exabgp {r.exabgp_cpu:5.2f}s speaker {r.speaker_cpu:5.2f}s", flush=True)
                 if prof:
                     prof.dump_stats(args.profile)
                     pstats.Stats(prof).sort_stats("tottime").print_stats(15)
             med = {k: statistics.median(getattr(r, k) for r in results)
-                   for k in ("seconds", "from_up", "exabgp_rss", "exabgp_hwm", "child_rss")}
+                   for k in ("seconds", "from_up", "exabgp_rss", "exabgp_hwm", "child_rss", "exabgp_cpu",
+                             "speaker_cpu")}
             print(f"{mode:8} N={args.routes} median {med['seconds']:6.3f}s  exabgp {med['exabgp_rss']:5.1f} MiB "
-                  f"(peak {med['exabgp_hwm']:5.1f})  child {med['child_rss']:5.1f} MiB", flush=True)
+                  f"(peak {med['exabgp_hwm']:5.1f})  child {med['child_rss']:5.1f} MiB  cpu exabgp "
+                  f"{med['exabgp_cpu']:5.2f}s speaker {med['speaker_cpu']:5.2f}s", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({"mode": mode, "n": args.routes, "env": args.env, "neighbor": args.neighbor,
