@@ -96,10 +96,12 @@ def api_command(socket_path: str) -> list[str]:
 
 
 class ExaBGP:
-    """Runs `exabgp server CONF`, restarts it with backoff when it dies, relays API lines.
+    """Runs `exabgp server CONF`, restarts it with backoff when it dies, talks to its API pipes.
 
-    on_line(line) gets every line ExaBGP writes to its API process; on_connect() fires when a
-    (new) API process connects, on_exit(rc) when ExaBGP died unexpectedly.
+    ExaBGP's API process (bgp.api_child) hands ExaBGP's two pipes to us over api.sock, so lines
+    are read from, and commands written to, ExaBGP directly. on_line(line) gets every line ExaBGP
+    writes to its API process; on_connect() fires when a (new) API process hands over its pipes,
+    on_exit(rc) when ExaBGP died unexpectedly.
     """
 
     read_pause = 0.001  # seconds between reads while lines keep coming (see _pause_reading)
