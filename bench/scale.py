@@ -17,8 +17,10 @@ Measured (medians over --repeat runs where repeated):
   receiver's kernel (routes of the receiver's protocol: 80 for podbgp, 12 for BIRD), read from a
   netlink route monitor opened before the receiver starts. BIRD opens its two sessions up to
   ~0.2 s apart and its first family's routes flow meanwhile, so the same measure is also given
-  family by family (each family from its own session), with the ratio of both. About one BIRD run
-  in four stalls ~2 s in one family (TCP, not the bench): hence --bird-repeat 5 and the medians.
+  family by family (each family from its own session), with the ratio of both. In about one BIRD
+  run in three, one family stalls ~2 s: the ToR stops sending to that session (its socket idle,
+  the window open, nothing unsent), a BIRD-to-BIRD effect not seen towards podbgp; hence
+  --bird-repeat 5, the medians and every run listed.
 - podbgp.list_s: speaker process start -> its `nodes.synced` log line seen.
 - rss: after convergence, the speaker and every descendant (ExaBGP, its API child), from /proc.
 - churn_cpu_pct: Node status patches at N/300 per second (every Node once per 5 minutes, only
@@ -666,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each receiver (medians)")
     ap.add_argument("--bird-repeat", type=int, default=5,
-                    help="runs of the BIRD receiver (cheap; about one in four stalls ~2 s in one family)")
+                    help="runs of the BIRD receiver (cheap; about one in three stalls ~2 s in one family)")
     ap.add_argument("--samples", type=int, default=5, help="Node deletes and withdraws measured")
     ap.add_argument("--churn-seconds", type=float, default=25.0)
     ap.add_argument("--idle-seconds", type=float, default=5.0)
