@@ -154,20 +154,34 @@ class KubeNodeClient:
         else:
             config.load_incluster_config()
             api_client = client.ApiClient()
-        self.api = client.CoreV1Api(api_client)
+        self.api = api_client
         self.read_timeout = read_timeout
 
+    def _get(self, query: list[tuple[str, str]], read_timeout: float):
+        """GET /api/v1/nodes through the client's auth, TLS and connection pool, the response not
+        preloaded. CoreV1Api.list_node would do the same after building pydantic validators for
+        its signature (about 15 MiB of schemas that a Node watch has no use for)."""
+        from kubernetes.client.exceptions import ApiException
+
+        method, url, headers, _body, _post = self.api.param_serialize(
+            "GET", "/api/v1/nodes", query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, url, headers, _request_timeout=(5, read_timeout))
+        if not 200 <= resp.status <= 299:
+            resp.read()
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return resp.response
+
     def list_nodes(self) -> ListStream:
-        resp = self.api.list_node(resource_version="0", _preload_content=False, _request_timeout=(5, 60))
+        resp = self._get([("resourceVersion", "0")], 60)
         return ListStream(_closing(resp.stream(1 << 16), resp))
 
     def watch_list(self, timeout: int, stop: threading.Event) -> Iterator[dict]:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resp = self.api.list_node(watch=True, send_initial_events=True, resource_version_match="NotOlderThan",
-                                      allow_watch_bookmarks=True, timeout_seconds=timeout, _preload_content=False,
-                                      _request_timeout=(5, self.read_timeout))
+            resp = self._get([("watch", "true"), ("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan"),
+                              ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(timeout))], self.read_timeout)
         except ApiException as exc:
             if exc.status in (400, 422):
                 raise WatchListUnsupported(f"HTTP {exc.status}: {_reason(exc)}") from None
@@ -175,9 +189,8 @@ class KubeNodeClient:
         return self._lines(resp, stop)
 
     def watch_nodes(self, resource_version: str, timeout: int, stop: threading.Event) -> Iterator[dict]:
-        resp = self.api.list_node(watch=True, resource_version=resource_version, allow_watch_bookmarks=True,
-                                  timeout_seconds=timeout, _preload_content=False,
-                                  _request_timeout=(5, self.read_timeout))
+        resp = self._get([("watch", "true"), ("resourceVersion", resource_version), ("allowWatchBookmarks", "true"),
+                          ("timeoutSeconds", str(timeout))], self.read_timeout)
         return self._lines(resp, stop)
 
     @staticmethod
