@@ -7,15 +7,14 @@ inside a named network namespace.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import ipaddress
-import os
 import select
 import socket
 import struct
 import time
-from contextlib import contextmanager
+
+from reconciler.rtnl import in_netns, iter_messages
 
 NETLINK_ROUTE, NETLINK_SOCK_DIAG = 0, 4
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -26,14 +25,12 @@ RTA_DST, RTA_GATEWAY = 1, 5
 RTN_UNICAST = 1
 RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE = 0x40, 0x400
 TCP_ESTABLISHED = 1
-CLONE_NEWNET = 0x40000000
 
 _NLH = struct.Struct("=IHHII")
 _RTM = struct.Struct("=BBBBBBBBI")
 _RTA = struct.Struct("=HH")
 _DIAG_REQ = struct.Struct("=BBBBI HH16s16sI8s")  # inet_diag_req_v2 (sockid ports are big-endian)
 _DIAG_MSG = struct.Struct("=BBBB")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 # A route as the bench sees it: (family, destination bytes, prefix length)
 RouteKey = tuple[int, bytes, int]
@@ -41,23 +38,6 @@ RouteKey = tuple[int, bytes, int]
 
 def route_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> RouteKey:
     return (socket.AF_INET if net.version == 4 else socket.AF_INET6, net.network_address.packed, net.prefixlen)
-
-
-@contextmanager
-def in_netns(name: str):
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(own, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
-    finally:
-        os.close(target)
-        os.close(own)
 
 
 def _socket(netns: str, proto: int, groups: int = 0) -> socket.socket:
@@ -69,16 +49,6 @@ def _socket(netns: str, proto: int, groups: int = 0) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * 1024 * 1024)
     sock.bind((0, groups))
     return sock
-
-
-def _messages(buf: memoryview):
-    off, n = 0, len(buf)
-    while off + 16 <= n:
-        length, kind, _flags, _seq, _pid = _NLH.unpack_from(buf, off)
-        if length < 16 or off + length > n:
-            return
-        yield kind, buf[off + 16: off + length]
-        off += (length + 3) & ~3
 
 
 def _route(payload: memoryview, protocol: int) -> tuple[RouteKey, bytes | None] | None:
@@ -110,7 +80,7 @@ def dump_routes(netns: str, protocol: int) -> dict[RouteKey, bytes | None]:
         sock.send(_NLH.pack(16 + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
         while True:
             n = sock.recv_into(buf)
-            for kind, payload in _messages(memoryview(buf)[:n]):
+            for kind, _flags, _seq, payload in iter_messages(memoryview(buf)[:n]):
                 if kind in (NLMSG_DONE, NLMSG_ERROR):
                     return out
                 if kind == RTM_NEWROUTE:
@@ -150,7 +120,7 @@ class RouteMonitor:
                     self.overruns += 1
                     return added, deleted, True
                 raise
-            for kind, payload in _messages(memoryview(self.buf)[:n]):
+            for kind, _flags, _seq, payload in iter_messages(memoryview(self.buf)[:n]):
                 if kind == RTM_NEWROUTE or kind == RTM_DELROUTE:
                     r = _route(payload, self.protocol)
                     if r is not None:
@@ -177,7 +147,7 @@ class EstablishedWatch:
             done = False
             while not done:
                 n = self.sock.recv_into(self.buf)
-                for kind, payload in _messages(memoryview(self.buf)[:n]):
+                for kind, _flags, _seq, payload in iter_messages(memoryview(self.buf)[:n]):
                     if kind in (NLMSG_DONE, NLMSG_ERROR):
                         done = True
                         break

@@ -318,7 +318,7 @@ class Bench:
         port = w.free_port()
         with open(run.path("kubeconfig"), "w") as f:
             f.write(w.kubeconfig("http://127.0.0.1:6443"))  # as the speaker sees it, in its namespace
-        argv = [sys.executable, "-m", "bench._scale_api", "--state", run.path("nodes.json"),
+        argv = [sys.executable, "-m", "lab.apiserver", "--state", run.path("nodes.json"),
                 "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:6443@{self.pod_ns}"]
         proc = run.spawn("apiserver", argv, run.path("apiserver.log"), stdout=subprocess.PIPE)
         line = proc.popen.stdout.readline()

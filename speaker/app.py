@@ -26,7 +26,7 @@ from . import announce
 from .config import Config, ConfigError, check_pod_cidr
 from .nodes import NodeInfo, NodeView
 from .podcidr import Discovered, discover
-from .watch import ApiDown, ApiUp, Changed
+from .watch import ApiDown, Changed
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 spawns `run` with pipes on stdin/stdout, writes JSON lines, reads commands, respawns a dead
 helper (closing its pipes), and exits when told. No root, no network."""
 import asyncio
-import os
 import sys
 
 from bgp.process import ExaBGP, api_command
