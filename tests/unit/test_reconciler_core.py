@@ -274,3 +274,50 @@ def test_apply_reports_failed_deletes_as_routes_and_goes_on():
     res = k.apply(Plan(replace=(), delete=(dumped[0], dumped[1], r("10.42.9.0/24", "192.168.77.9")), blocked=()))
     assert res == ApplyResult(replaced=0, deleted=2, failed={r("10.42.3.0/24", "192.168.77.13", "192.168.77.14"): 1})
     assert k.rtnl.writes[0][1:] == (80, 254, True)
+
+
+def _reference_check(policy, path):
+    """The policy as first written with ipaddress's own range tests: check() must agree."""
+    p = path.prefix
+    if p.prefixlen == 0:
+        return Reason.DEFAULT_ROUTE
+    if any(p.overlaps(o) for o in policy.own if o.version == p.version):
+        return Reason.OWN_CIDR
+    if any(p.overlaps(s) for s in policy.service if s.version == p.version):
+        return Reason.SERVICE_RANGE
+    if not any(p.subnet_of(c) for c in policy.cluster if c.version == p.version):
+        return Reason.OUTSIDE_CLUSTER
+    if any(p.overlaps(c) for c in policy.connected if c.version == p.version):
+        return Reason.CONNECTED
+    if p in policy.disputed:
+        return Reason.DISPUTED
+    owner = policy.owners.get(p)
+    if owner is None:
+        return Reason.NO_SUCH_NODE
+    if path.next_hop.is_link_local:
+        return Reason.LINK_LOCAL_NEXT_HOP
+    if path.next_hop not in owner.addresses:
+        return Reason.NEXT_HOP_MISMATCH
+    return None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(v4=st.tuples(st.integers(0x0A2A0000 - 512, 0x0A2B0000 + 512), st.integers(0, 32)),
+       v6=st.tuples(st.integers(0, 2**16 - 1), st.integers(0, 128)), six=st.booleans(),
+       nh=st.sampled_from(["192.168.50.12", "192.168.50.13", "fd00:50::12", "fe80::1"]))
+@settings(max_examples=2000, deadline=None)
+def test_integer_range_check_agrees_with_ipaddress(v4, v6, six, nh):
+    if six:
+        base, length = 0xFD000042000000000000000000000000 + (v6[0] << 64), v6[1]
+        prefix = ia.IPv6Network((base >> (128 - length) << (128 - length) if length else 0, length))
+    else:
+        addr, length = v4
+        prefix = ia.IPv4Network((addr >> (32 - length) << (32 - length) if length else 0, length))
+    nh = A(nh)
+    if nh.version != prefix.version and not nh.is_link_local:
+        return
+    path = Path("p", prefix, nh)
+    assert check(POLICY, path) == _reference_check(POLICY, path)
