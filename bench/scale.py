@@ -410,7 +410,8 @@ class Bench:
         os.makedirs(rt, exist_ok=True)
         conf, log = os.path.join(rt, "podbgp.yaml"), os.path.join(rt, "speaker.log")
         with open(conf, "w") as f:
-            f.write(w.speaker_config(run.path("kubeconfig"), os.path.join(rt, "run"), f"127.0.0.1:{w.free_port()}"))
+            self.status_address = f"127.0.0.1:{w.free_port()}"
+            f.write(w.speaker_config(run.path("kubeconfig"), os.path.join(rt, "run"), self.status_address))
         self.speaker_log = log
         conv = Converge(self.tor, self.pod_ns, POD_PROTO, w.POD_RX, self.expected)
         synced: list[float] = []
@@ -473,6 +474,12 @@ class Bench:
             logf.close()
             conv.close()
 
+    def speaker_counters(self) -> dict:
+        """The speaker's own counters, from its status endpoint inside its namespace."""
+        out = subprocess.run(["ip", "netns", "exec", self.pod_ns, sys.executable, "-m", "speaker.cli", "status", "--json",
+                              "--address", self.status_address], capture_output=True, text=True, timeout=10)
+        return json.loads(out.stdout).get("counters", {}) if out.returncode == 0 else {}
+
     def podbgp_extras(self, sp, conv: Converge) -> dict:
         time.sleep(2.0)  # let the post-convergence work (End-of-RIB, first prune) settle
         res: dict = {}
@@ -480,13 +487,19 @@ class Bench:
         res["rss_split_mib"] = split
         res["rss_mib"] = round(sum(split.values()), 1)
         say(f"podbgp RSS {res['rss_mib']:.0f} MiB ({', '.join(f'{k} {v:.0f}' for k, v in sorted(split.items()))})")
+        before = self.speaker_counters()
+        res["passes_to_converge"] = {k: before.get(k, 0) for k in ("reconciles", "full_passes")}
         idle, _ = cpu_pct(sp.pid, self.args.idle_seconds)
         res["idle_cpu_pct"] = round(idle, 1)
         say(f"podbgp idle CPU {idle:.1f}% over {self.args.idle_seconds:.0f}s; churn for {self.args.churn_seconds:.0f}s ...")
         churn, (sent, wall, target) = cpu_pct(sp.pid, self.args.churn_seconds, self.churn)
         res.update({"churn_cpu_pct": round(churn, 1), "churn_patches": sent,
                     "churn_patch_rate_per_s": round(sent / wall, 2), "churn_target_rate_per_s": round(target, 2)})
-        say(f"podbgp churn CPU {churn:.0f}% at {sent / wall:.1f} patches/s (target {target:.1f})")
+        after = self.speaker_counters()
+        res["passes_during_idle_and_churn"] = {k: after.get(k, 0) - before.get(k, 0) for k in ("reconciles", "full_passes")}
+        say(f"podbgp churn CPU {churn:.0f}% at {sent / wall:.1f} patches/s (target {target:.1f}); reconcile passes "
+            f"to converge {res['passes_to_converge']}, during idle and churn {res['passes_during_idle_and_churn']} "
+            "(full passes are the periodic resync)")
         time.sleep(1.0)
         dels = []
         for n in self.delete_nodes:
