@@ -80,6 +80,3 @@ class Rib:
         if peer is not None:
             return len(self._by_peer.get(peer, {}))
         return sum(len(t) for t in self._by_peer.values())
-
-    def peers(self) -> list[str]:
-        return sorted(self._by_peer)
