@@ -17,6 +17,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
+from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 
 from bgp.types import IPNetwork, Path
@@ -75,7 +76,7 @@ class Reconciler:
     def set_own(self, own: Iterable[IPNetwork]) -> None:
         own = frozenset(own)
         if own != self.policy.own:
-            self.policy = _replace(self.policy, own=own)
+            self.policy = replace(self.policy, own=own)
             self.mark_all()
 
     def set_synced(self) -> None:
@@ -191,7 +192,7 @@ class Reconciler:
     def _full_pass(self) -> None:
         connected = self.kernel.connected()
         if connected != self.policy.connected:
-            self.policy = _replace(self.policy, connected=connected)
+            self.policy = replace(self.policy, connected=connected)
             self._all = True
         if self._all:
             self._evaluate_all()
@@ -237,9 +238,3 @@ class Reconciler:
 
     def rejections(self) -> list[Rejection]:
         return [r for rs in self.rejected.values() for r in rs]
-
-
-def _replace(policy: Policy, **changes) -> Policy:
-    from dataclasses import replace
-
-    return replace(policy, **changes)
