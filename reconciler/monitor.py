@@ -1,8 +1,6 @@
 """Kernel events that wake the reconciler (links, addresses, route changes). Thin I/O shell."""
 from __future__ import annotations
 
-import socket
-import struct
 from dataclasses import dataclass, field
 
 from .rtnl import (
@@ -19,16 +17,9 @@ from .rtnl import (
     RTMGRP_LINK,
     iter_messages,
     open_socket,
+    parse_route,
 )
-
-
 from .types import Ident
-
-_RTM = struct.Struct("=BBBBBBBBI")
-_RTA = struct.Struct("=HH")
-_U32 = struct.Struct("=I")
-RTA_DST, RTA_PRIORITY, RTA_TABLE = 1, 6, 15
-RTN_UNICAST = 1
 
 
 @dataclass
@@ -40,29 +31,6 @@ class KernelEvents:
 
     def __bool__(self) -> bool:
         return bool(self.routes or self.full)
-
-
-def parse_route_key(payload: memoryview, table: int) -> tuple[Ident, int] | None:
-    """(ident, protocol) of a unicast route of `table` in an RTM_*ROUTE payload, else None."""
-    family, dst_len, _src, _tos, rtm_table, proto, _scope, rtype, _flags = _RTM.unpack_from(payload, 0)
-    if rtype != RTN_UNICAST or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    dst, metric, off, end = 0, 0, _RTM.size, len(payload)
-    while off + 4 <= end:
-        length, kind = _RTA.unpack_from(payload, off)
-        if length < 4:
-            break
-        kind &= 0x3FFF
-        if kind == RTA_DST:
-            dst = int.from_bytes(payload[off + 4: off + length], "big")
-        elif kind == RTA_TABLE:
-            rtm_table = _U32.unpack_from(payload, off + 4)[0]
-        elif kind == RTA_PRIORITY:
-            metric = _U32.unpack_from(payload, off + 4)[0]
-        off += (length + 3) & ~3
-    if rtm_table != table:
-        return None
-    return (4 if family == socket.AF_INET else 6, dst, dst_len, metric), proto
 
 
 class KernelMonitor:
@@ -99,9 +67,9 @@ class KernelMonitor:
                 if kind == RTM_NEWROUTE or kind == RTM_DELROUTE:
                     if kind == RTM_NEWROUTE and len(payload) > 5 and payload[5] == self.protocol:
                         continue  # our own writes echoing back: the cheapest test first
-                    parsed = parse_route_key(payload, self.table)
-                    if parsed is not None:
-                        out.routes.append((parsed[0], parsed[1] == self.protocol, kind == RTM_DELROUTE))
+                    route = parse_route(payload)
+                    if route is not None and route.table == self.table:
+                        out.routes.append((route.ident, route.protocol == self.protocol, kind == RTM_DELROUTE))
                 elif kind in (RTM_NEWLINK, RTM_DELLINK):
                     out.full = out.full or "link"
                 elif kind in (RTM_NEWADDR, RTM_DELADDR):
