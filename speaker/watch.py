@@ -288,6 +288,7 @@ class NodeWatcher:
                             fresh[name] = value
                     elif kind == "BOOKMARK":
                         if not _initial_end(obj):  # a server that ignores sendInitialEvents
+                            stream.close()  # release the connection now, not when collected
                             raise WatchListUnsupported("a bookmark came before the initial-events-end one")
                         self._synced(fresh, _rv(obj), started, "watch-list")
                         return stream
