@@ -302,7 +302,7 @@ def _start_apiserver(state: State) -> None:
 
 def start_apiserver(state: State) -> None:
     listen = [f"127.0.0.1:{state.api_port}"] + [
-        f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] == "node"]
+        f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] in ("node", "host")]
     log = open(os.path.join(state.dir, "apiserver.log"), "ab")
     args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json")]
     for spec in listen:
