@@ -5,7 +5,9 @@ against it unmodified: discovery, OpenAPI v3 stubs, list (also as a Table), watc
 and 410 on compacted versions, the streaming list ("watch-list", KEP 3157), paged lists with
 continue tokens, create, get, update, patch (merge, strategic, JSON), delete, and the status
 subresource. It may listen in several network namespaces at once (each node of the lab reaches it
-on its own loopback), which is how a node in the lab sees "its" API server.
+on its own loopback), which is how a node in the lab sees "its" API server. Given a certificate and
+a token file it serves HTTPS and, like kube-apiserver, answers 401 to a request without that bearer
+token (the health and version endpoints stay open, as for system:unauthenticated).
 
 Built for 5,000-10,000 Nodes: lists and watches write each Node's stored JSON bytes as they are,
 a batch at a time, and never build the whole answer in memory.
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from bisect import bisect_left
@@ -44,6 +48,7 @@ RESOURCES = {
     ],
 }
 OPENAPI_HASH = "podbgplab1"
+OPEN_PATHS = (["healthz"], ["readyz"], ["livez"], ["version"])
 GVK = {"x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": "Node"}}
 OPENAPI_V1 = {
     "openapi": "3.0.0",
@@ -311,6 +316,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "podbgp-lab-apiserver"
     store: Store
     watch_list = True  # the WatchList feature gate (off emulates Kubernetes 1.33)
+    token: bytes | None = None  # the bearer token every request but health/version must carry
 
     def log_message(self, fmt: str, *args) -> None:  # quiet by default
         log.debug("http %s", fmt % args)
@@ -357,11 +363,17 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self.close_connection = True
         try:
+            if self.token is not None and parts not in OPEN_PATHS and not self._authorized():
+                raise ApiError(401, "Unauthorized", "Unauthorized")
             self._dispatch(method, parts, q)
         except ApiError as err:
             self._send(err.code, err.status())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _authorized(self) -> bool:
+        scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token or b"")
 
     do_GET = lambda self: self._route("GET")  # noqa: E731
     do_POST = lambda self: self._route("POST")  # noqa: E731
@@ -580,12 +592,30 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, sock: socket.socket, handler: type, stopping: threading.Event) -> None:
+    def __init__(self, sock: socket.socket, handler: type, stopping: threading.Event,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.stopping = stopping
+        self.tls = tls
         super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
         self.socket.close()
         self.socket = sock
         self.server_address = sock.getsockname()[:2]
+
+    def get_request(self):
+        conn, addr = self.socket.accept()
+        if self.tls is not None:  # the handshake runs in the request's thread, on its first read
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
+
+    def handle_error(self, request, client_address) -> None:
+        log.debug("http.error client=%s", client_address, exc_info=True)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
@@ -600,18 +630,19 @@ def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
     return sock
 
 
-def serve(store: Store, listeners: list[tuple[str, int, str | None]],
-          watch_list: bool = True) -> tuple[list[Server], threading.Event]:
+def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list: bool = True,
+          tls: ssl.SSLContext | None = None, token: str | None = None) -> tuple[list[Server], threading.Event]:
     """Start one HTTP server per (host, port, netns) sharing the store; returns them running.
 
     watch_list=False emulates Kubernetes 1.33, whose WatchList feature gate is off: a watch with
     sendInitialEvents is refused (422) and clients fall back to list + watch.
     """
     stopping = threading.Event()
-    handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list})
+    handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list,
+                                                "token": token.encode() if token is not None else None})
     servers = []
     for host, port, netns in listeners:
-        srv = Server(listen_socket(host, port, netns), handler, stopping)
+        srv = Server(listen_socket(host, port, netns), handler, stopping, tls)
         threading.Thread(target=srv.serve_forever, name=f"api-{netns or 'host'}", daemon=True).start()
         servers.append(srv)
     return servers, stopping
@@ -629,7 +660,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-watch-list", action="store_true",
                     help="refuse sendInitialEvents (422), as Kubernetes 1.33 with the WatchList gate off")
     ap.add_argument("--persist-interval", type=float, default=1.0, help="seconds between writes of the state")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    ap.add_argument("--token-file", help="demand this bearer token (401 otherwise)")
     args = ap.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
+    tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    token = None
+    if args.token_file:
+        with open(args.token_file) as f:
+            token = f.read().strip()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     listeners = []
     for spec in args.listen:
@@ -637,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port = addr.rpartition(":")
         listeners.append((host.strip("[]"), int(port), netns or None))
     store = Store(args.state, history=args.history, persist_interval=args.persist_interval)
-    servers, stopping = serve(store, listeners, watch_list=not args.no_watch_list)
+    servers, stopping = serve(store, listeners, watch_list=not args.no_watch_list, tls=tls, token=token)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -1,0 +1,103 @@
+"""The lab API server over HTTPS with a bearer token, against the official client and kubectl.
+
+The speaker reaches it the way a Pod does: the in-cluster configuration (service host and port
+from the environment, the service-account token and CA from files)."""
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.incluster_config import InClusterConfigLoader
+
+from lab import pki
+from lab.apiserver import serve, tls_context
+from lab.kubestore import Store
+from speaker.watch import KubeNodeClient
+
+NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+        "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.11"}]}}
+
+
+@pytest.fixture
+def secure_api(tmp_path):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl(1) is not installed")
+    paths = pki.make(str(tmp_path / "pki"))
+    store = Store(str(tmp_path / "nodes.json"), history=50)
+    servers, stopping = serve(store, [("127.0.0.1", 0, None)], tls=tls_context(paths["cert"], paths["key"]),
+                              token=paths["token"])
+    port = servers[0].server_address[1]
+    try:
+        yield paths, port, tmp_path
+    finally:
+        stopping.set()
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+        store.close()
+
+
+def _kubeconfig(tmp_path, port, ca, token):
+    kc = tmp_path / f"kc-{abs(hash((ca, token)))}"
+    kc.write_text(pki.kubeconfig(f"https://127.0.0.1:{port}", ca, token))
+    return str(kc)
+
+
+def test_client_with_ca_and_token_works_and_a_wrong_token_is_refused(secure_api):
+    paths, port, tmp = secure_api
+    v1 = client.CoreV1Api(config.new_client_from_config(config_file=_kubeconfig(tmp, port, paths["ca"], paths["token"])))
+    v1.create_node(NODE)
+    assert [n.metadata.name for n in v1.list_node().items] == ["n1"]
+    bad = client.CoreV1Api(config.new_client_from_config(config_file=_kubeconfig(tmp, port, paths["ca"], "nope")))
+    with pytest.raises(ApiException) as err:
+        bad.list_node()
+    assert err.value.status == 401
+
+
+def test_health_is_open_but_nodes_need_the_token_and_the_ca(secure_api):
+    paths, port, _ = secure_api
+    ctx = ssl.create_default_context(cafile=paths["ca"])
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5) as r:
+        assert r.read() == b"ok"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/api/v1/nodes", context=ctx, timeout=5)
+    assert err.value.code == 401
+    with pytest.raises(urllib.error.URLError) as err:  # a client that does not trust the lab's CA
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ssl.create_default_context(), timeout=5)
+    assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
+
+
+def test_in_cluster_configuration_reaches_it_like_a_pod(secure_api, monkeypatch):
+    paths, port, _ = secure_api
+    sa = paths["serviceaccount"]
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
+    loader = InClusterConfigLoader(token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt", environ=env)
+    cfg = client.Configuration()
+    loader.load_and_set(cfg)
+    v1 = client.CoreV1Api(client.ApiClient(cfg))
+    v1.create_node(NODE)
+    # the speaker's own client, built with no kubeconfig, takes the same in-cluster path
+    monkeypatch.setattr(config, "load_incluster_config", lambda: InClusterConfigLoader(
+        token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt", environ=env).load_and_set())
+    names = [n["metadata"]["name"] for n in KubeNodeClient(None).list_nodes()]
+    assert names == ["n1"]
+
+
+def test_kubectl_trusts_the_ca_and_sends_the_token(secure_api):
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed")
+    paths, port, tmp = secure_api
+    kc = _kubeconfig(tmp, port, paths["ca"], paths["token"])
+    out = subprocess.run(["kubectl", "--kubeconfig", kc, "get", "nodes", "-o", "name"], capture_output=True,
+                         text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "KUBECACHEDIR": str(tmp / "cache")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
+    bad = _kubeconfig(tmp, port, paths["ca"], "nope")
+    out = subprocess.run(["kubectl", "--kubeconfig", bad, "get", "nodes"], capture_output=True, text=True,
+                         timeout=30, env={"PATH": "/usr/bin:/bin", "KUBECACHEDIR": str(tmp / "cache2")})
+    assert out.returncode != 0 and "You must be logged in to the server" in out.stderr  # what kubectl says to a 401
