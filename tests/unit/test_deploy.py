@@ -1,0 +1,217 @@
+"""deploy/, the kustomize base: what `kubectl kustomize deploy` renders, checked against the
+Kubernetes 1.32 schemas (offline, kubernetes-validate) and against the contract the lab and the
+image rely on. The contract checks are a function returning violations, so a test can show that
+breaking the manifest breaks them.
+"""
+import copy
+import os
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from speaker import config as cfgmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+K8S_VERSION = "1.32.0"  # kubernetes-validate ships v1.32.0-local-strict; no network needed
+EXPECTED = {("ServiceAccount", "podbgp"), ("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp"),
+            ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")}
+NAMESPACED = {"ServiceAccount", "ConfigMap", "DaemonSet"}
+RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+         {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]
+
+
+def kustomize(path: str) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize base")
+    out = subprocess.run(["kubectl", "kustomize", path], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"kubectl kustomize {path}: {out.stderr.strip()}"
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[tuple[str, str], dict]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in kustomize(os.path.join(ROOT, "deploy"))}
+
+
+def _get(obj, path: str):
+    """`a.b[0].c` in a nested dict; None when absent."""
+    for part in path.replace("[", ".[").split("."):
+        if obj is None:
+            return None
+        if part.startswith("["):
+            i = int(part[1:-1])
+            obj = obj[i] if isinstance(obj, list) and i < len(obj) else None
+        else:
+            obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+POD = "spec.template.spec"
+C = POD + ".containers[0]"
+SC = C + ".securityContext"
+CONTRACT = {
+    "spec.updateStrategy.type": "RollingUpdate",
+    "spec.updateStrategy.rollingUpdate.maxUnavailable": 1,
+    POD + ".hostNetwork": True,
+    POD + ".dnsPolicy": "ClusterFirstWithHostNet",
+    POD + ".priorityClassName": "system-node-critical",
+    POD + ".tolerations": [{"operator": "Exists"}],
+    POD + ".nodeSelector": {"kubernetes.io/os": "linux"},
+    POD + ".terminationGracePeriodSeconds": 30,
+    POD + ".serviceAccountName": "podbgp",
+    POD + ".automountServiceAccountToken": True,
+    POD + ".hostPID": None,
+    POD + ".hostIPC": None,
+    C + ".name": "podbgp",
+    C + ".image": "localhost/podbgp:dev",
+    C + ".command": ["podbgp", "speaker"],
+    C + ".args": ["--config", "/etc/podbgp/config.yaml", "--log-level", "info"],
+    C + ".env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+    C + ".ports": [{"name": "metrics", "containerPort": 9469, "protocol": "TCP"}],
+    C + ".livenessProbe.httpGet": {"path": "/healthz", "port": 9469},
+    C + ".readinessProbe.httpGet": {"path": "/readyz", "port": 9469},
+    C + ".resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    SC + ".privileged": False,
+    SC + ".allowPrivilegeEscalation": False,
+    SC + ".readOnlyRootFilesystem": True,
+    SC + ".runAsUser": 0,
+    SC + ".capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]},
+    SC + ".seccompProfile": {"type": "RuntimeDefault"},
+    "spec.template.metadata.annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9469",
+                                           "prometheus.io/path": "/metrics"},
+}
+# mount path -> (read-only, volume source), and nothing else from the host
+MOUNTS = {
+    "/etc/podbgp": (True, {"configMap": {"name": "podbgp-config"}}),
+    "/etc/podbgp/secrets": (True, {"secret": {"secretName": "podbgp-bgp-passwords", "optional": True}}),
+    "/etc/cni/net.d": (False, {"hostPath": {"path": "/etc/cni/net.d", "type": "DirectoryOrCreate"}}),
+    "/run/podbgp": (False, {"hostPath": {"path": "/run/podbgp", "type": "DirectoryOrCreate"}}),
+    "/tmp": (False, {"emptyDir": {}}),
+}
+
+
+def _volume_source(vol: dict) -> dict:
+    src = {k: v for k, v in vol.items() if k != "name"}
+    for kind in ("secret", "configMap"):
+        if kind in src:  # defaultMode is the manifest's business, not the contract's
+            src[kind] = {k: v for k, v in src[kind].items() if k != "defaultMode"}
+    return src
+
+
+def contract_violations(ds: dict) -> list[str]:
+    """Every way the DaemonSet departs from the contract, one line each."""
+    bad = [f"{path}: {_get(ds, path)!r}, want {want!r}" for path, want in CONTRACT.items() if _get(ds, path) != want]
+    pod = _get(ds, POD) or {}
+    if len(pod.get("containers") or []) != 1 or pod.get("initContainers"):
+        bad.append("containers: want exactly one (podbgp) and no init containers")
+    c = _get(ds, C) or {}
+    if "cpu" in (c.get("resources", {}).get("limits") or {}):
+        bad.append("resources.limits.cpu: must not be set (throttling delays keepalives)")
+    for probe in ("livenessProbe", "readinessProbe"):
+        p = c.get(probe) or {}
+        if not (p.get("periodSeconds") and p.get("failureThreshold") and p.get("timeoutSeconds")):
+            bad.append(f"{probe}: periodSeconds, timeoutSeconds and failureThreshold must be set")
+    volumes = {v["name"]: _volume_source(v) for v in pod.get("volumes") or []}
+    mounts = {m["mountPath"]: (bool(m.get("readOnly")), volumes.get(m["name"])) for m in c.get("volumeMounts") or []}
+    if mounts != MOUNTS:
+        bad.append(f"volumeMounts: {mounts!r}, want {MOUNTS!r}")
+    if len(volumes) != len(MOUNTS):
+        bad.append(f"volumes: {sorted(volumes)} are not exactly the {len(MOUNTS)} mounted ones")
+    return bad
+
+
+def test_five_objects_in_kube_system(base):
+    assert set(base) == EXPECTED
+    for (kind, name), obj in base.items():
+        assert obj["metadata"].get("namespace") == ("kube-system" if kind in NAMESPACED else None), (kind, name)
+    assert base["ClusterRoleBinding", "podbgp"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "podbgp", "namespace": "kube-system"}]
+    assert base["ClusterRoleBinding", "podbgp"]["roleRef"]["name"] == "podbgp"
+
+
+def test_schema_version_is_shipped_offline():
+    assert K8S_VERSION in kubernetes_validate.utils.all_versions()
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_valid_against_kubernetes_schema(base, key):
+    assert kubernetes_validate.validate(base[key], K8S_VERSION, strict=True) == "1.32"
+
+
+def test_strict_schema_refuses_a_misspelt_field(base):
+    ds = copy.deepcopy(base["DaemonSet", "podbgp"])
+    ds["spec"]["template"]["spec"]["hostNetwrok"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(ds, K8S_VERSION, strict=True)
+
+
+def test_rbac_reads_nodes_and_patches_their_status_only(base):
+    assert base["ClusterRole", "podbgp"]["rules"] == RULES
+    assert "aggregationRule" not in base["ClusterRole", "podbgp"]
+
+
+def test_daemonset_keeps_the_contract(base):
+    assert contract_violations(base["DaemonSet", "podbgp"]) == []
+
+
+def _set(obj, path, value):
+    parts = path.replace("[", ".[").split(".")
+    for part in parts[:-1]:
+        obj = obj[int(part[1:-1])] if part.startswith("[") else obj.setdefault(part, {})
+    obj[parts[-1]] = value
+
+
+@pytest.mark.parametrize("path,value", [
+    (SC + ".privileged", True),
+    (SC + ".allowPrivilegeEscalation", True),
+    (SC + ".readOnlyRootFilesystem", False),
+    (SC + ".capabilities", {"add": ["NET_ADMIN", "NET_BIND_SERVICE", "SYS_ADMIN"], "drop": ["ALL"]}),
+    (SC + ".capabilities", {"add": ["NET_ADMIN", "NET_BIND_SERVICE"]}),
+    (SC + ".seccompProfile", {"type": "Unconfined"}),
+    (POD + ".hostPID", True),
+    (POD + ".hostNetwork", False),
+    (POD + ".tolerations", [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]),
+    (C + ".resources.limits.cpu", "500m"),
+    (C + ".env", [{"name": "NODE_NAME", "value": "node1"}]),
+    (C + ".readinessProbe.httpGet.path", "/healthz"),
+    (POD + ".volumes[1].secret.optional", False),
+    (C + ".volumeMounts[0].readOnly", False),
+    (POD + ".volumes[3].hostPath.path", "/run"),
+])
+def test_a_broken_manifest_breaks_the_contract(base, path, value):
+    ds = copy.deepcopy(base["DaemonSet", "podbgp"])
+    assert _get(ds, path) != value
+    _set(ds, path, value)
+    assert contract_violations(ds)
+
+
+def test_an_extra_host_mount_breaks_the_contract(base):
+    ds = copy.deepcopy(base["DaemonSet", "podbgp"])
+    pod = ds["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "root", "hostPath": {"path": "/"}})
+    assert contract_violations(ds)
+    pod["containers"][0]["volumeMounts"].append({"name": "root", "mountPath": "/host"})
+    assert contract_violations(ds)
+
+
+def test_config_example_is_accepted_by_the_speaker(base):
+    cm = base["ConfigMap", "podbgp-config"]
+    assert set(cm["data"]) == {"config.yaml"}
+    raw = yaml.safe_load(cm["data"]["config.yaml"])
+    cfg = cfgmod.parse({**raw, "nodeName": "node1"})
+    assert cfg.status_address == "0.0.0.0:9469" and cfg.runtime_dir == "/run/podbgp"
+    assert cfg.asn == 64512 and cfg.graceful_restart == 120
+    assert [(str(p.address), p.asn, p.hold_time) for p in cfg.peers] == [("10.0.0.1", 65000, 9)]
+    assert [str(n) for n in cfg.cluster_cidrs] == ["10.42.0.0/16"]
+    assert [str(n) for n in cfg.service_cidrs] == ["10.43.0.0/16"]
+    assert cfg.cni.conf_path.startswith("/etc/cni/net.d/")  # the one host directory mounted
+
+
+def test_config_example_gets_no_node_name_from_the_file(base):
+    raw = yaml.safe_load(base["ConfigMap", "podbgp-config"]["data"]["config.yaml"])
+    assert "nodeName" not in raw
+    with pytest.raises(cfgmod.ConfigError, match="nodeName"):
+        cfgmod.parse(raw)

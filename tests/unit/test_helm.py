@@ -1,0 +1,456 @@
+"""deploy/helm/podbgp: values against values.schema.json, the template paths against
+values.yaml, and the chart rendered (by a small evaluator of the template subset it uses) against
+the kustomize base, the Kubernetes 1.32 schemas and the speaker's config parser.
+
+helm is not installed here. The evaluator knows text/template's trim markers, define/include,
+if/with/else/end and the functions the chart calls; anything else is an error, so a template that
+starts using more fails this test instead of being rendered wrongly.
+"""
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from speaker import config as cfgmod
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHART = os.path.join(ROOT, "deploy", "helm", "podbgp")
+TEMPLATES = os.path.join(CHART, "templates")
+K8S_VERSION = "1.32.0"
+
+
+def _load(name: str):
+    with open(os.path.join(CHART, name)) as f:
+        return json.load(f) if name.endswith(".json") else yaml.safe_load(f)
+
+
+VALUES = _load("values.yaml")
+SCHEMA = _load("values.schema.json")
+VALIDATOR = jsonschema.Draft7Validator(SCHEMA, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+def _sources() -> dict[str, str]:
+    out = {}
+    for name in sorted(os.listdir(TEMPLATES)):
+        with open(os.path.join(TEMPLATES, name)) as f:
+            out[name] = f.read()
+    return out
+
+
+# --- the evaluator -------------------------------------------------------------------------------
+
+_ACTION = re.compile(r"\{\{(-[ \t\n])?(.*?)([ \t\n]-)?\}\}", re.S)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\||[^\s|]+')
+
+
+class TemplateError(Exception):
+    pass
+
+
+def _tokens(src: str) -> list[tuple[str, str]]:
+    """Text and action tokens, with `{{- ` and ` -}}` trimming already applied."""
+    out: list[tuple[str, str]] = []
+    pos, trim_next = 0, False
+    for m in _ACTION.finditer(src):
+        text = src[pos:m.start()]
+        text = text.lstrip(" \t\r\n") if trim_next else text
+        out.append(("text", text.rstrip(" \t\r\n") if m.group(1) else text))
+        if not m.group(2).strip().startswith("/*"):
+            out.append(("action", m.group(2).strip()))
+        pos, trim_next = m.end(), bool(m.group(3))
+    out.append(("text", src[pos:].lstrip(" \t\r\n") if trim_next else src[pos:]))
+    return out
+
+
+def _parse(toks, i, defines, ends=()):
+    """Nodes up to one of `ends` (none at the top); returns (nodes, index after it, that keyword)."""
+    nodes = []
+    while i < len(toks):
+        kind, val = toks[i]
+        i += 1
+        if kind == "text":
+            nodes.append(("text", val))
+            continue
+        word, _, rest = val.partition(" ")
+        if word in ends:
+            return nodes, i, word
+        if word in ("if", "with"):
+            body, i, stop = _parse(toks, i, defines, ("end", "else"))
+            alt = []
+            if stop == "else":
+                alt, i, _ = _parse(toks, i, defines, ("end",))
+            nodes.append((word, rest, body, alt))
+        elif word == "define":
+            defines[json.loads(rest)], i, _ = _parse(toks, i, defines, ("end",))
+        elif word in ("end", "else", "range", "template", "block"):
+            raise TemplateError(f"unsupported or misplaced action {{{{ {val} }}}}")
+        else:
+            nodes.append(("expr", val))
+    if ends:
+        raise TemplateError("missing {{ end }}")
+    return nodes, i, None
+
+
+def _truthy(v) -> bool:
+    return v not in (None, False, 0, "") and v != [] and v != {}
+
+
+def _text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return ""
+    if isinstance(v, (dict, list)):
+        raise TemplateError(f"printing a {type(v).__name__} (use toYaml): {v!r}")
+    return str(v)
+
+
+def _to_yaml(v) -> str:  # Helm's toYaml: sorted keys, no trailing newline
+    return yaml.safe_dump(v, default_flow_style=False, sort_keys=True).rstrip("\n")
+
+
+def _indent(n, s) -> str:
+    return "\n".join(" " * n + line for line in _text(s).split("\n"))
+
+
+FUNCS = {
+    "toYaml": _to_yaml,
+    "nindent": lambda n, s: "\n" + _indent(n, s),
+    "indent": _indent,
+    "quote": lambda v: json.dumps(_text(v)),
+    "default": lambda d, v=None: v if _truthy(v) else d,
+    "int64": int,
+    "sha256sum": lambda s: hashlib.sha256(_text(s).encode()).hexdigest(),
+}
+
+
+class Chart:
+    def __init__(self, sources: dict[str, str]):
+        self.defines: dict[str, list] = {}
+        self.trees = {name: _parse(_tokens(src), 0, self.defines)[0] for name, src in sources.items()}
+
+    def render(self, name: str, root: dict) -> str:
+        return self._run(self.trees[name], root, root)
+
+    def _run(self, nodes, dot, root) -> str:
+        out = []
+        for node in nodes:
+            if node[0] == "text":
+                out.append(node[1])
+            elif node[0] == "expr":
+                out.append(_text(self._pipe(node[1], dot, root)))
+            else:
+                word, pipe, body, alt = node
+                v = self._pipe(pipe, dot, root)
+                out.append(self._run(body if _truthy(v) else alt, v if word == "with" and _truthy(v) else dot, root))
+        return "".join(out)
+
+    def _pipe(self, pipe: str, dot, root):
+        cmds, cur = [], []
+        for tok in _TOKEN.findall(pipe):
+            if tok == "|":
+                cmds.append(cur)
+                cur = []
+            else:
+                cur.append(tok)
+        value, first = None, True
+        for cmd in cmds + [cur]:
+            args = [self._operand(a, dot, root) for a in cmd[1:]] + ([] if first else [value])
+            if cmd[0] == "include":
+                value = self._run(self.defines[args[0]], args[1], root)
+            elif cmd[0] in FUNCS:
+                value = FUNCS[cmd[0]](*args)
+            elif first and len(cmd) == 1:
+                value = self._operand(cmd[0], dot, root)
+            else:
+                raise TemplateError(f"unknown function {cmd[0]!r} in {pipe!r}")
+            first = False
+        return value
+
+    @staticmethod
+    def _operand(tok: str, dot, root):
+        if tok.startswith('"'):
+            return json.loads(tok)
+        if re.fullmatch(r"-?\d+", tok):
+            return int(tok)
+        if tok in ("true", "false"):
+            return tok == "true"
+        if tok == "." or tok.startswith(".") or tok.startswith("$"):
+            obj = root if tok.startswith("$") else dot
+            for part in filter(None, tok.lstrip("$").split(".")):
+                if not isinstance(obj, dict) or part not in obj:
+                    raise TemplateError(f"{tok}: no field {part!r}")
+                obj = obj[part]
+            return obj
+        raise TemplateError(f"unknown function or operand {tok!r}")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Helm's coalescing of user values over the chart's: maps merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def render(overrides: dict | None = None, namespace: str = "kube-system") -> tuple[dict, str]:
+    chart = _load("Chart.yaml")
+    values = _merge(VALUES, overrides or {})
+    errors = sorted(VALIDATOR.iter_errors(values), key=str)
+    assert not errors, f"values refused by values.schema.json: {errors[0].message}"
+    root = {"Values": values, "Release": {"Name": "podbgp", "Namespace": namespace, "Service": "Helm"},
+            "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]}}
+    c = Chart(_sources())
+    objects = {}
+    for name in c.trees:
+        if name.endswith(".yaml"):
+            for doc in yaml.safe_load_all(c.render(name, root)):
+                if doc:
+                    objects[doc["kind"], doc["metadata"]["name"]] = doc
+    return objects, c.render("NOTES.txt", root)
+
+
+# --- values.schema.json --------------------------------------------------------------------------
+
+def test_schema_is_draft7_and_values_yaml_validates():
+    assert SCHEMA["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+    assert [e.message for e in VALIDATOR.iter_errors(VALUES)] == []
+
+
+def _with(path: str, value):
+    """values.yaml with one path (`a.b`, `peers.0.c`) set; value DROP deletes it."""
+    values = copy.deepcopy(VALUES)
+    *head, last = path.split(".")
+    obj = values
+    for part in head:
+        obj = obj[int(part)] if isinstance(obj, list) else obj[part]
+    if value is DROP:
+        del obj[last]
+    elif isinstance(obj, list):
+        obj[int(last)] = value
+    else:
+        obj[last] = value
+    return values
+
+
+DROP = object()
+
+
+@pytest.mark.parametrize("path,value", [
+    ("asnn", 65001),                            # misspelt keys, at every level
+    ("image.tagg", "v1"),
+    ("peers.0.holdtime", 9),
+    ("cni.bridgeName", "br0"),
+    ("podCIDR.nodelocal", []),
+    ("resources.request", {"cpu": "1"}),
+    ("tolerations.0.operater", "Exists"),
+    ("asn", "64512"),                           # wrong types and ranges
+    ("asn", 0),
+    ("asn", 4294967296),
+    ("asn", DROP),
+    ("peers", []),
+    ("peers.0.address", "10.0.0.300"),
+    ("peers.0.address", "tor1"),
+    ("peers.0.asn", DROP),
+    ("peers.0.holdTime", 2),
+    ("peers.0.families", ["ipv5"]),
+    ("clusterCIDRs", []),
+    ("clusterCIDRs", ["10.42.0.0"]),
+    ("clusterCIDRs", ["10.42.0.0/33"]),
+    ("clusterCIDRs", "10.42.0.0/16"),
+    ("serviceCIDRs", ["10.43.0.0/16", "fd00:43::/108", "10.44.0.0/16"]),
+    ("podCIDR.nodeLocal", ["banana"]),
+    ("gracefulRestart", 5000),
+    ("metricsPort", 70000),
+    ("metricsPort", "9469"),
+    ("logLevel", "verbose"),
+    ("image.pullPolicy", "always"),
+    ("image.repository", ""),
+    ("bgpPasswordsSecret", "Bad_Name"),
+    ("cni.enabled", "yes"),
+    ("cni.confPath", "/opt/cni/net.d/10-podbgp.conflist"),
+    ("cni.confPath", "/etc/cni/net.d/10-podbgp.conf"),
+    ("cni.bridge", "a-bridge-name-too-long"),
+    ("cni.mtu", 100),
+    ("tolerations.0.operator", "exists"),
+    ("nodeSelector", {"kubernetes.io/os": 1}),
+    ("resources.requests.memory", "lots"),
+])
+def test_schema_refuses(path, value):
+    assert list(VALIDATOR.iter_errors(_with(path, value))), f"{path}={value!r} was accepted"
+
+
+@pytest.mark.parametrize("overrides", [
+    {"asn": 4200000000, "peers": [{"address": "10.0.0.1", "asn": 4200000001, "multihop": 2, "ttlSecurity": 1}]},
+    {"clusterCIDRs": ["10.42.0.0/16", "fd00:42::/48"], "serviceCIDRs": ["10.43.0.0/16", "fd00:43::/108"],
+     "peers": [{"address": "10.0.0.1", "asn": 65000}, {"address": "fd00::1", "asn": 65000, "families": ["ipv6"]}]},
+    {"serviceCIDRs": [], "bgpPasswordsSecret": "", "priorityClassName": "", "tolerations": [], "nodeSelector": {}},
+    {"cni": {"enabled": False}},
+    {"cni": {"mtu": 1450}, "podCIDR": {"nodeLocal": ["10.42.7.0/24"]}},
+    {"image": {"tag": ""}, "resources": {}},
+])
+def test_schema_accepts(overrides):
+    assert [e.message for e in VALIDATOR.iter_errors(_merge(VALUES, overrides))] == []
+
+
+# --- templates against values.yaml ---------------------------------------------------------------
+
+def _value_paths() -> set[tuple[str, ...]]:
+    return {tuple(m.split(".")[2:]) for src in _sources().values()
+            for m in re.findall(r"\.Values(?:\.[A-Za-z_][A-Za-z0-9_]*)+", src)}
+
+
+def test_every_values_path_a_template_uses_is_in_values_yaml():
+    for path in sorted(_value_paths()):
+        obj = VALUES
+        for part in path:
+            assert isinstance(obj, dict) and part in obj, f".Values.{'.'.join(path)} is not in values.yaml"
+            obj = obj[part]
+
+
+def test_every_value_is_used_by_a_template():
+    used = {p[0] for p in _value_paths()}
+    assert set(VALUES) - used == set()
+    assert set(SCHEMA["properties"]) - {"global"} == set(VALUES)
+
+
+# --- the rendered chart --------------------------------------------------------------------------
+
+def _kustomize_base() -> dict:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: cannot render the kustomize base to compare with")
+    out = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "deploy")], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(out.stdout) if d}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    return render()[0]
+
+
+@pytest.fixture(scope="module")
+def base():
+    return _kustomize_base()
+
+
+def test_chart_has_the_base_objects_in_the_release_namespace(chart, base):
+    assert set(chart) == set(base)
+    objs, _ = render(namespace="net-system")
+    for key, obj in objs.items():
+        want = "net-system" if "namespace" in base[key]["metadata"] else None  # cluster-scoped: none
+        assert obj["metadata"].get("namespace") == want, key
+    assert objs["ClusterRoleBinding", "podbgp"]["subjects"][0]["namespace"] == "net-system"
+
+
+@pytest.mark.parametrize("key", [("ServiceAccount", "podbgp"), ("ClusterRole", "podbgp"),
+                                 ("ClusterRoleBinding", "podbgp"), ("ConfigMap", "podbgp-config"),
+                                 ("DaemonSet", "podbgp")])
+def test_chart_objects_valid_against_kubernetes_schema(chart, key):
+    assert kubernetes_validate.validate(chart[key], K8S_VERSION, strict=True) == "1.32"
+
+
+def test_chart_rbac_and_binding_equal_the_base(chart, base):
+    for key in [("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp")]:
+        strip = lambda o: {k: v for k, v in o.items() if k != "metadata"}  # noqa: E731
+        assert strip(chart[key]) == strip(base[key])
+
+
+def test_chart_pod_equals_the_base_pod(chart, base):
+    """Same pod spec as the kustomize base, whose contract test_deploy.py checks."""
+    c, b = chart["DaemonSet", "podbgp"]["spec"], base["DaemonSet", "podbgp"]["spec"]
+    assert c["template"]["spec"] == b["template"]["spec"]
+    assert c["updateStrategy"] == b["updateStrategy"] and c["selector"] == b["selector"]
+    assert c["selector"]["matchLabels"].items() <= c["template"]["metadata"]["labels"].items()
+    annotations = dict(c["template"]["metadata"]["annotations"])
+    assert re.fullmatch(r"[0-9a-f]{64}", annotations.pop("checksum/config"))
+    assert annotations == b["template"]["metadata"]["annotations"]
+
+
+def _parse_config(objs: dict) -> cfgmod.Config:
+    return cfgmod.parse({**yaml.safe_load(objs["ConfigMap", "podbgp-config"]["data"]["config.yaml"]),
+                         "nodeName": "node1"})
+
+
+def test_chart_config_equals_the_base_config(chart, base):
+    assert _parse_config(chart) == _parse_config(base)
+
+
+def test_chart_config_follows_the_values():
+    objs, notes = render({
+        "asn": 4200000000, "metricsPort": 9470, "gracefulRestart": 30, "logLevel": "debug",
+        "clusterCIDRs": ["10.42.0.0/16", "fd00:42::/48"], "serviceCIDRs": ["10.43.0.0/16", "fd00:43::/108"],
+        "peers": [{"address": "10.0.0.1", "asn": 65000}, {"address": "fd00::1", "asn": 4200000001, "holdTime": 30}],
+        "podCIDR": {"nodeLocal": ["10.42.7.0/24"]},
+        "cni": {"bridge": "br-pods", "mtu": 1450, "ipMasq": True},
+        "image": {"repository": "ghcr.io/example/podbgp", "tag": "v1"},
+    })
+    cfg = _parse_config(objs)
+    assert cfg.asn == 4200000000 and cfg.status_address == "0.0.0.0:9470" and cfg.graceful_restart == 30
+    assert [(str(p.address), p.asn, p.hold_time) for p in cfg.peers] == [("10.0.0.1", 65000, 9),
+                                                                         ("fd00::1", 4200000001, 30)]
+    assert [str(n) for n in cfg.cluster_cidrs + cfg.service_cidrs + cfg.pod_cidr.node_local] == [
+        "10.42.0.0/16", "fd00:42::/48", "10.43.0.0/16", "fd00:43::/108", "10.42.7.0/24"]
+    assert (cfg.cni.bridge, cfg.cni.mtu, cfg.cni.ip_masq, cfg.cni.enabled) == ("br-pods", 1450, True, True)
+    pod = objs["DaemonSet", "podbgp"]["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == "ghcr.io/example/podbgp:v1" and c["args"][-1] == "debug"
+    assert c["ports"][0]["containerPort"] == 9470 and pod["metadata"]["annotations"]["prometheus.io/port"] == "9470"
+    assert c["livenessProbe"]["httpGet"]["port"] == c["readinessProbe"]["httpGet"]["port"] == 9470
+    assert "4200000000" in notes and "9470" in notes
+    default_ds = render()[0]["DaemonSet", "podbgp"]
+    assert pod["metadata"]["annotations"]["checksum/config"] != \
+        default_ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+
+def test_chart_toggles():
+    objs, notes = render({"bgpPasswordsSecret": "", "cni": {"enabled": False}, "priorityClassName": "",
+                          "image": {"tag": ""}})
+    pod = objs["DaemonSet", "podbgp"]["spec"]["template"]["spec"]
+    assert {v["name"] for v in pod["volumes"]} == {"config", "run", "tmp"}
+    assert {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]} == {"/etc/podbgp", "/run/podbgp", "/tmp"}
+    assert "priorityClassName" not in pod
+    assert pod["containers"][0]["image"] == f"localhost/podbgp:{_load('Chart.yaml')['appVersion']}"
+    assert _parse_config(objs).cni.enabled is False
+    assert "Secret" not in notes
+    for obj in objs.values():
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_notes_render():
+    _, notes = render(namespace="net-system")
+    assert "kubectl -n net-system rollout status daemonset/podbgp" in notes
+    assert "podbgp.io/asn=65001" in notes and "{{" not in notes
+
+
+# --- the evaluator itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("src,want", [
+    ("a:\n  {{- toYaml .Values.l | nindent 2 }}\nb", "a:\n  - 1\n  - 2\nb"),
+    ("x {{- /* c */ -}} y", "xy"),
+    ("{{- with .Values.e }}no{{ else }}yes{{ end }}", "yes"),
+    ("{{ if .Values.l }}{{ .Values.s | quote }}{{ end }}", '"a\\"b"'),
+    ('{{ .Values.e | default "d" }}:{{ .Values.n | int64 }}', "d:7"),
+    ('{{ define "t" }}[{{ . }}]{{ end }}{{ include "t" .Values.n }}', "[7]"),
+])
+def test_evaluator(src, want):
+    root = {"Values": {"l": [1, 2], "e": "", "s": 'a"b', "n": 7}}
+    assert Chart({"t": src}).render("t", root) == want
+
+
+@pytest.mark.parametrize("src", ["{{ range .Values.l }}{{ end }}", "{{ .Values.l | upper }}",
+                                 "{{ .Values.missing }}", "{{ .Values.l }}", "{{ if .Values.e }}",
+                                 "{{ if .Values.e }}a{{ else }}b", '{{ define "x" }}a', "a{{ end }}"])
+def test_evaluator_refuses_what_it_does_not_know(src):
+    with pytest.raises((TemplateError, KeyError)):
+        Chart({"t": src}).render("t", {"Values": {"l": [1], "e": ""}})
