@@ -4,11 +4,14 @@ Every refusal is a ConfigError with one line naming the field.
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import netaddr
 import yaml
 
 from bgp.types import IPAddress, IPNetwork
@@ -44,14 +47,29 @@ class PodCIDRConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CNIConfig:
+    """The node's CNI conflist that podbgp writes from its PodCIDR(s) (speaker.cni)."""
+
+    enabled: bool = True
+    conf_path: str = "/etc/cni/net.d/10-podbgp.conflist"
+    bridge: str = "cni0"
+    mtu: int = 0  # 0: not set (the bridge plugin's default)
+    hairpin_mode: bool = True
+    ip_masq: bool = False
+    portmap: bool = True
+    data_dir: str = ""  # host-local's dataDir; empty: the plugin's default
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node_name: str
-    asn: int
+    asn: int | None  # None: only from the Node's podbgp.io/asn annotation
     peers: tuple[Peer, ...]
     cluster_cidrs: tuple[IPNetwork, ...]
     service_cidrs: tuple[IPNetwork, ...]
     node_addresses: tuple[IPAddress, ...] = ()  # empty: the Node's InternalIP of each family
     pod_cidr: PodCIDRConfig = field(default_factory=PodCIDRConfig)
+    cni: CNIConfig = field(default_factory=CNIConfig)
     kubeconfig: str | None = None  # None: in-cluster configuration
     graceful_restart: int = 120
     convergence_timeout: float = 60.0
@@ -104,46 +122,67 @@ def _list(raw: dict, key: str) -> list:
     return value
 
 
-_KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR",
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{where}: {value!r} is not true or false")
+
+
+def _mapping(raw: dict, key: str) -> dict:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping")
+    return value
+
+
+def _known_keys(raw: Mapping, known: Iterable[str], where: str = "") -> None:
+    """Refuse the first unknown key (sorted), naming it with its place and the nearest known one."""
+    known = sorted(known)
+    for key in sorted(map(str, raw)):
+        if key in known:
+            continue
+        near = [k for k in known if k.lower() == key.lower()] or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{where}{'.' if where else ''}{key}: unknown setting{hint}")
+
+
+_KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR", "cni",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
           "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp"}
+_PEER_KEYS = {"address", "asn", "holdTime", "password", "multihop", "ttlSecurity", "families"}
+_POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
+_CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
 
 def parse(raw: dict) -> Config:
     """Build and validate a Config from a plain mapping (camelCase keys, as in the YAML file)."""
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping")
-    unknown = sorted(set(raw) - _KNOWN)
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown setting")
+    _known_keys(raw, _KNOWN)
     name = raw.get("nodeName") or ""
     if not name:
         raise ConfigError("nodeName: required (set NODE_NAME, as a DaemonSet's downward API does)")
-    peers = tuple(_peer(p, i) for i, p in enumerate(raw.get("peers") or []))
-    pc = raw.get("podCIDR") or {}
-    if not isinstance(pc, dict):
-        raise ConfigError("podCIDR: expected a mapping")
-    dflt = PodCIDRConfig()
-    pod_cidr = PodCIDRConfig(
-        node_local=tuple(_net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(_list(pc, "nodeLocal"))),
-        kubelet_config=str(pc.get("kubeletConfig", dflt.kubelet_config)),
-        k3s_file=str(pc.get("k3sFile", dflt.k3s_file)),
-        derive=bool(pc.get("deriveFromClusterCIDR", False)),
-        node_mask_v4=_int(pc.get("nodeMaskV4", 24), "podCIDR.nodeMaskV4", 1, 32),
-        node_mask_v6=_int(pc.get("nodeMaskV6", 64), "podCIDR.nodeMaskV6", 1, 128),
-    )
+    peers = raw.get("peers") or []
+    if not isinstance(peers, list):
+        raise ConfigError("peers: expected a list")
+    asn = raw.get("asn")
     cfg = Config(
         node_name=str(name),
-        asn=_int(raw.get("asn"), "asn", 1, 4294967295),
-        peers=peers,
+        asn=None if asn is None or asn == "" else _int(asn, "asn", 1, 4294967295),
+        peers=tuple(_peer(p, i) for i, p in enumerate(peers)),
         cluster_cidrs=tuple(_net(c, f"clusterCIDRs[{i}]") for i, c in enumerate(_list(raw, "clusterCIDRs"))),
         service_cidrs=tuple(_net(c, f"serviceCIDRs[{i}]") for i, c in enumerate(_list(raw, "serviceCIDRs"))),
         node_addresses=tuple(_ip(a, f"nodeAddresses[{i}]") for i, a in enumerate(_list(raw, "nodeAddresses"))),
-        pod_cidr=pod_cidr,
+        pod_cidr=_pod_cidr(_mapping(raw, "podCIDR")),
+        cni=_cni(_mapping(raw, "cni")),
         kubeconfig=raw.get("kubeconfig") or None,
         graceful_restart=_int(raw.get("gracefulRestart", 120), "gracefulRestart", 0, 4095),
         convergence_timeout=float(raw.get("convergenceTimeout", 60.0)),
-        strict_next_hop=bool(raw.get("strictNextHop", True)),
+        strict_next_hop=_bool(raw.get("strictNextHop", True), "strictNextHop"),
         route_protocol=_int(raw.get("routeProtocol", 80), "routeProtocol", 5, 255),
         route_metric=_int(raw.get("routeMetric", 20), "routeMetric", 0, 2**32 - 1),
         route_table=_int(raw.get("routeTable", 254), "routeTable", 1, 2**32 - 1),
@@ -157,10 +196,47 @@ def parse(raw: dict) -> Config:
     return cfg
 
 
+def _pod_cidr(pc: dict) -> PodCIDRConfig:
+    _known_keys(pc, _POD_CIDR_KEYS, "podCIDR")
+    dflt = PodCIDRConfig()
+    return PodCIDRConfig(
+        node_local=tuple(_net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(_list(pc, "nodeLocal"))),
+        kubelet_config=str(pc.get("kubeletConfig", dflt.kubelet_config)),
+        k3s_file=str(pc.get("k3sFile", dflt.k3s_file)),
+        derive=_bool(pc.get("deriveFromClusterCIDR", False), "podCIDR.deriveFromClusterCIDR"),
+        node_mask_v4=_int(pc.get("nodeMaskV4", 24), "podCIDR.nodeMaskV4", 1, 32),
+        node_mask_v6=_int(pc.get("nodeMaskV6", 64), "podCIDR.nodeMaskV6", 1, 128),
+    )
+
+
+def _cni(raw: dict) -> CNIConfig:
+    _known_keys(raw, _CNI_KEYS, "cni")
+    d = CNIConfig()
+    path = str(raw.get("confPath", d.conf_path))
+    if not os.path.isabs(path) or not path.endswith(".conflist"):
+        raise ConfigError(f"cni.confPath: {path!r} must be an absolute path ending in .conflist "
+                          "(container runtimes read a plugin list only from such a file)")
+    bridge = str(raw.get("bridge", d.bridge))
+    if not 1 <= len(bridge) <= 15 or any(c in bridge for c in "/: \t\n") or bridge in (".", ".."):
+        raise ConfigError(f"cni.bridge: {bridge!r} is not an interface name (1..15 characters, no '/', ':' or spaces)")
+    mtu = _int(raw.get("mtu", 0), "cni.mtu", 0, 65535)
+    if 0 < mtu < 576:
+        raise ConfigError(f"cni.mtu: {mtu} is too small (0 for the plugin's default, else at least 576)")
+    data_dir = str(raw.get("dataDir") or "")
+    if data_dir and not os.path.isabs(data_dir):
+        raise ConfigError(f"cni.dataDir: {data_dir!r} must be an absolute path")
+    return CNIConfig(
+        enabled=_bool(raw.get("enabled", d.enabled), "cni.enabled"), conf_path=path, bridge=bridge, mtu=mtu,
+        hairpin_mode=_bool(raw.get("hairpinMode", d.hairpin_mode), "cni.hairpinMode"),
+        ip_masq=_bool(raw.get("ipMasq", d.ip_masq), "cni.ipMasq"),
+        portmap=_bool(raw.get("portmap", d.portmap), "cni.portmap"), data_dir=data_dir)
+
+
 def _peer(raw: Any, i: int) -> Peer:
     where = f"peers[{i}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with address and asn")
+    _known_keys(raw, _PEER_KEYS, where)
     fams = frozenset(_list(raw, "families"))
     bad = sorted(fams - {"ipv4", "ipv6"})
     if bad:
@@ -184,22 +260,23 @@ def _hold(value: Any, where: str) -> int:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks: families, overlaps between the Pod and Service ranges."""
+    """Cross-field checks: families, duplicates, overlaps between the Pod and Service ranges."""
     if not cfg.peers:
         raise ConfigError("peers: at least one BGP peer is required")
     if not cfg.cluster_cidrs:
         raise ConfigError("clusterCIDRs: at least one cluster (Pod) CIDR is required")
-    for what, nets in (("clusterCIDRs", cfg.cluster_cidrs), ("serviceCIDRs", cfg.service_cidrs)):
-        if len({n.version for n in nets}) != len(nets):
-            raise ConfigError(f"{what}: at most one CIDR per IP family")
-    for i, c in enumerate(cfg.cluster_cidrs):
-        for j, s in enumerate(cfg.service_cidrs):
-            if c.version == s.version and c.overlaps(s):
-                raise ConfigError(f"serviceCIDRs[{j}]: {s} overlaps clusterCIDRs[{i}] {c}; "
-                                  "Pod and Service ranges must be disjoint")
+    for what, nets in (("clusterCIDRs", cfg.cluster_cidrs), ("serviceCIDRs", cfg.service_cidrs),
+                       ("podCIDR.nodeLocal", cfg.pod_cidr.node_local)):
+        _one_per_family(what, nets)
+    _disjoint("clusterCIDRs", cfg.cluster_cidrs, "serviceCIDRs", cfg.service_cidrs,
+              "Pod and Service ranges must be disjoint")
     for i, c in enumerate(cfg.pod_cidr.node_local):
         check_pod_cidr(cfg, c, f"podCIDR.nodeLocal[{i}]")
+    seen: dict[IPAddress, int] = {}
     for i, p in enumerate(cfg.peers):
+        if p.address in seen:
+            raise ConfigError(f"peers[{i}].address: {p.address} is also peers[{seen[p.address]}]; one session per address")
+        seen[p.address] = i
         for fam in p.families:
             if fam == "ipv6" and p.address.version == 4 or fam == "ipv4" and p.address.version == 6:
                 raise ConfigError(f"peers[{i}].families: {fam} over an IPv{p.address.version} session is not "
@@ -208,6 +285,28 @@ def validate(cfg: Config) -> None:
     for i, a in enumerate(cfg.node_addresses):
         if a.version not in versions:
             raise ConfigError(f"nodeAddresses[{i}]: {a} is IPv{a.version} but no cluster CIDR of that family")
+
+
+def _one_per_family(what: str, nets: Sequence[IPNetwork]) -> None:
+    for i, n in enumerate(nets):
+        for j, m in enumerate(nets[:i]):
+            if m == n:
+                raise ConfigError(f"{what}[{i}]: {n} is listed twice (also {what}[{j}])")
+            if m.version == n.version:
+                raise ConfigError(f"{what}: at most one CIDR per IP family ({what}[{i}] {n} is a second "
+                                  f"IPv{n.version} one after {what}[{j}] {m})")
+
+
+def _disjoint(a_name: str, a: Sequence[IPNetwork], b_name: str, b: Sequence[IPNetwork], why: str) -> None:
+    """No address in both lists: one set intersection over every entry, then name the first clash."""
+    common = netaddr.IPSet(str(n) for n in a) & netaddr.IPSet(str(n) for n in b)
+    if not common:
+        return
+    for j, y in enumerate(b):
+        inside = common & netaddr.IPSet([str(y)])
+        if inside:
+            i = next(i for i, x in enumerate(a) if netaddr.IPSet([str(x)]) & inside)
+            raise ConfigError(f"{b_name}[{j}]: {y} overlaps {a_name}[{i}] {a[i]}; {why}")
 
 
 def check_pod_cidr(cfg: Config, net: IPNetwork, where: str) -> None:

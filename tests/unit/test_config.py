@@ -1,0 +1,105 @@
+"""Config: the cni section, an optional asn, nested keys checked like top-level ones, CIDR lists."""
+import pytest
+
+from speaker import config as cfgmod
+from speaker.config import CNIConfig, ConfigError
+
+BASE = {"nodeName": "node1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
+        "clusterCIDRs": ["10.42.0.0/16", "fd00:42::/48"], "serviceCIDRs": ["10.43.0.0/16", "fd00:43::/108"]}
+
+
+def cfg(**kw):
+    return cfgmod.parse({**BASE, **kw})
+
+
+def refused(**kw) -> str:
+    with pytest.raises(ConfigError) as err:
+        cfg(**kw)
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_cni_defaults():
+    c = cfg().cni
+    assert c == CNIConfig(enabled=True, conf_path="/etc/cni/net.d/10-podbgp.conflist", bridge="cni0", mtu=0,
+                          hairpin_mode=True, ip_masq=False, portmap=True, data_dir="")
+
+
+def test_cni_settings():
+    c = cfg(cni={"enabled": False, "confPath": "/etc/cni/net.d/05-x.conflist", "bridge": "br-pods", "mtu": 9000,
+                 "hairpinMode": "false", "ipMasq": True, "portmap": False, "dataDir": "/var/lib/cni/podbgp"}).cni
+    assert c == CNIConfig(False, "/etc/cni/net.d/05-x.conflist", "br-pods", 9000, False, True, False, "/var/lib/cni/podbgp")
+    assert cfg(cni=None).cni == CNIConfig()
+
+
+def test_asn_is_optional():
+    assert cfg(asn=None).asn is None
+    assert cfgmod.parse({k: v for k, v in BASE.items() if k != "asn"}).asn is None
+    assert cfg(asn="65010").asn == 65010
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"peers": [{"address": "192.168.50.1", "asn": 65000, "holdtime": 9}]},
+     "peers[0].holdtime: unknown setting (did you mean holdTime?)"),
+    ({"peers": [{"address": "192.168.50.1", "asn": 65000}, {"adress": "fd00::1", "asn": 65000}]},
+     "peers[1].adress: unknown setting (did you mean address?)"),
+    ({"podCIDR": {"nodeLocals": ["10.42.1.0/24"]}}, "podCIDR.nodeLocals: unknown setting (did you mean nodeLocal?)"),
+    ({"podCIDR": {"zzz": 1}}, "podCIDR.zzz: unknown setting"),
+    ({"cni": {"confpath": "/etc/cni/net.d/x.conflist"}}, "cni.confpath: unknown setting (did you mean confPath?)"),
+    ({"cni": {"mtus": 1500}}, "cni.mtus: unknown setting (did you mean mtu?)"),
+    ({"peer": []}, "peer: unknown setting (did you mean peers?)"),
+    ({"bogus": 1}, "bogus: unknown setting"),
+])
+def test_unknown_keys_at_any_depth_are_named_with_a_suggestion(change, message):
+    assert refused(**change) == message
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"cni": {"confPath": "net.d/10-podbgp.conflist"}}, "cni.confPath"),
+    ({"cni": {"confPath": "/etc/cni/net.d/10-podbgp.conf"}}, "cni.confPath"),
+    ({"cni": {"bridge": "a-bridge-name-too-long"}}, "cni.bridge"),
+    ({"cni": {"bridge": "br/0"}}, "cni.bridge"),
+    ({"cni": {"bridge": ""}}, "cni.bridge"),
+    ({"cni": {"mtu": 100}}, "cni.mtu"),
+    ({"cni": {"mtu": "big"}}, "cni.mtu"),
+    ({"cni": {"hairpinMode": "yes"}}, "cni.hairpinMode"),
+    ({"cni": {"enabled": 1}}, "cni.enabled"),
+    ({"cni": {"dataDir": "relative"}}, "cni.dataDir"),
+    ({"cni": ["x"]}, "cni"),
+    ({"podCIDR": "10.42.1.0/24"}, "podCIDR"),
+    ({"podCIDR": {"deriveFromClusterCIDR": "no"}}, "podCIDR.deriveFromClusterCIDR"),
+    ({"strictNextHop": "maybe"}, "strictNextHop"),
+    ({"asn": 0}, "asn"),
+    ({"asn": 4294967296}, "asn"),
+    ({"peers": {"address": "192.168.50.1"}}, "peers"),
+])
+def test_refusals_name_the_field(change, field):
+    assert refused(**change).startswith(field + ":")
+
+
+@pytest.mark.parametrize("change,message", [
+    # every cluster entry against every service entry, both families
+    ({"serviceCIDRs": ["10.43.0.0/16", "fd00:42:0:1::/112"]},
+     "serviceCIDRs[1]: fd00:42:0:1::/112 overlaps clusterCIDRs[1] fd00:42::/48; Pod and Service ranges must be disjoint"),
+    ({"serviceCIDRs": ["10.0.0.0/8"]},
+     "serviceCIDRs[0]: 10.0.0.0/8 overlaps clusterCIDRs[0] 10.42.0.0/16; Pod and Service ranges must be disjoint"),
+    ({"clusterCIDRs": ["10.42.0.0/16", "10.42.0.0/16"]},
+     "clusterCIDRs[1]: 10.42.0.0/16 is listed twice (also clusterCIDRs[0])"),
+    ({"serviceCIDRs": ["fd00:43::/108", "fd00:43::/108"]},
+     "serviceCIDRs[1]: fd00:43::/108 is listed twice (also serviceCIDRs[0])"),
+    ({"podCIDR": {"nodeLocal": ["10.42.1.0/24", "10.42.2.0/24"]}},
+     "podCIDR.nodeLocal: at most one CIDR per IP family (podCIDR.nodeLocal[1] 10.42.2.0/24 is a second IPv4 one "
+     "after podCIDR.nodeLocal[0] 10.42.1.0/24)"),
+    ({"podCIDR": {"nodeLocal": ["10.42.1.0/24", "fd00:43::/112"]}},
+     "podCIDR.nodeLocal[1]: fd00:43::/112 overlaps the Service CIDR fd00:43::/108"),
+    ({"peers": [{"address": "192.168.50.1", "asn": 65000}, {"address": "192.168.50.1", "asn": 65001}]},
+     "peers[1].address: 192.168.50.1 is also peers[0]; one session per address"),
+])
+def test_cidr_lists_checked_across_entries(change, message):
+    assert refused(**change) == message
+
+
+def test_disjoint_lists_pass():
+    c = cfg(serviceCIDRs=["10.43.0.0/16", "fd00:43::/108"], podCIDR={"nodeLocal": ["10.42.1.0/24", "fd00:42:0:1::/64"]})
+    assert [str(n) for n in c.pod_cidr.node_local] == ["10.42.1.0/24", "fd00:42:0:1::/64"]
