@@ -2,11 +2,44 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from bgp.types import Announcement, IPAddress, IPNetwork, PeerConfig
 
 from .config import Config, ConfigError
 from .nodes import NodeInfo
+
+
+ASN_ANNOTATION = "podbgp.io/asn"
+ASN_MAX = 4294967295
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAS:
+    """This node's own AS and where it came from; `error` is one line for status when it is wrong."""
+
+    asn: int | None
+    source: str  # "annotation podbgp.io/asn", "config asn" or "" (none)
+    error: str = ""
+
+
+def local_as(cfg: Config, node: NodeInfo | None) -> LocalAS:
+    """The Node's podbgp.io/asn annotation if it is a valid AS number, else the config's asn."""
+    text = dict(node.annotations).get(ASN_ANNOTATION) if node is not None else None
+    error = ""
+    if text is not None:
+        digits = text.strip()
+        if digits.isascii() and digits.isdigit() and 1 <= int(digits) <= ASN_MAX:
+            return LocalAS(int(digits), f"annotation {ASN_ANNOTATION}")
+        error = (f"node {cfg.node_name}: annotation {ASN_ANNOTATION}={text!r} is not an AS number (1..{ASN_MAX}); "
+                 + (f"using the config asn {cfg.asn}" if cfg.asn is not None
+                    else "the config sets no asn either; no BGP session until one of them is set"))
+    if cfg.asn is not None:
+        return LocalAS(cfg.asn, "config asn", error)
+    if not error:
+        error = (f"node {cfg.node_name}: no AS number: the Node has no {ASN_ANNOTATION} annotation and the config "
+                 "sets no asn; no BGP session until one of them is set")
+    return LocalAS(None, "", error)
 
 
 def local_address(cfg: Config, node: NodeInfo | None, version: int) -> IPAddress | None:
@@ -28,6 +61,10 @@ def router_id(cfg: Config, node: NodeInfo | None) -> ipaddress.IPv4Address:
 
 
 def peers(cfg: Config, node: NodeInfo | None) -> list[PeerConfig]:
+    """The sessions of this node; ConfigError while it has no AS number or no address to speak from."""
+    own = local_as(cfg, node)
+    if own.asn is None:
+        raise ConfigError(own.error)
     rid = router_id(cfg, node)
     out = []
     for i, p in enumerate(cfg.peers):
@@ -37,7 +74,7 @@ def peers(cfg: Config, node: NodeInfo | None) -> list[PeerConfig]:
                               f"{cfg.node_name} has no address of that family")
         fams = p.families or frozenset({"ipv4" if p.address.version == 4 else "ipv6"})
         out.append(PeerConfig(
-            address=p.address, asn=p.asn, local_address=local, local_asn=cfg.asn, router_id=rid,
+            address=p.address, asn=p.asn, local_address=local, local_asn=own.asn, router_id=rid,
             hold_time=p.hold_time, families=fams, graceful_restart=cfg.graceful_restart,
             password=p.password, multihop=p.multihop, ttl_security=p.ttl_security,
         ))
