@@ -172,6 +172,22 @@ class KubeNodeClient:
             raise ApiException.from_response(http_resp=resp, body=None, data=None)
         return resp.response
 
+    def patch_node_status(self, name: str, body: dict) -> None:
+        """PATCH /api/v1/nodes/{name}/status, strategic merge (conditions merge by type)."""
+        from kubernetes.client.exceptions import ApiException
+
+        method, url, headers, data, _post = self.api.param_serialize(
+            "PATCH", "/api/v1/nodes/{name}/status", path_params={"name": name}, body=body,
+            header_params={"Accept": "application/json", "Content-Type": "application/strategic-merge-patch+json"},
+            auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, url, headers, data, _request_timeout=(5, 30))
+        try:
+            resp.read()
+        finally:
+            resp.response.release_conn()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=resp.data.decode(errors="replace"), data=None)
+
     def list_nodes(self) -> ListStream:
         resp = self._get([("resourceVersion", "0")], 60)
         return ListStream(_closing(resp.stream(1 << 16), resp))
