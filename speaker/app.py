@@ -6,6 +6,8 @@
 One asyncio loop owns all state. The Node watch runs in a worker thread and hands over only
 real changes with call_soon_threadsafe; ExaBGP's lines arrive on the loop (bgp.sessions); every
 change marks prefixes dirty in the reconciler (reconciler.loop), which applies them per pass.
+When this node's own facts change: its CNI conflist (speaker.cni), then the announcement, then
+its NetworkUnavailable condition (speaker.node_status), in that order.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from bgp.process import ExaBGP
 from bgp.sessions import Sessions
@@ -23,7 +26,9 @@ from reconciler.kernel import RouteTable
 from reconciler.loop import Reconciler
 
 from . import announce
+from .cni import ConflistWriter
 from .config import Config, ConfigError, check_pod_cidr
+from .node_status import NetworkCondition, StatusClient
 from .nodes import NodeInfo, NodeView
 from .podcidr import Discovered, discover
 from .watch import ApiDown, Changed
@@ -41,8 +46,13 @@ def _read_file(path: str) -> str | None:
 
 class Speaker:
     def __init__(self, cfg: Config, kernel: RouteTable, start_watch: Callable[[Callable[[object], None]], Callable[[], None]],
-                 env: dict[str, str] | None = None, bgp_factory: Callable[..., ExaBGP] = ExaBGP, monitor=None) -> None:
+                 env: dict[str, str] | None = None, bgp_factory: Callable[..., ExaBGP] = ExaBGP, monitor=None,
+                 cni: ConflistWriter | None = None, node_client: StatusClient | None = None) -> None:
+        """`cni` writes the conflist and `node_client` patches the Node's status; without them
+        (tests) neither is written, and status says so."""
         self.cfg, self.start_watch, self.monitor = cfg, start_watch, monitor
+        self.cni = cni if cni is not None else ConflistWriter(replace(cfg.cni, enabled=False))
+        self.condition = NetworkCondition(node_client, cfg.node_name)
         self.env = dict(os.environ if env is None else env)
         self.counters: collections.Counter[str] = collections.Counter()
         self.view = NodeView()
@@ -76,6 +86,7 @@ class Speaker:
             log.info("speaker.stop leaving kernel routes in place")
             stop_watch()
             resync.cancel()
+            self.condition.close()
             if self.monitor is not None:
                 loop.remove_reader(self.monitor.fileno())
             await self.sessions.stop()
@@ -94,6 +105,9 @@ class Speaker:
             await asyncio.sleep(self.cfg.resync_interval)
             self.counters["resync"] += 1
             self.reconciler.request_full()
+            if self.own is not None:
+                self.cni.sync(self.own.cidrs, check=True)  # put back a conflist someone removed
+                self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
 
     # ---- Kubernetes side ---------------------------------------------------------------------
     def on_watch(self, ev: object) -> None:
@@ -166,8 +180,25 @@ class Speaker:
             self.own = found
         cidrs = found.cidrs if found else ()
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
+        self.cni.sync(cidrs)
+        self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
+        own_as = announce.local_as(self.cfg, me)  # a bad annotation here; no AS at all fails peers()
+        self._report(f"asn:{self.cfg.node_name}", own_as.error if own_as.asn is not None else None, "node.asn",
+                     logging.WARNING)
         try:
             self.sessions.configure(announce.peers(self.cfg, me))
-        except ConfigError as exc:
-            log.error("bgp.waiting %s", exc)
+            self._report(f"bgp:{self.cfg.node_name}", None)
+        except ConfigError as exc:  # no AS or no address yet: keep what runs, if anything
+            self._report(f"bgp:{self.cfg.node_name}", str(exc), "bgp.waiting")
         self.sessions.announce(announce.announcements(cidrs))
+        if self.sessions.exabgp is not None:
+            self.condition.announced(cidrs)
+
+    def _report(self, key: str, error: str | None, event: str = "", level: int = logging.ERROR) -> None:
+        """Keep one of this node's own problems in status nodeErrors; log it once when it appears."""
+        if error and event and self.node_errors.get(key) != error:
+            log.log(level, "%s %s", event, error)
+        if error:
+            self.node_errors[key] = error
+        else:
+            self.node_errors.pop(key, None)
