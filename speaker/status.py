@@ -51,6 +51,8 @@ def status_doc(sp: Any) -> dict:
         "nodeErrors": dict(sorted(errors.items())),
         "counters": dict(sorted(sp.counters.items())),
         "exabgpPid": ses.pid,
+        "cniConf": sp.cni.status(),
+        "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
     }
 
