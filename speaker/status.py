@@ -6,7 +6,13 @@ import ipaddress
 import json
 import logging
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from bgp.types import SessionState
 from reconciler.types import Reason
@@ -69,44 +75,94 @@ def _net_key(text: str) -> tuple:
     return (n.version, int(n.network_address), n.prefixlen)
 
 
-def metrics_text(doc: dict) -> str:
-    lines = [
-        "# HELP podbgp_peer_up 1 if the BGP session is Established.",
-        "# TYPE podbgp_peer_up gauge",
-    ]
-    for p in doc["peers"]:
-        lines.append(f'podbgp_peer_up{{peer="{p["address"]}",asn="{p["asn"]}"}} {int(p["state"] == "up")}')
-    lines += ["# TYPE podbgp_peer_received_paths gauge"]
-    for p in doc["peers"]:
-        lines.append(f'podbgp_peer_received_paths{{peer="{p["address"]}"}} {p["paths"]}')
-    lines += [
-        "# TYPE podbgp_announced_prefixes gauge", f"podbgp_announced_prefixes {len(doc['announced'])}",
-        "# TYPE podbgp_installed_routes gauge", f"podbgp_installed_routes {len(doc['installed'])}",
-        "# TYPE podbgp_converged gauge", f"podbgp_converged {int(doc['converged'])}",
-        "# TYPE podbgp_api_reachable gauge", f"podbgp_api_reachable {int(doc['apiReachable'])}",
-        "# HELP podbgp_rejected_routes Learned paths currently refused, by reason.",
-        "# TYPE podbgp_rejected_routes gauge",
-    ]
-    for reason, n in doc["rejectedByReason"].items():
-        lines.append(f'podbgp_rejected_routes{{reason="{reason}"}} {n}')
-    lines += ["# TYPE podbgp_events_total counter"]
-    for name, n in doc["counters"].items():
-        lines.append(f'podbgp_events_total{{event="{name}"}} {n}')
-    return "\n".join(lines) + "\n"
+# ---- /metrics: prometheus_client over the speaker's state, read at scrape time ---------------
+
+class SpeakerCollector(Collector):
+    """The speaker's metric families. Nothing is counted on the hot path: a scrape reads the
+    state the speaker keeps anyway (peer states, RIB sizes, `counters`), and only its sizes, not
+    the sorted and formatted routes of /status."""
+
+    def __init__(self, sp: Any) -> None:
+        self.sp = sp
+
+    def collect(self) -> Iterator[Metric]:
+        sp = self.sp
+        ses, rec = sp.sessions, sp.reconciler
+        up = GaugeMetricFamily("podbgp_peer_up", "1 if the BGP session is Established.", labels=("peer", "asn"))
+        paths = GaugeMetricFamily("podbgp_peer_received_paths", "Paths learned from the peer and held in the RIB.",
+                                  labels=("peer",))
+        for p in ses.peers:
+            up.add_metric((p.key, str(p.asn)), int(ses.state.get(p.key) == SessionState.UP))
+            paths.add_metric((p.key,), ses.rib.count(p.key))
+        yield up
+        yield paths
+        yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
+                                value=len(ses.announced))
+        yield GaugeMetricFamily("podbgp_installed_routes", "Our routes in the kernel table.",
+                                value=len(rec.installed()))
+        yield GaugeMetricFamily("podbgp_converged", "1 once the RIB has converged (End-of-RIB or the grace timer).",
+                                value=int(ses.converged))
+        yield GaugeMetricFamily("podbgp_api_reachable", "1 while the Kubernetes API answers.", value=int(sp.api_up))
+        rejected = GaugeMetricFamily("podbgp_rejected_routes", "Learned paths currently refused, by reason.",
+                                     labels=("reason",))
+        counts = _by_reason(rec)
+        for reason in Reason:  # every reason, zeros included, so that no series comes and goes
+            rejected.add_metric((reason.value,), counts.get(reason, 0))
+        yield rejected
+        events = CounterMetricFamily("podbgp_events", "Events the speaker counted, by kind.", labels=("event",))
+        for name, n in sorted(sp.counters.items()):
+            events.add_metric((name,), n)
+        yield events
+
+
+def metrics_registry(sp: Any) -> CollectorRegistry:
+    """One registry per speaker: its own families, and the process (resident memory, CPU
+    seconds, open fds) and platform (Python version) collectors."""
+    registry = CollectorRegistry()
+    registry.register(SpeakerCollector(sp))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+# ---- the HTTP endpoint ---------------------------------------------------------------------
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` (`[::]:PORT`: every IPv6 address) or `0.0.0.0:PORT` -> (host,
+    port). An IPv6 address needs its brackets; port 0 asks for any free port."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            sep = ""
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            sep = ""
+    if not sep or not host:
+        raise ValueError(f"status address {text!r}: expected HOST:PORT, [V6]:PORT or 0.0.0.0:PORT")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"status address {text!r}: port {port!r} is not a number from 0 to 65535")
+    return host, int(port)
 
 
 async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
-    host, _, port = address.rpartition(":")
+    """/status, /metrics, /healthz, /readyz on `address` (see parse_address)."""
+    host, port = parse_address(address)
+    registry = metrics_registry(sp)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
-            while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                pass
+            accept = ""
+            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
+                name, _, value = header.decode(errors="replace").partition(":")
+                if name.strip().lower() == "accept":
+                    accept = value.strip()
             parts = request.decode(errors="replace").split()
             path = parts[1].split("?")[0] if len(parts) > 1 else "/"
-            code, ctype, body = _respond(sp, path)
-            data = body.encode()
+            code, ctype, data = _respond(sp, path, registry, accept)
             writer.write(f"HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
                          "Connection: close\r\n\r\n".encode() + data)
             await writer.drain()
@@ -115,20 +171,21 @@ async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host.strip("[]"), int(port), reuse_address=True)
+    return await asyncio.start_server(handle, host, port, reuse_address=True)
 
 
-def _respond(sp: Any, path: str) -> tuple[str, str, str]:
+def _respond(sp: Any, path: str, registry: CollectorRegistry | None = None, accept: str = "") -> tuple[str, str, bytes]:
     if path == "/status":
-        return "200 OK", "application/json", json.dumps(status_doc(sp), indent=1)
+        return "200 OK", "application/json", json.dumps(status_doc(sp), indent=1).encode()
     if path == "/metrics":
-        return "200 OK", "text/plain; version=0.0.4", metrics_text(status_doc(sp))
+        encode, ctype = choose_encoder(accept)  # text 0.0.4 unless the scraper asks for OpenMetrics
+        return "200 OK", ctype, encode(registry if registry is not None else metrics_registry(sp))
     if path in ("/healthz", "/livez"):
-        return "200 OK", "text/plain", "ok\n"
+        return "200 OK", "text/plain", b"ok\n"
     if path == "/readyz":
         ready = sp.synced and SessionState.UP in sp.sessions.state.values()
-        return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", ("ok\n" if ready else "not ready\n")
-    return "404 Not Found", "text/plain", "not found\n"
+        return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", (b"ok\n" if ready else b"not ready\n")
+    return "404 Not Found", "text/plain", b"not found\n"
 
 
 def fetch(address: str, path: str = "/status", timeout: float = 5.0) -> dict:

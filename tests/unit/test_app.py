@@ -294,12 +294,12 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
         assert [r["prefix"] for r in doc["installed"]] == ["10.42.2.0/24"]
         assert doc["rejectedByReason"] == {"default-route": 1, "next-hop-mismatch": 1}
         assert "bad" in doc["nodeErrors"]
-        text = status.metrics_text(doc)
-        assert 'podbgp_peer_up{peer="192.168.50.1",asn="65000"} 1' in text
-        assert 'podbgp_rejected_routes{reason="next-hop-mismatch"} 1' in text
-        assert "podbgp_installed_routes 1" in text
-        assert 'podbgp_events_total{event="decode_errors"} 1' in text
-        assert 'podbgp_events_total{event="node_errors"} 1' in text
+        text = status._respond(sp, "/metrics")[2].decode()  # prometheus_client: labels sorted, values as floats
+        assert 'podbgp_peer_up{asn="65000",peer="192.168.50.1"} 1.0' in text
+        assert 'podbgp_rejected_routes{reason="next-hop-mismatch"} 1.0' in text
+        assert "podbgp_installed_routes 1.0" in text
+        assert 'podbgp_events_total{event="decode_errors"} 1.0' in text
+        assert 'podbgp_events_total{event="node_errors"} 1.0' in text
         assert status._respond(sp, "/readyz")[0] == "200 OK"
         table = status.render_table(doc)
         assert "10.42.3.0/24 via 192.168.50.12 from 192.168.50.1: next-hop-mismatch" in table
