@@ -9,6 +9,7 @@ from typing import Protocol
 
 from bgp.types import IPNetwork
 
+from .links import Links, connected_subnets
 from .rtnl import Rtnl
 from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Plan, Route
 
@@ -38,9 +39,15 @@ class KernelTable:
         self.table = table
         self.netns = netns
         self.rtnl = Rtnl(netns)
+        try:
+            self.links = Links(netns)
+        except BaseException:
+            self.rtnl.close()
+            raise
 
     def close(self) -> None:
         self.rtnl.close()
+        self.links.close()
 
     def monitor(self):
         from .monitor import KernelMonitor
@@ -65,12 +72,7 @@ class KernelTable:
 
     def connected(self) -> frozenset[IPNetwork]:
         """Subnets of the addresses configured on this host (link-local and loopback left out)."""
-        nets = set()
-        for iface in self.rtnl.addresses():
-            if iface.ip.is_link_local or iface.ip.is_loopback:
-                continue
-            nets.add(iface.network)
-        return frozenset(nets)
+        return connected_subnets(self.links.addresses())
 
     def apply(self, plan: Plan) -> ApplyResult:
         """Replace, then delete. Deletes name routes by ident; their failures are reported as

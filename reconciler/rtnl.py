@@ -1,9 +1,10 @@
 """rtnetlink for routes, packed by hand.
 
-pyroute2's one-call-per-route API costs about 20x the kernel's own time, so the hot paths (dump
-of a table, batched replace/delete) pack and parse rtnetlink messages with `struct` here: many
-requests per sendto, acknowledgements read back per chunk. `pack_*`, `parse_*` and `spread` are
-pure.
+pyroute2 takes about 20x `ip -batch`'s time to install or remove 100k routes, one call per route
+or encoded by its IPBatch (bench.netlink_apply), so the hot paths (dump of a table, batched
+replace/delete) pack and parse rtnetlink messages with `struct` here: many requests per sendto,
+acknowledgements read back per chunk. The node's addresses, read once per full pass, go through
+pyroute2 (reconciler.links). `pack_*`, `parse_*` and `spread` are pure.
 
 What keeps a dump-diff-delete of 100k routes under `ip -batch`'s time for the deletes alone:
 the dump asks the kernel for our table only (NETLINK_GET_STRICT_CHK); parsing builds
@@ -16,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import errno as E
 import gc
-import ipaddress
 import os
 import socket
 import struct
@@ -33,7 +33,6 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
 NLM_F_DUMP, NLM_F_REPLACE, NLM_F_CREATE = 0x300, 0x100, 0x400
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
-IFA_ADDRESS, IFA_LOCAL = 1, 2
 RTN_UNSPEC, RTN_UNICAST = 0, 1
 RT_SCOPE_UNIVERSE = 0
 SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_GET_STRICT_CHK = 270, 10, 12
@@ -42,7 +41,6 @@ RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE = 0x100, 0x400
 
 _NLH = struct.Struct("=IHHII")
 _RTM = struct.Struct("=BBBBBBBBI")
-_IFA = struct.Struct("=BBBBI")
 _RTA = struct.Struct("=HH")
 _RTNH = struct.Struct("=HBBi")
 _ERR = struct.Struct("=i")
@@ -112,16 +110,13 @@ def pack_delete(ident: Ident, seq: int, protocol: int, table: int, ack: bool = F
                      protocol, RT_SCOPE_NOWHERE, RTN_UNSPEC, 0) + body
 
 
-def pack_dump(kind: int, family: int = socket.AF_UNSPEC, table: int = 0) -> bytes:
-    """A dump request; for routes, `table` (with NETLINK_GET_STRICT_CHK on the socket) has the
-    kernel send only that table's routes."""
-    if kind == RTM_GETROUTE:
-        body = _RTM.pack(family, 0, 0, 0, table if 0 < table < 256 else 0, 0, 0, 0, 0)
-        if table:
-            body += _ATTR_U32.pack(8, RTA_TABLE, table)
-    else:
-        body = _IFA.pack(family, 0, 0, 0, 0)
-    return _NLH.pack(_NLH.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
+def pack_dump(family: int = socket.AF_UNSPEC, table: int = 0) -> bytes:
+    """A route dump request; `table` (with NETLINK_GET_STRICT_CHK on the socket) has the kernel
+    send only that table's routes."""
+    body = _RTM.pack(family, 0, 0, 0, table if 0 < table < 256 else 0, 0, 0, 0, 0)
+    if table:
+        body += _ATTR_U32.pack(8, RTA_TABLE, table)
+    return _NLH.pack(_NLH.size + len(body), RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body
 
 
 # ---- parsing (pure) -------------------------------------------------------------------------
@@ -244,20 +239,6 @@ def _multipath(buf: bytes, start: int, end: int) -> Iterator[bytes]:
         off += _align(length)
 
 
-def parse_addr(payload: memoryview) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
-    family, prefixlen, _flags, _scope, _index = _IFA.unpack_from(payload, 0)
-    addr = local = None
-    for kind, value in iter_attrs(payload, _IFA.size):
-        if kind == IFA_ADDRESS:
-            addr = bytes(value)
-        elif kind == IFA_LOCAL:
-            local = bytes(value)
-    raw = local or addr
-    if raw is None or family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    return ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
-
-
 # ---- the socket (I/O) ------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -335,17 +316,6 @@ class Rtnl:
         n = self.sock.recv_into(self._dbuf)
         return bytes(memoryview(self._dbuf)[:n])
 
-    def _dump(self, request: bytes) -> Iterator[tuple[int, memoryview]]:
-        self.sock.send(request)
-        while True:
-            for kind, _flags, _seq, payload in iter_messages(self._recv()):
-                if kind == NLMSG_DONE or kind == NLMSG_ERROR:
-                    err = -_ERR.unpack_from(payload, 0)[0] if len(payload) >= 4 else 0
-                    if err:
-                        raise NetlinkError(err, "dump")
-                    return
-                yield kind, payload
-
     def routes(self, table: int = 0) -> list[KernelRoute]:
         """The unicast routes of the kernel (cached clones left out), IPv4 then IPv6; with
         `table`, only that table's (the kernel filters them under strict checking, else we do)."""
@@ -354,7 +324,7 @@ class Rtnl:
         gc.disable()  # a dump makes ~1 object per route: the collector would run ~1000 times per 100k
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
-                self.sock.send(pack_dump(RTM_GETROUTE, family, table if self.strict else 0))
+                self.sock.send(pack_dump(family, table if self.strict else 0))
                 err = None
                 while err is None:
                     err = parse_route_dump(self._recv(), out)
@@ -366,13 +336,6 @@ class Rtnl:
         if table and not self.strict:
             out = [r for r in out if r.table == table]
         return out
-
-    def addresses(self) -> Iterator[ipaddress.IPv4Interface | ipaddress.IPv6Interface]:
-        for kind, payload in self._dump(pack_dump(RTM_GETADDR)):
-            if kind == RTM_NEWADDR:
-                iface = parse_addr(payload)
-                if iface is not None:
-                    yield iface
 
     def write(self, routes: Iterable[Route | KernelRoute], protocol: int, table: int,
               delete: bool) -> dict[Route | KernelRoute, int]:

@@ -1,11 +1,15 @@
 """The reconciler's kernel side against real netlink in a fresh namespace."""
+import asyncio
 import ipaddress as ia
 import json
+import os
 import subprocess
+import time
 
 import pytest
 
 from reconciler.kernel import KernelTable
+from reconciler.links import Links
 from reconciler.plan import plan
 from reconciler.rtnl import Rtnl
 from reconciler.types import Plan, Route
@@ -99,8 +103,45 @@ def test_large_batch_round_trip(netns, kernel):
     assert res.deleted == 5000 and kernel.snapshot()[0] == []
 
 
-def test_connected_subnets(netns, kernel):
-    assert {N("192.168.77.0/24"), N("fd00:77::/64")} <= kernel.connected()
+def test_addresses_as_ip_shows_them_and_their_connected_subnets(netns, ipr, kernel):
+    """pyroute2's address dump (reconciler.links) against `ip -j addr`; a point-to-point address
+    counts by its local end; link-local and loopback subnets are left out."""
+    (eth0p,) = ipr.link_lookup(ifname="eth0p")
+    ipr.addr("add", index=eth0p, local="10.99.0.1", address="10.99.0.2", prefixlen=32)
+    links = Links(netns)
+    try:
+        deadline = time.monotonic() + 5  # IPv6 link-local addresses come as the links come up
+        while True:
+            before = shown(netns)
+            got = links.addresses()
+            if before == shown(netns) or time.monotonic() > deadline:
+                break
+        assert sorted(map(str, got)) == before
+    finally:
+        links.close()
+    connected = kernel.connected()
+    assert {N("192.168.77.0/24"), N("fd00:77::/64"), N("10.99.0.1/32")} <= connected
+    assert not [n for n in connected if n.network_address.is_link_local or n.network_address.is_loopback]
+
+
+def shown(ns):
+    return sorted(str(ia.ip_interface(f"{a['local']}/{a['prefixlen']}"))
+                  for link in json.loads(ip(ns, "-j", "addr", "show")) for a in link["addr_info"])
+
+
+def test_connected_is_read_on_a_running_event_loop(netns, kernel):
+    """The speaker asks from its asyncio loop; pyroute2's synchronous IPRoute runs a loop of its own."""
+    async def body():
+        return kernel.connected()
+
+    assert N("192.168.77.0/24") in asyncio.run(body())
+
+
+def test_a_namespace_that_does_not_exist_is_an_error_not_created(netns):
+    name = f"{netns}-missing"
+    with pytest.raises(FileNotFoundError):
+        Links(name)
+    assert not os.path.exists(f"/run/netns/{name}")
 
 
 def test_dump_parse_agrees_with_ip_for_every_kind_of_route(netns):

@@ -50,13 +50,14 @@ def test_route_events_carry_the_key_and_whose_route_it_is(netns):
         mon.close()
 
 
-def test_link_and_address_changes_ask_for_a_full_pass(netns):
+def test_link_and_address_changes_ask_for_a_full_pass(netns, ipr):
     mon = KernelMonitor(protocol=80, netns=netns)
+    (eth0,), (eth0p,) = ipr.link_lookup(ifname="eth0"), ipr.link_lookup(ifname="eth0p")
     try:
-        ip(netns, "link", "set", "eth0", "down")
+        ipr.link("set", index=eth0, state="down")
         assert any(ev.full == "link" for ev in drain_until(mon, lambda s: any(ev.full for ev in s)))
-        ip(netns, "link", "set", "eth0", "up")
-        ip(netns, "addr", "add", "192.168.78.1/24", "dev", "eth0p")
+        ipr.link("set", index=eth0, state="up")
+        ipr.addr("add", index=eth0p, address="192.168.78.1", prefixlen=24)
         assert drain_until(mon, lambda s: any(ev.full for ev in s))
     finally:
         mon.close()
