@@ -22,12 +22,20 @@ def lab() -> None:
 @lab.command()
 @click.argument("topology", required=False, default=runner.DEFAULT_TOPOLOGY, type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", help="lab name (default: the topology's name); prefixes every namespace")
-@click.option("--no-speakers", is_flag=True, help="bring the lab up without starting podbgp on the nodes")
-@click.option("--speaker-config", default=runner.DEFAULT_SPEAKER_CONFIG, show_default=True)
-def up(topology: str, name: str | None, no_speakers: bool, speaker_config: str) -> None:
+@click.option("--no-speakers", is_flag=True,
+              help="bring the lab up without podbgp on the nodes (and so without Pods: their CNI config is podbgp's)")
+@click.option("--speaker-config", type=click.Path(exists=True, dir_okay=False),
+              help="replace the ConfigMap's config.yaml with this file")
+@click.option("--manifests", default=runner.DEFAULT_MANIFESTS, show_default=True,
+              help="kustomization whose DaemonSet and ConfigMap start the speakers")
+@click.option("--image", "images", multiple=True, metavar="NODE=IMAGE",
+              help="run NODE's speaker from a container image (make image)")
+def up(topology: str, name: str | None, no_speakers: bool, speaker_config: str | None, manifests: str,
+       images: tuple[str, ...]) -> None:
     """Create the lab from a containerlab topology file."""
     try:
-        state = runner.up(topology, name=name, speakers=not no_speakers, speaker_config=speaker_config)
+        state = runner.up(topology, name=name, speakers=not no_speakers, speaker_config=speaker_config,
+                          manifests=manifests, speaker_images=dict(i.split("=", 1) for i in images))
     except runner.LabError as exc:
         _fail(exc)
     click.echo(f"lab {state.name} is up: {len(state.nodes)} nodes, {len(state.pods)} pods; "

@@ -3,7 +3,12 @@
 Each node is a namespace `<lab>-<node>`; links are veth pairs created straight into the two
 namespaces; a node's `exec` commands run inside it; an FRR node gets zebra and bgpd with private
 runtime paths (as in a container); a Kubernetes node gets its Pods (namespaces attached by the
-real CNI bridge + host-local plugins), a Node object in the lab API server, and `podbgp speaker`.
+real CNI plugins, configured by the conflist that node's speaker wrote), a Node object in the lab
+API server, and podbgp started from the DaemonSet and ConfigMap of `deploy/` (rendered through the
+lab's kustomization, lab/kustomization.yaml): the same command, args, environment, volumes and
+capabilities, its in-cluster way in to the API (HTTPS, the lab's CA, a service-account token).
+Each node has its own "host filesystem" under <lab dir>/<node>/host for the DaemonSet's hostPath
+volumes (its CNI config directory, podbgp's runtime directory, /var/lib/cni).
 Everything the lab made is recorded in <run dir>/<lab>/state.json so `down` removes exactly that.
 """
 from __future__ import annotations
@@ -19,11 +24,16 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import yaml
+
+from . import daemonset, pki
 from . import topology as topo_mod
 
 RUN_DIR = os.environ.get("PODBGP_LAB_RUN_DIR", "/run/podbgp-lab")
 DEFAULT_TOPOLOGY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "topology.clab.yml")
 DEFAULT_SPEAKER_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "podbgp.yaml")
+DEFAULT_MANIFESTS = os.path.dirname(os.path.abspath(__file__))  # lab/kustomization.yaml over deploy/
+CONFIG_MAP, CONFIG_KEY = "podbgp-config", "config.yaml"
 CNI_PATH = os.environ.get("CNI_PATH", "/usr/lib/cni")
 FRR_DIR = "/usr/lib/frr"
 API_PORT_IN_NODE = 6443
@@ -43,7 +53,9 @@ class State:
     pods: list[dict] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd"
     api_port: int = 0
-    speaker_config: str = DEFAULT_SPEAKER_CONFIG
+    speaker_config: str | None = None  # None: the ConfigMap's config.yaml as rendered
+    manifests: str = ""  # the rendered DaemonSet and ConfigMap the speakers start from
+    speaker_images: dict[str, str] = field(default_factory=dict)  # node -> image its speaker runs from
 
     def save(self) -> None:
         tmp = os.path.join(self.dir, "state.json.tmp")
@@ -64,6 +76,10 @@ class State:
     @property
     def kubeconfig(self) -> str:
         return os.path.join(self.dir, "kubeconfig")
+
+    @property
+    def pki_dir(self) -> str:
+        return os.path.join(self.dir, "pki")
 
     def netns(self, target: str) -> str:
         if target in self.nodes:
@@ -175,26 +191,35 @@ def check_host() -> None:
 
 
 def up(topology: str = DEFAULT_TOPOLOGY, name: str | None = None, speakers: bool = True,
-       speaker_config: str = DEFAULT_SPEAKER_CONFIG, log_level: str = "info") -> State:
+       speaker_config: str | None = None, manifests: str = DEFAULT_MANIFESTS,
+       speaker_images: dict[str, str] | None = None) -> State:
+    """Bring a lab up. The speakers start from the DaemonSet and ConfigMap that `kubectl kustomize
+    manifests` renders; speaker_config replaces the ConfigMap's config.yaml; speaker_images runs
+    the named nodes' speakers from a container image (lab.image) instead of this checkout."""
     check_host()
     topo = topo_mod.load(topology)
     name = name or topo.name
     lab_dir = os.path.join(RUN_DIR, name)
     if os.path.exists(os.path.join(lab_dir, "state.json")):
         raise LabError(f"lab {name!r} is already up (podbgp lab down --name {name})")
+    objects = _render(manifests, speaker_config)  # a broken manifest fails here, before anything is made
     os.makedirs(lab_dir, exist_ok=True)
-    state = State(name=name, topology=topo.path, dir=lab_dir, speaker_config=os.path.abspath(speaker_config))
+    state = State(name=name, topology=topo.path, dir=lab_dir,
+                  speaker_config=os.path.abspath(speaker_config) if speaker_config else None,
+                  manifests=os.path.join(lab_dir, "manifests.yaml"), speaker_images=dict(speaker_images or {}))
+    with open(state.manifests, "w") as f:
+        yaml.safe_dump_all(objects, f, sort_keys=True)
     state.save()
     try:
         _create(state, topo)
         _start_frr(state, topo)
         _start_apiserver(state)
         _register_nodes(state, topo)
-        _start_pods(state, topo)
         if speakers:
             for node in state.nodes.values():
                 if node["role"] == "node":
-                    start_speaker(state, node["name"], log_level=log_level)
+                    start_speaker(state, node["name"])
+            _start_pods(state, topo)
         state.save()
     except BaseException:
         down(name)
@@ -283,20 +308,17 @@ def vtysh(state: State, node_name: str, command: str) -> str:
 
 # ---- the lab API server -----------------------------------------------------------------------
 
-def _kubeconfig(server: str) -> str:
-    return (
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n"
-        f"    server: {server}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n"
-        "current-context: lab\nusers:\n- name: lab\n  user:\n    token: lab\n"
-    )
-
-
 def _start_apiserver(state: State) -> None:
+    """The lab's CA, serving certificate and service-account token, two kubeconfigs (this host's,
+    and one for clients inside the lab's namespaces), then the server itself."""
     state.api_port = _free_port()
+    creds = pki.make(state.pki_dir)
     with open(state.kubeconfig, "w") as f:
-        f.write(_kubeconfig(f"http://127.0.0.1:{state.api_port}"))
+        f.write(pki.kubeconfig(f"https://127.0.0.1:{state.api_port}", creds["ca"], creds["token"]))
     with open(os.path.join(state.dir, "node-kubeconfig"), "w") as f:
-        f.write(_kubeconfig(f"http://127.0.0.1:{API_PORT_IN_NODE}"))
+        f.write(pki.kubeconfig(f"https://127.0.0.1:{API_PORT_IN_NODE}", creds["ca"], creds["token"]))
+    os.chmod(state.kubeconfig, 0o600)
+    os.chmod(os.path.join(state.dir, "node-kubeconfig"), 0o600)
     start_apiserver(state)
 
 
@@ -304,7 +326,9 @@ def start_apiserver(state: State) -> None:
     listen = [f"127.0.0.1:{state.api_port}"] + [
         f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] in ("node", "host")]
     log = open(os.path.join(state.dir, "apiserver.log"), "ab")
-    args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json")]
+    args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json"),
+            "--tls-cert", os.path.join(state.pki_dir, "server.crt"), "--tls-key", os.path.join(state.pki_dir, "server.key"),
+            "--token-file", os.path.join(state.pki_dir, "serviceaccount", "token")]
     for spec in listen:
         args += ["--listen", spec]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
@@ -361,8 +385,10 @@ def node_object(state: State, node: str) -> dict:
     cidrs = [c for c in info["pod_cidrs"].split(",") if c]
     addresses = [{"type": "InternalIP", "address": a} for a in node_addresses(state, node)]
     addresses.append({"type": "Hostname", "address": node})
+    annotations = {"podbgp.io/asn": str(info["asn"])} if info.get("asn") else {}
     obj = {"apiVersion": "v1", "kind": "Node",
-           "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"}},
+           "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux"},
+                        "annotations": annotations},
            "spec": {"podCIDR": cidrs[0] if cidrs else "", "podCIDRs": cidrs},
            "status": {"addresses": addresses,
                       "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
@@ -377,26 +403,76 @@ def _register_nodes(state: State, topo: topo_mod.Topology) -> None:
             kubectl(state, "create", "-f", "-", input=json.dumps(node_object(state, node.name)))
 
 
+# ---- manifests and the nodes' own filesystems ------------------------------------------------
+
+def _render(manifests: str, speaker_config: str | None) -> list[dict]:
+    try:
+        objects = daemonset.render(manifests)
+        daemonset.find(objects, "DaemonSet")
+        cm = daemonset.find(objects, "ConfigMap", CONFIG_MAP)
+    except daemonset.ManifestError as exc:
+        raise LabError(str(exc)) from None
+    if speaker_config:
+        with open(speaker_config) as f:
+            cm.setdefault("data", {})[CONFIG_KEY] = f.read()
+    if CONFIG_KEY not in (cm.get("data") or {}):
+        raise LabError(f"ConfigMap {CONFIG_MAP} has no {CONFIG_KEY}")
+    return objects
+
+
+def load_manifests(state: State) -> list[dict]:
+    with open(state.manifests) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def node_config(state: State) -> dict:
+    """The speaker's configuration as the nodes read it (the rendered ConfigMap's config.yaml)."""
+    cm = daemonset.find(load_manifests(state), "ConfigMap", CONFIG_MAP)
+    return yaml.safe_load(cm["data"][CONFIG_KEY]) or {}
+
+
+def host_path(state: State, node: str, path: str) -> str:
+    """Where a path of a node's own filesystem (what a hostPath volume names) lives on this machine."""
+    return os.path.join(state.dir, node, "host", path.lstrip("/"))
+
+
+def cni_conf_path(state: State, node: str) -> str:
+    conf = (node_config(state).get("cni") or {}).get("confPath") or "/etc/cni/net.d/10-podbgp.conflist"
+    return host_path(state, node, conf)
+
+
+def speaker_runtime_dir(state: State, node: str) -> str:
+    return host_path(state, node, node_config(state).get("runtimeDir") or "/run/podbgp")
+
+
 # ---- pods ------------------------------------------------------------------------------------
-
-def cni_config(state: State, node: str) -> dict:
-    cidrs = [c for c in state.nodes[node]["pod_cidrs"].split(",") if c]
-    return {
-        "cniVersion": "1.0.0", "name": "podbgp", "type": "bridge", "bridge": "cni0",
-        "isGateway": True, "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": c}] for c in cidrs],
-                 "dataDir": os.path.join(state.dir, node, "cni")},
-    }
-
 
 def _start_pods(state: State, topo: topo_mod.Topology) -> None:
     for node in topo.nodes:
         count = int(node.label("podbgp.io/pods", "0") or 0)
+        if count:
+            path = cni_conf_path(state, node.name)
+            _wait(lambda p=path: os.path.exists(p), 60, f"{node.name}'s speaker to write its CNI config {path}")
         for k in range(1, count + 1):
             add_pod(state, node.name, f"{node.name}-pod{k}")
 
 
+def read_conflist(state: State, node: str) -> dict:
+    path = cni_conf_path(state, node)
+    try:
+        with open(path) as f:
+            conf = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise LabError(f"{node}: no usable CNI config at {path}: {exc}") from None
+    if not conf.get("plugins"):
+        raise LabError(f"{node}: {path} is not a conflist (no plugins)")
+    return conf
+
+
 def add_pod(state: State, node: str, pod: str) -> dict:
+    """A Pod's namespace, attached as a container runtime would: every plugin of the conflist the
+    node's speaker wrote, in order, each given the previous one's result (CNI 1.0 ADD)."""
+    conf = read_conflist(state, node)
     ns = f"{state.name}-{pod}"
     run(["ip", "netns", "add", ns])
     state.namespaces.append(ns)
@@ -405,11 +481,22 @@ def add_pod(state: State, node: str, pod: str) -> dict:
     run(["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"], netns=ns)
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": ns, "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0",
            "CNI_PATH": CNI_PATH, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    out = run([f"{CNI_PATH}/bridge"], netns=state.nodes[node]["netns"], input=json.dumps(cni_config(state, node)),
-              env=env).stdout
-    result = json.loads(out)
+    var_lib_cni = host_path(state, node, "/var/lib/cni")  # host-local's leases: this node's own disk
+    os.makedirs(var_lib_cni, exist_ok=True)
+    os.makedirs("/var/lib/cni", exist_ok=True)  # the mount point
+    result = None
+    for plugin in conf["plugins"]:
+        net = {"cniVersion": conf["cniVersion"], "name": conf["name"], **plugin}
+        if result is not None:
+            net["prevResult"] = result
+        argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec",
+                f"mount --bind {var_lib_cni} /var/lib/cni; exec {CNI_PATH}/{plugin['type']}"]
+        proc = run(argv, netns=state.nodes[node]["netns"], input=json.dumps(net), env=env, check=False)
+        if proc.returncode != 0:
+            raise LabError(f"CNI {plugin['type']} ADD for {pod} on {node} failed: {(proc.stdout or proc.stderr).strip()[:400]}")
+        result = json.loads(proc.stdout)
     entry = {"name": pod, "node": node, "netns": ns, "ipv4": None, "ipv6": None}
-    for ip in result.get("ips", []):
+    for ip in (result or {}).get("ips", []):
         addr = ipaddress.ip_interface(ip["address"]).ip
         entry["ipv4" if addr.version == 4 else "ipv6"] = str(addr)
     state.pods.append(entry)
@@ -419,22 +506,46 @@ def add_pod(state: State, node: str, pod: str) -> dict:
 
 # ---- speakers --------------------------------------------------------------------------------
 
-def speaker_runtime_dir(state: State, node: str) -> str:
-    return os.path.join(state.dir, node, "run")
+def node_facts(state: State, node: str) -> daemonset.NodeFacts:
+    v4 = [a for a in node_addresses(state, node) if ipaddress.ip_address(a).version == 4]
+    return daemonset.NodeFacts(
+        name=node, host_dir=os.path.join(state.dir, node, "host"), pod_dir=os.path.join(state.dir, node, "pod"),
+        host_ip=(v4 or node_addresses(state, node) or ["127.0.0.1"])[0],
+        serviceaccount_dir=os.path.join(state.pki_dir, "serviceaccount"),
+        api_host="127.0.0.1", api_port=API_PORT_IN_NODE,
+        path=os.path.dirname(sys.executable) + os.pathsep + daemonset.BASE_PATH)
 
 
-def start_speaker(state: State, node: str, log_level: str = "info") -> int:
+def speaker_launch(state: State, node: str) -> daemonset.Launch:
+    try:
+        return daemonset.plan(load_manifests(state), node_facts(state, node))
+    except daemonset.ManifestError as exc:
+        raise LabError(str(exc)) from None
+
+
+def start_speaker(state: State, node: str) -> int:
+    """Start node's speaker as its DaemonSet Pod: from this checkout, or from an image."""
     info = state.nodes[node]
     key = f"speaker:{node}"
     if key in state.pids and pid_alive(state.pids[key]):
         raise LabError(f"the speaker of {node} is already running (pid {state.pids[key]})")
+    launch = speaker_launch(state, node)
+    daemonset.prepare(launch)
+    image = state.speaker_images.get(node)
+    if image:
+        from . import image as image_mod
+
+        ctr = f"{state.name}-{node}-podbgp"
+        image_mod.remove_container(ctr)
+        setup, argv = image_mod.container_argv(image, ctr, [(m.source, m.target, m.read_only) for m in launch.mounts],
+                                               dict(launch.env), list(launch.argv))
+        run(setup, timeout=120)
+        argv = ["ip", "netns", "exec", info["netns"], *argv]
+    else:
+        argv = daemonset.shell_argv(launch, info["netns"])
     log = open(os.path.join(state.dir, node, "speaker.log"), "ab")
-    argv = ["ip", "netns", "exec", info["netns"], sys.executable, "-m", "speaker.cli", "speaker",
-            "--config", state.speaker_config, "--node-name", node, "--asn", info["asn"],
-            "--kubeconfig", os.path.join(state.dir, "node-kubeconfig"),
-            "--runtime-dir", speaker_runtime_dir(state, node), "--log-level", log_level]
     proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-                            env=tool_env(), cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd="/")
     log.close()
     state.pids[key] = proc.pid
     state.save()
@@ -446,6 +557,10 @@ def stop_speaker(state: State, node: str, sig: int = signal.SIGTERM) -> None:
     if pid:
         stop_pid(pid, sig=sig)
     _stop_leftover_exabgp(state, node)
+    if state.speaker_images.get(node):
+        from . import image as image_mod
+
+        image_mod.remove_container(f"{state.name}-{node}-podbgp")
     state.save()
 
 
@@ -489,9 +604,13 @@ def status(name: str | None = None) -> dict:
     state = State.load(name)
     nodes = []
     for n in state.nodes.values():
-        nodes.append({"name": n["name"], "netns": n["netns"], "role": n["role"],
-                      "addresses": node_addresses(state, n["name"]),
-                      "speakerPid": state.pids.get(f"speaker:{n['name']}")})
+        entry = {"name": n["name"], "netns": n["netns"], "role": n["role"],
+                 "addresses": node_addresses(state, n["name"]),
+                 "speakerPid": state.pids.get(f"speaker:{n['name']}")}
+        if n["role"] == "node":
+            entry["cniConf"] = cni_conf_path(state, n["name"])
+            entry["speakerImage"] = state.speaker_images.get(n["name"])
+        nodes.append(entry)
     return {"name": state.name, "topology": state.topology, "kubeconfig": state.kubeconfig,
             "apiserver": {"port": state.api_port, "pid": state.pids.get("apiserver")},
             "nodes": nodes, "pods": state.pods}

@@ -63,6 +63,7 @@ async def _run_speaker(cfg) -> int:
 
     from . import status
     from .app import Speaker
+    from .cni import ConflistWriter
     from .watch import KubeNodeClient, NodeWatcher
 
     def start_watch(emit):
@@ -72,9 +73,11 @@ async def _run_speaker(cfg) -> int:
 
     kernel = KernelTable(protocol=cfg.route_protocol, table=cfg.route_table)
     monitor = KernelMonitor(cfg.route_protocol, table=cfg.route_table)
-    sp = Speaker(cfg, kernel, start_watch, monitor=monitor)
+    sp = Speaker(cfg, kernel, start_watch, monitor=monitor, cni=ConflistWriter(cfg.cni),
+                 node_client=KubeNodeClient(cfg.kubeconfig))
     server = await status.serve(sp, cfg.status_address)
-    logging.getLogger("speaker").info("speaker.start node=%s asn=%d status=%s", cfg.node_name, cfg.asn, cfg.status_address)
+    logging.getLogger("speaker").info("speaker.start node=%s asn=%s status=%s", cfg.node_name,
+                                      cfg.asn if cfg.asn is not None else "from-annotation", cfg.status_address)
     try:
         return await sp.run()
     finally:
@@ -110,7 +113,8 @@ def config_check(path: str) -> None:
         cfg = load(path, env={})
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"ok: node {cfg.node_name} asn {cfg.asn}, {len(cfg.peers)} peer(s), "
+    asn = cfg.asn if cfg.asn is not None else "from the Node's podbgp.io/asn annotation"
+    click.echo(f"ok: node {cfg.node_name} asn {asn}, {len(cfg.peers)} peer(s), "
                f"cluster {','.join(map(str, cfg.cluster_cidrs))}, service {','.join(map(str, cfg.service_cidrs)) or '-'}")
 
 

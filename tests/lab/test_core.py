@@ -1,9 +1,13 @@
 """Issue: announce, learn, install. Real ExaBGP, a real FRR ToR, CNI pods, the lab API, pings."""
+import ipaddress
 import json
+import os
 import subprocess
 import sys
 
-from lab import demo, runner
+import yaml
+
+from lab import daemonset, demo, runner
 from tests.lab.conftest import poll
 
 NODES = ("node1", "node2", "node3")
@@ -31,7 +35,7 @@ def test_lab_commands_status_exec_kubectl(lab):
     cli = [sys.executable, "-m", "speaker.cli", "lab"]
     env = runner.tool_env({"PODBGP_LAB": lab.name})
     doc = json.loads(subprocess.run(cli + ["status", "--json"], capture_output=True, text=True, env=env, check=True).stdout)
-    assert sorted(n["name"] for n in doc["nodes"]) == ["node1", "node2", "node3", "tor"]
+    assert sorted(n["name"] for n in doc["nodes"]) == ["node1", "node2", "node3", "tor", "workstation"]
     assert "192.168.50.11" in next(n for n in doc["nodes"] if n["name"] == "node1")["addresses"]
     pods = {p["name"]: p for p in doc["pods"]}
     assert len(pods) == 6 and pods["node2-pod1"]["ipv4"].startswith("10.42.2.") and pods["node2-pod1"]["ipv6"]
@@ -118,3 +122,67 @@ def test_hostile_tor_routes_never_reach_a_kernel_and_foreign_routes_stay(lab):
     assert runner.run(["ip", "-4", "route", "show", "proto", "static"], netns=n1).stdout == before
     runner.run(["ip", "route", "del", "10.42.200.0/24", "proto", "static"], netns=n1)
     runner.run(["ip", "route", "del", "default", "proto", "static"], netns=n1)
+
+
+CAPS = {0: "chown", 10: "net_bind_service", 12: "net_admin", 13: "net_raw", 21: "sys_admin"}
+
+
+def _caps(mask_hex: str) -> set[str]:
+    mask = int(mask_hex, 16)
+    return {CAPS.get(bit, str(bit)) for bit in range(64) if mask >> bit & 1}
+
+
+def test_speakers_run_as_the_daemonset_in_deploy_says(lab):
+    objs = runner.load_manifests(lab)
+    ds = daemonset.find(objs, "DaemonSet")
+    ctr = ds["spec"]["template"]["spec"]["containers"][0]
+    pid = lab.pids["speaker:node1"]
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read().rstrip(b"\0").split(b"\0")
+    argv = [a.decode() for a in cmdline]  # [interpreter,] .../podbgp speaker --config ...
+    n = len(ctr["command"]) + len(ctr["args"])
+    assert argv[-n + 1:] == ctr["command"][1:] + ctr["args"]
+    assert os.path.basename(argv[-n]) == ctr["command"][0]
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        env = dict(kv.split("=", 1) for kv in f.read().decode().split("\0") if "=" in kv)
+    assert env["NODE_NAME"] == "node1" and env["KUBERNETES_SERVICE_HOST"] == "127.0.0.1"
+    assert not any("KUBECONFIG" in k for k in env)  # the in-cluster way in, as a Pod
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    want = {c.lower() for c in ctr["securityContext"]["capabilities"]["add"]}
+    assert _caps(status["CapEff"]) == want and _caps(status["CapBnd"]) == want
+    assert status["NoNewPrivs"].strip() == "1"
+    with open(f"/proc/{pid}/mountinfo") as f:
+        mounts = {line.split()[4]: line.split()[5] for line in f}
+    assert mounts["/"].startswith("ro") and mounts["/etc/podbgp"].startswith("ro")
+    assert mounts["/etc/cni/net.d"].startswith("rw") and mounts["/run/podbgp"].startswith("rw")
+    # what differs per node comes from the Node: its AS is the podbgp.io/asn annotation
+    doc = runner.speaker_status(lab, "node1")
+    assert {p["localAsn"] for p in doc["peers"]} == {65001}
+    assert "asn" not in yaml.safe_load(daemonset.find(objs, "ConfigMap")["data"]["config.yaml"])
+
+
+def test_node_condition_network_unavailable_is_false_once_announced(lab):
+    for node in NODES:
+        obj = json.loads(runner.kubectl(lab, "get", "node", node, "-o", "json").stdout)
+        conds = {c["type"]: c for c in obj["status"]["conditions"]}
+        assert conds["NetworkUnavailable"]["status"] == "False", conds
+        assert conds["NetworkUnavailable"]["reason"] == "PodbgpIsUp"
+        assert conds["Ready"]["status"] == "True"  # merged by type, the kubelet's condition kept
+
+
+def test_pods_are_attached_with_the_conflist_their_node_speaker_wrote(lab):
+    env = runner.tool_env({"PODBGP_LAB": lab.name})
+    doc = json.loads(subprocess.run([sys.executable, "-m", "speaker.cli", "lab", "status", "--json"],
+                                    capture_output=True, text=True, env=env, check=True).stdout)
+    for node in (n for n in doc["nodes"] if n["role"] == "node"):
+        with open(node["cniConf"]) as f:
+            conf = json.load(f)
+        types = [p["type"] for p in conf["plugins"]]
+        assert types[:1] == ["bridge"] and "portmap" in types
+        ranges = [ipaddress.ip_network(r[0]["subnet"]) for r in conf["plugins"][0]["ipam"]["ranges"]]
+        assert [str(r) for r in ranges] == lab.nodes[node["name"]]["pod_cidrs"].split(",")
+        pods = [p for p in doc["pods"] if p["node"] == node["name"]]
+        assert len(pods) == 2
+        for pod in pods:
+            assert ipaddress.ip_address(pod["ipv4"]) in ranges[0] and ipaddress.ip_address(pod["ipv6"]) in ranges[1]

@@ -1,0 +1,88 @@
+"""The lab starts each node's speaker from deploy/'s DaemonSet and ConfigMap: the launch it derives
+follows the manifests, and a manifest the lab cannot honour as a kubelet would stops it."""
+import copy
+import os
+import shutil
+
+import pytest
+
+from lab import daemonset
+from lab.daemonset import ManifestError, NodeFacts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def objects():
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed")
+    return daemonset.render(os.path.join(ROOT, "lab"))
+
+
+def facts(tmp_path):
+    return NodeFacts(name="node1", host_dir=str(tmp_path / "host"), pod_dir=str(tmp_path / "pod"),
+                     host_ip="192.168.50.11", serviceaccount_dir=str(tmp_path / "sa"), api_host="127.0.0.1",
+                     api_port=6443)
+
+
+def daemonset_of(objs):
+    return next(o for o in objs if o["kind"] == "DaemonSet")
+
+
+def test_the_launch_is_what_the_daemonset_and_configmap_say(objects, tmp_path):
+    launch = daemonset.plan(objects, facts(tmp_path))
+    ctr = daemonset_of(objects)["spec"]["template"]["spec"]["containers"][0]
+    assert launch.argv == tuple(ctr["command"] + ctr["args"])
+    env = dict(launch.env)
+    assert env["NODE_NAME"] == "node1"  # fieldRef spec.nodeName
+    assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("127.0.0.1", "6443")
+    targets = {m.target: m for m in launch.mounts}
+    assert targets[daemonset.SA_MOUNT].source == str(tmp_path / "sa") and targets[daemonset.SA_MOUNT].read_only
+    assert targets["/etc/cni/net.d"].source == str(tmp_path / "host" / "etc" / "cni" / "net.d")
+    assert not targets["/etc/cni/net.d"].read_only
+    config_mount = next(m for m in launch.mounts if m.target == "/etc/podbgp")
+    assert config_mount.read_only
+    files = dict(launch.files)
+    cm = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert files[os.path.join(config_mount.source, "config.yaml")] == cm["data"]["config.yaml"]
+    caps = ctr["securityContext"]["capabilities"]["add"]
+    assert launch.capabilities == tuple(sorted(c.lower() for c in caps))
+    assert launch.read_only_root and launch.no_new_privs and launch.uid == 0
+    assert launch.probes["liveness"] == ("/healthz", 9469) and launch.probes["readiness"] == ("/readyz", 9469)
+
+
+def test_the_shell_command_binds_the_volumes_and_drops_capabilities(objects, tmp_path):
+    launch = daemonset.plan(objects, facts(tmp_path))
+    argv = daemonset.shell_argv(launch, "lab-node1")
+    assert argv[:4] == ["ip", "netns", "exec", "lab-node1"]
+    script = argv[-1]
+    assert f"mount --bind {tmp_path / 'host' / 'etc' / 'cni' / 'net.d'} /etc/cni/net.d" in script
+    assert "mount -o remount,bind,ro /;" in script or "mount -o remount,bind,ro / " in script
+    assert "--bounding-set=-all,+" + ",+".join(launch.capabilities) in script
+    assert "--no-new-privs" in script and script.rstrip().endswith(" ".join(launch.argv))
+    # nested mounts after their parents; the secrets mount point is made inside the config volume
+    order = [m.target for m in launch.mounts]
+    assert order.index("/etc/podbgp") < order.index("/etc/podbgp/secrets")
+    daemonset.prepare(launch)
+    parent = next(m for m in launch.mounts if m.target == "/etc/podbgp")
+    assert os.path.isdir(os.path.join(parent.source, "secrets"))
+
+
+@pytest.mark.parametrize("breakage,message", [
+    (lambda ds: ds["spec"]["template"]["spec"].pop("hostNetwork"), "hostNetwork"),
+    (lambda ds: ds["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+    (lambda ds: ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"].update(drop=[]),
+     "drop ALL"),
+    (lambda ds: ds["spec"]["template"]["spec"]["containers"][0]["env"][0]["valueFrom"]["fieldRef"].update(
+        fieldPath="spec.nodeNam"), "spec.nodeNam"),
+    (lambda ds: ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0].update(name="nope"), "nope"),
+    (lambda ds: ds["spec"]["template"]["spec"]["volumes"][0].update(configMap={"name": "podbgp-cfg"}), "podbgp-cfg"),
+])
+def test_a_manifest_the_lab_cannot_honour_is_refused(objects, tmp_path, breakage, message):
+    broken = copy.deepcopy(objects)
+    ds = daemonset_of(broken)
+    vols = ds["spec"]["template"]["spec"]["volumes"]
+    vols.sort(key=lambda v: "configMap" not in v)  # the ConfigMap volume first, for the last case
+    breakage(ds)
+    with pytest.raises(ManifestError, match=message):
+        daemonset.plan(broken, facts(tmp_path))
