@@ -2,6 +2,7 @@
 spawns `run` with pipes on stdin/stdout, writes JSON lines, reads commands, respawns a dead
 helper (closing its pipes), and exits when told. No root, no network."""
 import asyncio
+import time
 import sys
 
 from bgp.process import ExaBGP, api_command
@@ -54,7 +55,11 @@ def test_api_child_hands_exabgps_pipes_to_the_speaker_and_survives_respawns(tmp_
     assert [x for x in log if x.startswith("command")][:3] == [
         'command announce after "gen": 0', 'command announce after "gen": 1', 'command announce after "gen": 0']
     for pid in (int(x.split()[1]) for x in log if x.startswith("child")):
-        assert not _alive(pid), f"API child {pid} outlived its ExaBGP"
+        # the parent-death signal is delivered as ExaBGP exits; give it a deadline, not zero time
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(pid), f"API child {pid} outlived its ExaBGP by more than 5 s"
 
 
 def _alive(pid: int) -> bool:
