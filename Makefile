@@ -6,8 +6,10 @@ PYTHON    ?= python3
 APT_PKGS  := frr containernetworking-plugins iproute2 iputils-ping
 PYTEST    ?= $(PY) -m pytest
 export KUBECACHEDIR ?= $(CURDIR)/.kubecache
+IMAGE     ?= localhost/podbgp:dev
+BASE_IMAGE ?=
 
-.PHONY: setup system venv demo test test-unit test-privileged test-lab bench clean
+.PHONY: setup system venv demo test test-unit test-privileged test-lab bench clean image
 
 setup: system venv
 
@@ -58,6 +60,11 @@ bench: setup
 	$(PY) -m bench.netlink_apply
 	$(PY) -m bench.scale --nodes 1000
 	$(PY) -m bench.scale --nodes 5000
+
+# The container image, as root: buildah with a debootstrap base and a host-built wheelhouse (no
+# registry needed), or FROM $(BASE_IMAGE) when given; nothing is rebuilt while its inputs are unchanged.
+image: venv
+	$(PY) -m lab.image build --image $(IMAGE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .kubecache *.egg-info

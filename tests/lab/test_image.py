@@ -1,0 +1,100 @@
+"""Issue 7: podbgp's container image. Built with buildah and no registry (lab.image); one lab node's
+speaker runs from it as its DaemonSet Pod would, and Pods still reach Pods across nodes."""
+import inspect
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from lab import demo, runner
+from lab import image as image_mod
+from tests.lab.conftest import poll
+
+IMAGE = os.environ.get("PODBGP_TEST_IMAGE", image_mod.DEFAULT_IMAGE)
+pytestmark = pytest.mark.timeout(1200)  # a cold build installs buildah and debootstraps the base
+
+
+@pytest.fixture(scope="module")
+def image():
+    """The image, built if missing or stale (buildah and debootstrap installed when missing)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    image_mod.ensure(IMAGE)
+    return IMAGE
+
+
+@pytest.fixture
+def container(image):
+    """run(argv) -> CompletedProcess inside a fresh working container of the image; removed after."""
+    name = f"pbi{uuid.uuid4().hex[:6]}-check"
+    setup, _ = image_mod.container_argv(image, name, [], {}, [])
+    subprocess.run(setup, check=True, capture_output=True, timeout=120)
+    try:
+        yield lambda argv: subprocess.run(image_mod.container_argv(image, name, [], {}, argv)[1],
+                                          capture_output=True, text=True, timeout=60)
+    finally:
+        image_mod.remove_container(name)
+
+
+def test_image_runs_podbgp_and_exabgp_from_the_venv_on_debian_python(container):
+    host = subprocess.run([sys.executable, "-m", "speaker.cli", "--version"], capture_output=True, text=True)
+    inside = container(["podbgp", "--version"] if host.returncode == 0 else ["podbgp", "--help"])
+    assert inside.returncode == 0, inside.stderr
+    if host.returncode == 0:
+        assert inside.stdout == host.stdout  # the checkout's podbgp, not some other
+    else:
+        assert "speaker" in inside.stdout
+    exa = container(["exabgp", "version"])
+    assert exa.returncode == 0 and "ExaBGP : 5.0.15" in exa.stdout and "/opt/podbgp/" in exa.stdout, exa.stdout
+    py = container(["sh", "-c", "for c in podbgp exabgp ip; do command -v $c; done; python3 --version"])
+    assert py.stdout.split() == ["/opt/podbgp/bin/podbgp", "/opt/podbgp/bin/exabgp", "/usr/sbin/ip",
+                                 "Python", py.stdout.split()[-1]] and py.stdout.split()[-1].startswith("3.11.")
+
+
+def test_image_holds_no_compiler_pip_or_apt_lists(container):
+    found = container(["sh", "-c", "for c in gcc cc pip pip3; do command -v $c; done; ls /opt/podbgp/bin | grep -x 'pip.*';"
+                                   "ls -A /var/lib/apt/lists /root/.cache 2>/dev/null; true"])
+    assert found.returncode == 0 and found.stdout.split() == ["/var/lib/apt/lists:"], found.stdout
+
+
+def test_unchanged_inputs_build_nothing(image):
+    assert image_mod.build(image) is False
+
+
+def _effective_caps(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+
+
+def _has_speaker_images() -> bool:
+    return "speaker_images" in inspect.signature(runner.up).parameters
+
+
+@pytest.mark.skipif(not _has_speaker_images(),
+                    reason="lab.runner.up takes no speaker_images yet: the lab cannot start a speaker from an image")
+def test_a_node_speaker_from_the_image_routes_pods_like_the_others(image):
+    name = f"pbi{uuid.uuid4().hex[:6]}"
+    state = runner.up(runner.DEFAULT_TOPOLOGY, name=name, speaker_images={"node2": image})
+    try:
+        demo.wait_routes(state, timeout=90)
+        ok, total, lines = demo.matrix(state)
+        assert total > 0 and ok == total, "\n".join(lines)
+        exa = {n: runner.speaker_status(state, n)["exabgpPid"] for n in ("node1", "node2")}
+        # node2's ExaBGP runs in the container: another root holding /opt/podbgp, another mount namespace
+        root2, root1 = os.stat(f"/proc/{exa['node2']}/root/"), os.stat(f"/proc/{exa['node1']}/root/")
+        assert (root2.st_dev, root2.st_ino) != (root1.st_dev, root1.st_ino) == (os.stat("/").st_dev, os.stat("/").st_ino)
+        assert os.path.exists(f"/proc/{exa['node2']}/root/opt/podbgp/bin/exabgp")
+        ns = image_mod.mount_namespace(exa["node2"])
+        assert ns and ns != image_mod.mount_namespace(os.getpid())
+        # ... started by the runner's `buildah run`, whose command is node2's speaker
+        speaker = image_mod.command_pid(state.pids["speaker:node2"])
+        assert speaker and image_mod.mount_namespace(speaker) == ns
+        assert _effective_caps(speaker) == 1 << 12  # CAP_NET_ADMIN alone, as deploy/daemonset.yaml grants
+    finally:
+        runner.down(name)
+    poll(lambda: not image_mod.processes_in(ns), timeout=10, interval=0.1)
+    left = subprocess.run(["buildah", "containers", "--format", "{{.ContainerName}}"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert not [c for c in left if c.startswith(f"{name}-")]
