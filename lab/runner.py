@@ -537,8 +537,9 @@ def start_speaker(state: State, node: str) -> int:
 
         ctr = f"{state.name}-{node}-podbgp"
         image_mod.remove_container(ctr)
+        env = {k: v for k, v in launch.env if k != "PATH"}  # the image's own PATH, as a runtime leaves it
         setup, argv = image_mod.container_argv(image, ctr, [(m.source, m.target, m.read_only) for m in launch.mounts],
-                                               dict(launch.env), list(launch.argv))
+                                               env, list(launch.argv), capabilities=launch.capabilities)
         run(setup, timeout=120)
         argv = ["ip", "netns", "exec", info["netns"], *argv]
     else:
@@ -554,14 +555,24 @@ def start_speaker(state: State, node: str) -> int:
 
 def stop_speaker(state: State, node: str, sig: int = signal.SIGTERM) -> None:
     pid = state.pids.pop(f"speaker:{node}", None)
-    if pid:
-        stop_pid(pid, sig=sig)
-    _stop_leftover_exabgp(state, node)
     if state.speaker_images.get(node):
         from . import image as image_mod
 
+        if pid:  # the signal to the command inside, as a kubelet stops a container
+            image_mod.stop(pid, sig=sig)
+            _reap(pid)
         image_mod.remove_container(f"{state.name}-{node}-podbgp")
+    elif pid:
+        stop_pid(pid, sig=sig)
+    _stop_leftover_exabgp(state, node)
     state.save()
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _stop_leftover_exabgp(state: State, node: str) -> None:
