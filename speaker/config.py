@@ -103,6 +103,14 @@ def _ip(value: Any, where: str) -> IPAddress:
         raise ConfigError(f"{where}: {value!r} is not a valid IP address") from None
 
 
+def _address(value: Any, where: str) -> str:
+    try:
+        parse_address(str(value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return str(value)
+
+
 def _int(value: Any, where: str, lo: int, hi: int) -> int:
     try:
         n = int(value)
@@ -188,7 +196,7 @@ def parse(raw: dict) -> Config:
         route_table=_int(raw.get("routeTable", 254), "routeTable", 1, 2**32 - 1),
         resync_interval=float(raw.get("resyncInterval", 30.0)),
         api_backoff_max=float(raw.get("apiBackoffMax", 5.0)),
-        status_address=str(raw.get("statusAddress", "127.0.0.1:9469")),
+        status_address=_address(raw.get("statusAddress", "127.0.0.1:9469"), "statusAddress"),
         runtime_dir=str(raw.get("runtimeDir", "/run/podbgp")),
         exabgp=str(raw.get("exabgp", "exabgp")),
     )
@@ -319,6 +327,26 @@ def check_pod_cidr(cfg: Config, net: IPNetwork, where: str) -> None:
         raise ConfigError(f"{where}: {net} is IPv{net.version} but clusterCIDRs has no such family")
     if not any(net.subnet_of(c) for c in cluster):
         raise ConfigError(f"{where}: {net} is outside the cluster CIDR {cluster[0]}")
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` (`[::]:PORT`: every IPv6 address) or `0.0.0.0:PORT` -> (host,
+    port). An IPv6 address needs its brackets; port 0 asks for any free port."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            sep = ""
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            sep = ""
+    if not sep or not host:
+        raise ValueError(f"status address {text!r}: expected HOST:PORT, [V6]:PORT or 0.0.0.0:PORT")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"status address {text!r}: port {port!r} is not a number from 0 to 65535")
+    return host, int(port)
 
 
 ENV_KEYS = {

@@ -17,6 +17,8 @@ from prometheus_client.registry import Collector
 from bgp.types import SessionState
 from reconciler.types import Reason
 
+from .config import parse_address
+
 log = logging.getLogger(__name__)
 
 
@@ -126,26 +128,6 @@ def metrics_registry(sp: Any) -> CollectorRegistry:
 
 
 # ---- the HTTP endpoint ---------------------------------------------------------------------
-
-def parse_address(text: str) -> tuple[str, int]:
-    """`HOST:PORT`, `[V6]:PORT` (`[::]:PORT`: every IPv6 address) or `0.0.0.0:PORT` -> (host,
-    port). An IPv6 address needs its brackets; port 0 asks for any free port."""
-    if text.startswith("["):
-        host, sep, port = text[1:].partition("]:")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            sep = ""
-    else:
-        host, sep, port = text.rpartition(":")
-        if ":" in host:
-            sep = ""
-    if not sep or not host:
-        raise ValueError(f"status address {text!r}: expected HOST:PORT, [V6]:PORT or 0.0.0.0:PORT")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"status address {text!r}: port {port!r} is not a number from 0 to 65535")
-    return host, int(port)
-
 
 async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
     """/status, /metrics, /healthz, /readyz on `address` (see parse_address)."""

@@ -103,3 +103,13 @@ def test_cidr_lists_checked_across_entries(change, message):
 def test_disjoint_lists_pass():
     c = cfg(serviceCIDRs=["10.43.0.0/16", "fd00:43::/108"], podCIDR={"nodeLocal": ["10.42.1.0/24", "fd00:42:0:1::/64"]})
     assert [str(n) for n in c.pod_cidr.node_local] == ["10.42.1.0/24", "fd00:42:0:1::/64"]
+
+
+def test_a_status_address_that_cannot_be_served_is_refused_at_load():
+    base = {"nodeName": "n1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
+            "clusterCIDRs": ["10.42.0.0/16"]}
+    assert cfgmod.parse({**base, "statusAddress": "[::]:9469"}).status_address == "[::]:9469"
+    with pytest.raises(ConfigError, match=r"^statusAddress: .*expected HOST:PORT"):
+        cfgmod.parse({**base, "statusAddress": "::1:9469"})
+    with pytest.raises(ConfigError, match=r"^statusAddress: .*port '99999'"):
+        cfgmod.parse({**base, "statusAddress": "0.0.0.0:99999"})
