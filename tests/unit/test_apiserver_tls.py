@@ -11,35 +11,13 @@ import urllib.request
 import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from lab import pki
-from lab.apiserver import serve, tls_context
-from lab.kubestore import Store
 from speaker.watch import KubeNodeClient
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
         "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]},
         "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.11"}]}}
-
-
-@pytest.fixture
-def secure_api(tmp_path):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl(1) is not installed")
-    paths = pki.make(str(tmp_path / "pki"))
-    store = Store(str(tmp_path / "nodes.json"), history=50)
-    servers, stopping = serve(store, [("127.0.0.1", 0, None)], tls=tls_context(paths["cert"], paths["key"]),
-                              token=paths["token"])
-    port = servers[0].server_address[1]
-    try:
-        yield paths, port, tmp_path
-    finally:
-        stopping.set()
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-        store.close()
 
 
 def _kubeconfig(tmp_path, port, ca, token):
@@ -48,8 +26,8 @@ def _kubeconfig(tmp_path, port, ca, token):
     return str(kc)
 
 
-def test_client_with_ca_and_token_works_and_a_wrong_token_is_refused(secure_api):
-    paths, port, tmp = secure_api
+def test_client_with_ca_and_token_works_and_a_wrong_token_is_refused(secure_api, tmp_path):
+    (paths, port), tmp = secure_api, tmp_path
     v1 = client.CoreV1Api(config.new_client_from_config(config_file=_kubeconfig(tmp, port, paths["ca"], paths["token"])))
     v1.create_node(NODE)
     assert [n.metadata.name for n in v1.list_node().items] == ["n1"]
@@ -60,7 +38,7 @@ def test_client_with_ca_and_token_works_and_a_wrong_token_is_refused(secure_api)
 
 
 def test_health_is_open_but_nodes_need_the_token_and_the_ca(secure_api):
-    paths, port, _ = secure_api
+    paths, port = secure_api
     ctx = ssl.create_default_context(cafile=paths["ca"])
     with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5) as r:
         assert r.read() == b"ok"
@@ -72,26 +50,20 @@ def test_health_is_open_but_nodes_need_the_token_and_the_ca(secure_api):
     assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
 
 
-def test_in_cluster_configuration_reaches_it_like_a_pod(secure_api, monkeypatch):
-    paths, port, _ = secure_api
-    sa = paths["serviceaccount"]
-    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
-    loader = InClusterConfigLoader(token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt", environ=env)
+def test_in_cluster_configuration_reaches_it_like_a_pod(in_cluster):
     cfg = client.Configuration()
-    loader.load_and_set(cfg)
+    config.load_incluster_config(cfg)
     v1 = client.CoreV1Api(client.ApiClient(cfg))
     v1.create_node(NODE)
     # the speaker's own client, built with no kubeconfig, takes the same in-cluster path
-    monkeypatch.setattr(config, "load_incluster_config", lambda: InClusterConfigLoader(
-        token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt", environ=env).load_and_set())
     names = [n["metadata"]["name"] for n in KubeNodeClient(None).list_nodes()]
     assert names == ["n1"]
 
 
-def test_kubectl_trusts_the_ca_and_sends_the_token(secure_api):
+def test_kubectl_trusts_the_ca_and_sends_the_token(secure_api, tmp_path):
     if not shutil.which("kubectl"):
         pytest.skip("kubectl is not installed")
-    paths, port, tmp = secure_api
+    (paths, port), tmp = secure_api, tmp_path
     kc = _kubeconfig(tmp, port, paths["ca"], paths["token"])
     out = subprocess.run(["kubectl", "--kubeconfig", kc, "get", "nodes", "-o", "name"], capture_output=True,
                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", "KUBECACHEDIR": str(tmp / "cache")})

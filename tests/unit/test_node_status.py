@@ -9,8 +9,6 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from lab.apiserver import serve
-from lab.kubestore import Store
 from speaker import node_status
 from speaker.node_status import NetworkCondition, condition_patch
 from speaker.nodes import parse_node
@@ -102,21 +100,8 @@ def test_without_a_client_nothing_is_attempted():
 # ---- against the lab API server with the official client --------------------------------------
 
 @pytest.fixture
-def api(tmp_path):
-    store = Store(str(tmp_path / "nodes.json"), history=50)
-    servers, stopping = serve(store, [("127.0.0.1", 0, None)])
-    port = servers[0].server_address[1]
-    kc = tmp_path / "kubeconfig"
-    kc.write_text(f"apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\n"
-                  "contexts:\n- name: t\n  context: {cluster: t, user: t}\ncurrent-context: t\nusers:\n- name: t\n  user: {token: t}\n")
-    try:
-        yield str(kc)
-    finally:
-        stopping.set()
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-        store.close()
+def api(lab_api):
+    return lab_api
 
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
@@ -184,37 +169,11 @@ def test_our_condition_patch_is_a_no_op_for_the_watcher():
     assert len(got) == 1 and isinstance(got[0], Changed)
 
 
-def test_in_cluster_configuration_patches_over_https_with_the_token(tmp_path, monkeypatch):
+def test_in_cluster_configuration_patches_over_https_with_the_token(in_cluster):
     """KubeNodeClient(None), as the DaemonSet runs it: service host and port from the environment,
     the service-account token and CA from files; the lab server refuses a request without them."""
-    import shutil
-
-    from kubernetes.config.incluster_config import InClusterConfigLoader
-
-    from lab import pki
-    from lab.apiserver import tls_context
-
-    if not shutil.which("openssl"):
-        pytest.skip("openssl(1) is not installed")
-    paths = pki.make(str(tmp_path / "pki"))
-    store = Store(str(tmp_path / "nodes.json"), history=50)
-    servers, stopping = serve(store, [("127.0.0.1", 0, None)], tls=tls_context(paths["cert"], paths["key"]),
-                              token=paths["token"])
-    try:
-        sa = paths["serviceaccount"]
-        env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(servers[0].server_address[1])}
-
-        def load():
-            InClusterConfigLoader(token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt", environ=env).load_and_set()
-        monkeypatch.setattr(config, "load_incluster_config", load)
-        kube = KubeNodeClient(None)
-        v1 = client.CoreV1Api(kube.api)
-        v1.create_node(NODE)
-        kube.patch_node_status("n1", condition_patch(T0))
-        assert conditions(v1)["NetworkUnavailable"].reason == "PodbgpIsUp"
-    finally:
-        stopping.set()
-        for s in servers:
-            s.shutdown()
-            s.server_close()
-        store.close()
+    kube = KubeNodeClient(None)
+    v1 = client.CoreV1Api(kube.api)
+    v1.create_node(NODE)
+    kube.patch_node_status("n1", condition_patch(T0))
+    assert conditions(v1)["NetworkUnavailable"].reason == "PodbgpIsUp"
