@@ -65,6 +65,13 @@ def run_demo(topology: str, name: str | None, keep: bool) -> int:
                 out = runner.run(["ip", fam, "route", "show", "proto", "80"], netns=state.nodes[node]["netns"]).stdout
                 click.echo("".join(f"   {line}\n" for line in out.splitlines()), nl=False)
         click.echo("-- ToR: " + runner.vtysh(state, "tor", "show bgp summary").strip().replace("\n", "\n   "))
+        for node in (n for n, i in state.nodes.items() if i["role"] == "node"):
+            obj = json.loads(runner.kubectl(state, "get", "node", node, "-o", "json").stdout)
+            cond = next((c for c in obj["status"].get("conditions", []) if c["type"] == "NetworkUnavailable"), {})
+            with open(runner.cni_conf_path(state, node)) as f:
+                ranges = [r[0]["subnet"] for r in json.load(f)["plugins"][0]["ipam"]["ranges"]]
+            click.echo(f"-- {node}: Node condition NetworkUnavailable={cond.get('status')} ({cond.get('reason')}); "
+                       f"CNI config from its speaker: {' '.join(ranges)}")
         click.echo("== Pod-to-Pod ping matrix (every Pod to every Pod on another node)")
         ok, total, lines = matrix(state)
         click.echo("\n".join(lines))
