@@ -224,13 +224,41 @@ def prepare(launch: Launch) -> None:
             os.makedirs(m.target, exist_ok=True)  # an empty mount point on this machine, used only as such
 
 
-def shell_argv(launch: Launch, netns: str) -> list[str]:
-    """The command that starts the container's process in the node's namespace, as its own PID."""
+def covered(launch: Launch, keep: tuple[str, ...]) -> list[tuple[str, Mount]]:
+    """The paths of keep (where the lab's podbgp runs from: this checkout, its interpreter) that a
+    volume would hide, e.g. a checkout under /tmp with an emptyDir at /tmp; each with the deepest
+    mount that covers it."""
+    out = []
+    keep = tuple(p for p in dict.fromkeys(keep) if not any(q != p and p.startswith(q.rstrip("/") + "/") for q in keep))
+    for path in keep:
+        over = [m for m in launch.mounts if path == m.target or path.startswith(m.target.rstrip("/") + "/")]
+        if over:
+            out.append((path, max(over, key=lambda m: len(m.target))))
+    return out
+
+
+def prepare_keep(launch: Launch, keep: tuple[str, ...], staging: str) -> None:
+    """Mount points for shell_argv's keep: a staging directory per path, and the path itself
+    inside the source of the volume that covers it."""
+    for i, (path, m) in enumerate(covered(launch, keep)):
+        os.makedirs(os.path.join(staging, str(i)), exist_ok=True)
+        os.makedirs(os.path.join(m.source, os.path.relpath(path, m.target)), exist_ok=True)
+
+
+def shell_argv(launch: Launch, netns: str, keep: tuple[str, ...] = (), staging: str = "") -> list[str]:
+    """The command that starts the container's process in the node's namespace, as its own PID.
+    The paths of keep stay visible where they are (bound aside through staging, then back over
+    the volume that covers them); prepare_keep makes their mount points."""
     steps = []
+    kept = covered(launch, keep)
+    for i, (path, _) in enumerate(kept):
+        steps.append(f"mount --bind {shlex.quote(path)} {shlex.quote(os.path.join(staging, str(i)))}")
     for m in launch.mounts:
         steps.append(f"mount --bind {shlex.quote(m.source)} {shlex.quote(m.target)}")
         if m.read_only:
             steps.append(f"mount -o remount,bind,ro {shlex.quote(m.target)}")
+    for i, (path, _) in enumerate(kept):
+        steps.append(f"mount --bind {shlex.quote(os.path.join(staging, str(i)))} {shlex.quote(path)}")
     if launch.read_only_root:
         steps.append("mount -o remount,bind,ro /")
     setpriv = ["setpriv", f"--bounding-set=-all{''.join(',+' + c for c in launch.capabilities)}",

@@ -542,8 +542,11 @@ def start_speaker(state: State, node: str) -> int:
                                                env, list(launch.argv), capabilities=launch.capabilities)
         run(setup, timeout=120)
         argv = ["ip", "netns", "exec", info["netns"], *argv]
-    else:
-        argv = daemonset.shell_argv(launch, info["netns"])
+    else:  # this checkout's podbgp: keep it (and its interpreter) visible under the Pod's volumes
+        keep = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), sys.prefix, sys.base_prefix)
+        staging = os.path.join(state.dir, node, "pod", "keep")
+        daemonset.prepare_keep(launch, keep, staging)
+        argv = daemonset.shell_argv(launch, info["netns"], keep=keep, staging=staging)
     log = open(os.path.join(state.dir, node, "speaker.log"), "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
                             cwd="/")

@@ -86,3 +86,19 @@ def test_a_manifest_the_lab_cannot_honour_is_refused(objects, tmp_path, breakage
     breakage(ds)
     with pytest.raises(ManifestError, match=message):
         daemonset.plan(broken, facts(tmp_path))
+
+
+def test_a_checkout_under_a_volume_stays_visible_to_the_speaker(objects, tmp_path):
+    """A checkout in /tmp, where the DaemonSet mounts an emptyDir: bound aside, then back over it."""
+    launch = daemonset.plan(objects, facts(tmp_path))
+    tmp_vol = next(m for m in launch.mounts if m.target == "/tmp")
+    keep = ("/tmp/ci1", "/tmp/ci1/.venv", "/root/.pyenv/versions/3.11.7")
+    assert [(p, m.target) for p, m in daemonset.covered(launch, keep)] == [("/tmp/ci1", "/tmp")]
+    staging = str(tmp_path / "keep")
+    daemonset.prepare_keep(launch, keep, staging)
+    assert os.path.isdir(os.path.join(tmp_vol.source, "ci1")) and os.path.isdir(os.path.join(staging, "0"))
+    steps = daemonset.shell_argv(launch, "lab-node1", keep=keep, staging=staging)[-1].split("; ")
+    aside = steps.index(f"mount --bind /tmp/ci1 {staging}/0")
+    over = steps.index(f"mount --bind {tmp_vol.source} /tmp")
+    back = steps.index(f"mount --bind {staging}/0 /tmp/ci1")
+    assert aside < over < back < steps.index("mount -o remount,bind,ro /")
