@@ -1,4 +1,6 @@
 import os
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -16,6 +18,9 @@ def netns():
     name = f"pbt-{uuid.uuid4().hex[:8]}"
     pyroute2_netns.create(name)
     try:
+        # no duplicate-address detection on the links to come: its end would be an address event later
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0"], check=True)
         with IPRoute(netns=name, flags=0, groups=0) as ipr:
             ipr.link("add", ifname="eth0", kind="veth", peer="eth0p")
             for ifname in ("lo", "eth0", "eth0p"):
@@ -23,9 +28,20 @@ def netns():
             (eth0,) = ipr.link_lookup(ifname="eth0")
             ipr.addr("add", index=eth0, address="192.168.77.1", prefixlen=24)
             ipr.addr("add", index=eth0, address="fd00:77::1", prefixlen=64, flags=IFA_F_NODAD)
+            _settle(ipr, eth0)
         yield name
     finally:
         pyroute2_netns.remove(name)
+
+
+def _settle(ipr, index: int, timeout: float = 5.0) -> None:
+    """Wait until the kernel has finished with the new link (operstate UP, carrier seen by the link
+    watcher), so that no late link event reaches a test's monitor."""
+    deadline = time.monotonic() + timeout
+    while ipr.get_links(index)[0].get_attr("IFLA_OPERSTATE") != "UP":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"link {index} not up within {timeout}s")
+        time.sleep(0.02)
 
 
 @pytest.fixture
