@@ -73,7 +73,7 @@ CONTRACT = {
     C + ".ports": [{"name": "metrics", "containerPort": 9469, "protocol": "TCP"}],
     C + ".livenessProbe.httpGet": {"path": "/healthz", "port": 9469},
     C + ".readinessProbe.httpGet": {"path": "/readyz", "port": 9469},
-    C + ".resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+    C + ".resources": {"requests": {"cpu": "50m", "memory": "160Mi"}, "limits": {"memory": "320Mi"}},
     SC + ".privileged": False,
     SC + ".allowPrivilegeEscalation": False,
     SC + ".readOnlyRootFilesystem": True,
