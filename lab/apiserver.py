@@ -7,7 +7,9 @@ continue tokens, create, get, update, patch (merge, strategic, JSON), delete, an
 subresource. It may listen in several network namespaces at once (each node of the lab reaches it
 on its own loopback), which is how a node in the lab sees "its" API server. Given a certificate and
 a token file it serves HTTPS and, like kube-apiserver, answers 401 to a request without that bearer
-token (the health and version endpoints stay open, as for system:unauthenticated).
+token (the health and version endpoints stay open, as for system:unauthenticated). A service
+account's token may come with the rules its ClusterRole grants (RBAC PolicyRules): a request
+with that token that no rule allows gets kube-apiserver's 403.
 
 Built for 5,000-10,000 Nodes: lists and watches write each Node's stored JSON bytes as they are,
 a batch at a time, and never build the whole answer in memory.
@@ -317,6 +319,7 @@ class Handler(BaseHTTPRequestHandler):
     store: Store
     watch_list = True  # the WatchList feature gate (off emulates Kubernetes 1.33)
     token: bytes | None = None  # the bearer token every request but health/version must carry
+    accounts: tuple = ()  # (token bytes, user name, RBAC rules): tokens allowed only what rules grant
 
     def log_message(self, fmt: str, *args) -> None:  # quiet by default
         log.debug("http %s", fmt % args)
@@ -343,7 +346,8 @@ class Handler(BaseHTTPRequestHandler):
         return Body(self.wfile, chunked=length is None)
 
     def _body(self) -> dict | list:
-        length = int(self.headers.get("Content-Length") or 0)
+        length = 0 if self._body_read else int(self.headers.get("Content-Length") or 0)
+        self._body_read = True
         raw = self.rfile.read(length) if length else b""
         if not raw:
             return {}
@@ -362,18 +366,28 @@ class Handler(BaseHTTPRequestHandler):
         parts = [p for p in url.path.split("/") if p]
         if self.server.stopping.is_set():
             self.close_connection = True
+        self._body_read = False
         try:
-            if self.token is not None and parts not in OPEN_PATHS and not self._authorized():
-                raise ApiError(401, "Unauthorized", "Unauthorized")
+            if self.token is not None and parts not in OPEN_PATHS:
+                self._authorize(method, parts, q)
             self._dispatch(method, parts, q)
         except ApiError as err:
+            if not self._body_read:  # a refused request's body must not be read as the next request
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self._body_read = True
             self._send(err.code, err.status())
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _authorized(self) -> bool:
+    def _authorize(self, method: str, parts: list[str], q: dict[str, str]) -> None:
         scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token or b"")
+        presented_b = presented.strip().encode() if scheme.lower() == "bearer" else b""
+        if presented_b and hmac.compare_digest(presented_b, self.token or b""):
+            return
+        for token, user, rules in self.accounts:
+            if presented_b and hmac.compare_digest(presented_b, token):
+                return authorize(user, rules, method, parts, q)
+        raise ApiError(401, "Unauthorized", "Unauthorized")
 
     do_GET = lambda self: self._route("GET")  # noqa: E731
     do_POST = lambda self: self._route("POST")  # noqa: E731
@@ -588,6 +602,33 @@ class Handler(BaseHTTPRequestHandler):
                                        "columnDefinitions": [], "rows": [_row(e.obj())]}))
 
 
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def authorize(user: str, rules: list[dict], method: str, parts: list[str], q: dict[str, str]) -> None:
+    """RBAC as kube-apiserver applies it to a cluster-scoped core resource: the request's verb on its
+    resource (with subresource) must be granted by one rule; otherwise 403 with its message."""
+    if parts[:2] != ["api", "v1"] or len(parts) < 3:  # discovery and OpenAPI: every authenticated user
+        return
+    resource = "/".join([parts[2]] + parts[4:5])
+    name = parts[3] if len(parts) > 3 else ""
+    if method == "GET":
+        verb = "get" if name else ("watch" if q.get("watch") in ("1", "true") else "list")
+    else:
+        verb = VERBS.get(method, method.lower())
+    for rule in rules:
+        if "" in rule.get("apiGroups", []) and {resource, "*"} & set(rule.get("resources", [])) \
+                and {verb, "*"} & set(rule.get("verbs", [])) \
+                and (not rule.get("resourceNames") or name in rule["resourceNames"]):
+            return
+    res, _, sub = resource.partition("/")
+    what = f'{res} "{name}"' if name else res
+    sub_text = f'"{sub}" subresource of ' if sub else ""
+    raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource {sub_text}"{res}" '
+                   'in API group "" at the cluster scope',
+                   details={"name": name, "kind": res} if name else {"kind": res})
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -631,7 +672,8 @@ def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
 
 
 def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list: bool = True,
-          tls: ssl.SSLContext | None = None, token: str | None = None) -> tuple[list[Server], threading.Event]:
+          tls: ssl.SSLContext | None = None, token: str | None = None,
+          accounts: tuple = ()) -> tuple[list[Server], threading.Event]:
     """Start one HTTP server per (host, port, netns) sharing the store; returns them running.
 
     watch_list=False emulates Kubernetes 1.33, whose WatchList feature gate is off: a watch with
@@ -639,7 +681,8 @@ def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list
     """
     stopping = threading.Event()
     handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list,
-                                                "token": token.encode() if token is not None else None})
+                                                "token": token.encode() if token is not None else None,
+                                                "accounts": tuple((t.encode(), u, r) for t, u, r in accounts)})
     servers = []
     for host, port, netns in listeners:
         srv = Server(listen_socket(host, port, netns), handler, stopping, tls)
@@ -663,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
     ap.add_argument("--token-file", help="demand this bearer token (401 otherwise)")
+    ap.add_argument("--account", action="append", default=[], metavar="TOKEN_FILE=RULES_FILE",
+                    help="a service account's token, allowed only what the RBAC rules (JSON) grant")
     args = ap.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
@@ -678,7 +723,14 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port = addr.rpartition(":")
         listeners.append((host.strip("[]"), int(port), netns or None))
     store = Store(args.state, history=args.history, persist_interval=args.persist_interval)
-    servers, stopping = serve(store, listeners, watch_list=not args.no_watch_list, tls=tls, token=token)
+    accounts = []
+    for spec in args.account:
+        token_file, _, rules_file = spec.partition("=")
+        with open(token_file) as f, open(rules_file) as g:
+            doc = json.load(g)
+            accounts.append((f.read().strip(), doc["user"], doc["rules"]))
+    servers, stopping = serve(store, listeners, watch_list=not args.no_watch_list, tls=tls, token=token,
+                              accounts=tuple(accounts))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

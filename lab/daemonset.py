@@ -122,6 +122,24 @@ def plan(objects: list[dict], node: NodeFacts, container: str | None = None) -> 
                   image=str(ctr.get("image", "")), probes=_probes(ctr))
 
 
+def rbac(objects: list[dict]) -> tuple[str, list[dict]]:
+    """The DaemonSet's service account as kube-apiserver names it, and every rule the
+    ClusterRoles bound to it grant (cluster-scoped resources need a ClusterRoleBinding)."""
+    ds = find(objects, "DaemonSet")
+    namespace = ds["metadata"].get("namespace", "default")
+    account = ds["spec"]["template"]["spec"].get("serviceAccountName", "default")
+    roles = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "ClusterRole"}
+    rules = []
+    for b in (o for o in objects if o.get("kind") == "ClusterRoleBinding"):
+        if any(s.get("kind") == "ServiceAccount" and s.get("name") == account and s.get("namespace") == namespace
+               for s in b.get("subjects") or []) and b["roleRef"].get("kind") == "ClusterRole":
+            role = roles.get(b["roleRef"]["name"])
+            if role is None:
+                raise ManifestError(f"ClusterRoleBinding {b['metadata']['name']}: no ClusterRole {b['roleRef']['name']}")
+            rules += role.get("rules") or []
+    return f"system:serviceaccount:{namespace}:{account}", rules
+
+
 def _env_value(objects, namespace, e, where, downward) -> str:
     if "value" in e:
         return str(e["value"])

@@ -1,8 +1,10 @@
 """The lab's certificate authority and service-account credentials, made with openssl(1).
 
 One CA per lab, a serving certificate for the lab API server (127.0.0.1, ::1, localhost and the
-names of the in-cluster Service), and the files a Pod finds in its service-account mount:
-`token`, `ca.crt` and `namespace`. Nothing here touches the host's own copies.
+names of the in-cluster Service), an administrator's token (the kubeconfigs: kubectl, tests) and
+the files a Pod finds in its service-account mount: `token` (a token of its own, which the lab
+API allows only what the service account's RBAC grants), `ca.crt` and `namespace`. Nothing here
+touches the host's own copies.
 """
 from __future__ import annotations
 
@@ -37,16 +39,17 @@ def make(directory: str, namespace: str = "kube-system") -> dict[str, str]:
     sa = os.path.join(directory, "serviceaccount")
     os.makedirs(sa, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    for name, text in (("token", token), ("namespace", namespace)):
-        with open(os.path.join(sa, name), "w") as f:
+    for path, text in ((os.path.join(sa, "token"), secrets.token_urlsafe(32)),
+                       (os.path.join(sa, "namespace"), namespace), (os.path.join(directory, "admin-token"), token)):
+        with open(path, "w") as f:
             f.write(text)
     with open(os.path.join(directory, "ca.crt")) as src, open(os.path.join(sa, "ca.crt"), "w") as dst:
         dst.write(src.read())
-    for name in ("ca.key", "server.key", os.path.join("serviceaccount", "token")):
+    for name in ("ca.key", "server.key", "admin-token", os.path.join("serviceaccount", "token")):
         os.chmod(os.path.join(directory, name), 0o600)
     return {"ca": os.path.join(directory, "ca.crt"), "cert": os.path.join(directory, "server.crt"),
-            "key": os.path.join(directory, "server.key"), "token_file": os.path.join(sa, "token"),
-            "token": token, "serviceaccount": sa}
+            "key": os.path.join(directory, "server.key"), "token_file": os.path.join(directory, "admin-token"),
+            "token": token, "serviceaccount": sa, "sa_token_file": os.path.join(sa, "token")}
 
 
 def kubeconfig(server: str, ca: str, token: str) -> str:

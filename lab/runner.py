@@ -326,9 +326,14 @@ def start_apiserver(state: State) -> None:
     listen = [f"127.0.0.1:{state.api_port}"] + [
         f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] in ("node", "host")]
     log = open(os.path.join(state.dir, "apiserver.log"), "ab")
+    user, rules = daemonset.rbac(load_manifests(state))  # the speakers' token gets what deploy/'s RBAC grants
+    rules_file = os.path.join(state.pki_dir, "serviceaccount-rules.json")
+    with open(rules_file, "w") as f:
+        json.dump({"user": user, "rules": rules}, f)
     args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json"),
             "--tls-cert", os.path.join(state.pki_dir, "server.crt"), "--tls-key", os.path.join(state.pki_dir, "server.key"),
-            "--token-file", os.path.join(state.pki_dir, "serviceaccount", "token")]
+            "--token-file", os.path.join(state.pki_dir, "admin-token"),
+            "--account", f"{os.path.join(state.pki_dir, 'serviceaccount', 'token')}={rules_file}"]
     for spec in listen:
         args += ["--listen", spec]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,

@@ -2,9 +2,13 @@
 import ipaddress
 import json
 import os
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
+import pytest
 import yaml
 
 from lab import daemonset, demo, runner
@@ -160,6 +164,18 @@ def test_speakers_run_as_the_daemonset_in_deploy_says(lab):
     doc = runner.speaker_status(lab, "node1")
     assert {p["localAsn"] for p in doc["peers"]} == {65001}
     assert "asn" not in yaml.safe_load(daemonset.find(objs, "ConfigMap")["data"]["config.yaml"])
+    # its token is the service account's: the lab API allows it what deploy/'s ClusterRole grants
+    with open(os.path.join(lab.pki_dir, "serviceaccount", "token")) as f:
+        token = f.read()
+    ctx = ssl.create_default_context(cafile=os.path.join(lab.pki_dir, "ca.crt"))
+    url = f"https://127.0.0.1:{lab.api_port}/api/v1/nodes/node3"
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
+                                context=ctx, timeout=5) as r:
+        assert json.load(r)["metadata"]["name"] == "node3"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, method="DELETE", headers={"Authorization": f"Bearer {token}"}),
+                               context=ctx, timeout=5)
+    assert err.value.code == 403 and "cannot delete resource" in json.load(err.value)["message"]
 
 
 def test_node_condition_network_unavailable_is_false_once_announced(lab):

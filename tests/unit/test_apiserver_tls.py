@@ -2,6 +2,7 @@
 
 The speaker reaches it the way a Pod does: the in-cluster configuration (service host and port
 from the environment, the service-account token and CA from files)."""
+import json
 import shutil
 import ssl
 import subprocess
@@ -50,14 +51,45 @@ def test_health_is_open_but_nodes_need_the_token_and_the_ca(secure_api):
     assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
 
 
-def test_in_cluster_configuration_reaches_it_like_a_pod(in_cluster):
+def test_in_cluster_configuration_reaches_it_like_a_pod(in_cluster, admin):
+    admin.create_node(NODE)
     cfg = client.Configuration()
     config.load_incluster_config(cfg)
     v1 = client.CoreV1Api(client.ApiClient(cfg))
-    v1.create_node(NODE)
+    assert [n.metadata.name for n in v1.list_node().items] == ["n1"]
     # the speaker's own client, built with no kubeconfig, takes the same in-cluster path
     names = [n["metadata"]["name"] for n in KubeNodeClient(None).list_nodes()]
     assert names == ["n1"]
+
+
+def test_the_service_account_gets_what_the_shipped_clusterrole_grants_and_no_more(in_cluster, admin):
+    admin.create_node(NODE)
+    cfg = client.Configuration()
+    config.load_incluster_config(cfg)
+    v1 = client.CoreV1Api(client.ApiClient(cfg))
+    assert v1.read_node("n1").metadata.name == "n1"  # get
+    v1.patch_node_status("n1", {"status": {"conditions": [{"type": "NetworkUnavailable", "status": "False"}]}})
+    refused = {
+        "patch": lambda: v1.patch_node("n1", {"metadata": {"labels": {"x": "y"}}}),
+        "delete": lambda: v1.delete_node("n1"),
+        "create": lambda: v1.create_node({**NODE, "metadata": {"name": "n2"}}),
+        "update": lambda: v1.replace_node_status("n1", admin.read_node("n1")),
+    }
+    for verb, call in refused.items():
+        with pytest.raises(ApiException) as err:
+            call()
+        assert err.value.status == 403, verb
+        body = json.loads(err.value.body)
+        assert body["reason"] == "Forbidden" and f"cannot {verb} resource" in body["message"]
+        assert 'User "system:serviceaccount:kube-system:podbgp"' in body["message"]
+    assert "cannot patch resource \"nodes\"" in json.loads(_forbidden(lambda: v1.patch_node("n1", {})))["message"]
+    assert admin.read_node("n1").metadata.labels is None  # nothing it was refused happened
+
+
+def _forbidden(call) -> str:
+    with pytest.raises(ApiException) as err:
+        call()
+    return err.value.body
 
 
 def test_kubectl_trusts_the_ca_and_sends_the_token(secure_api, tmp_path):

@@ -102,3 +102,16 @@ def test_a_checkout_under_a_volume_stays_visible_to_the_speaker(objects, tmp_pat
     over = steps.index(f"mount --bind {tmp_vol.source} /tmp")
     back = steps.index(f"mount --bind {staging}/0 /tmp/ci1")
     assert aside < over < back < steps.index("mount -o remount,bind,ro /")
+
+
+def test_the_lab_api_grants_the_speakers_what_the_bound_clusterrole_does(objects):
+    user, rules = daemonset.rbac(objects)
+    assert user == "system:serviceaccount:kube-system:podbgp"
+    role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert rules == role["rules"]
+    other = copy.deepcopy(objects)
+    daemonset_of(other)["spec"]["template"]["spec"]["serviceAccountName"] = "someone-else"
+    assert daemonset.rbac(other) == ("system:serviceaccount:kube-system:someone-else", [])
+    unbound = [o for o in copy.deepcopy(objects) if o["kind"] != "ClusterRole"]
+    with pytest.raises(ManifestError, match="no ClusterRole"):
+        daemonset.rbac(unbound)

@@ -169,11 +169,10 @@ def test_our_condition_patch_is_a_no_op_for_the_watcher():
     assert len(got) == 1 and isinstance(got[0], Changed)
 
 
-def test_in_cluster_configuration_patches_over_https_with_the_token(in_cluster):
+def test_in_cluster_configuration_patches_over_https_with_the_token(in_cluster, admin):
     """KubeNodeClient(None), as the DaemonSet runs it: service host and port from the environment,
     the service-account token and CA from files; the lab server refuses a request without them."""
+    admin.create_node(NODE)
     kube = KubeNodeClient(None)
-    v1 = client.CoreV1Api(kube.api)
-    v1.create_node(NODE)
-    kube.patch_node_status("n1", condition_patch(T0))
-    assert conditions(v1)["NetworkUnavailable"].reason == "PodbgpIsUp"
+    kube.patch_node_status("n1", condition_patch(T0))  # allowed by deploy/'s ClusterRole
+    assert conditions(admin)["NetworkUnavailable"].reason == "PodbgpIsUp"
