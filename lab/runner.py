@@ -202,6 +202,7 @@ def up(topology: str = DEFAULT_TOPOLOGY, name: str | None = None, speakers: bool
     lab_dir = os.path.join(RUN_DIR, name)
     if os.path.exists(os.path.join(lab_dir, "state.json")):
         raise LabError(f"lab {name!r} is already up (podbgp lab down --name {name})")
+    speaker_config = speaker_config or topology_config(topo)
     objects = _render(manifests, speaker_config)  # a broken manifest fails here, before anything is made
     os.makedirs(lab_dir, exist_ok=True)
     state = State(name=name, topology=topo.path, dir=lab_dir,
@@ -409,6 +410,20 @@ def _register_nodes(state: State, topo: topo_mod.Topology) -> None:
 
 
 # ---- manifests and the nodes' own filesystems ------------------------------------------------
+
+def topology_config(topo: topo_mod.Topology) -> str | None:
+    """The speaker config a topology asks for (label podbgp.io/speaker-config on its Kubernetes
+    nodes, a path relative to the topology file): one design per lab, so one ConfigMap."""
+    named = {n.label("podbgp.io/speaker-config") for n in topo.nodes if n.role == "node"} - {""}
+    if len(named) > 1:
+        raise LabError(f"{topo.path}: the nodes name different speaker configs ({', '.join(sorted(named))})")
+    if not named:
+        return None
+    path = os.path.join(os.path.dirname(topo.path), named.pop())
+    if not os.path.isfile(path):
+        raise LabError(f"{topo.path}: speaker config {path} does not exist")
+    return path
+
 
 def _render(manifests: str, speaker_config: str | None) -> list[dict]:
     try:

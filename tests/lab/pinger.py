@@ -1,6 +1,7 @@
 """A continuous ping between two lab Pods, stopped by PID, with what it counted."""
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -46,3 +47,28 @@ class Pinger:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def pod(lab, name: str) -> dict:
+    return next(p for p in lab.pods if p["name"] == name)
+
+
+@contextlib.contextmanager
+def traffic(lab, results: dict, src: str = "node1-pod1", dst: str = "node2-pod1", interval: float = 0.01):
+    """Ping src -> dst (IPv4 and IPv6) around the body: a baseline of replies before, some after;
+    results[family] gets each PingResult."""
+    from tests.lab.conftest import poll
+
+    s, d = pod(lab, src), pod(lab, dst)
+    pingers = {fam: Pinger(s["netns"], d[fam], interval=interval) for fam in ("ipv4", "ipv6")}
+    try:
+        poll(lambda: all(p.proc.poll() is None for p in pingers.values()), timeout=1)
+        time.sleep(0.5)  # a baseline of replies before the event (the event must not start first)
+        yield
+        time.sleep(1.0)  # and some after it
+    finally:
+        for fam, p in pingers.items():
+            results[fam] = p.stop()
+        for p in pingers.values():
+            p.kill()
+    print("  ".join(f"{fam}: sent {r.sent} lost {r.lost}" for fam, r in results.items()))

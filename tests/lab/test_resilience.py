@@ -1,6 +1,5 @@
 """Issue: nothing lost, nothing hijacked. Each event runs under a continuous 100 packets/s
 Pod-to-Pod ping (IPv4 and IPv6, node1-pod1 -> node2-pod1); losses are counted by ping itself."""
-import contextlib
 import json
 import os
 import signal
@@ -10,32 +9,11 @@ import time
 
 from lab import demo, runner
 from tests.lab.conftest import poll
-from tests.lab.pinger import Pinger
+from tests.lab.pinger import traffic
 
 NODES = ("node1", "node2", "node3")
 NODE3 = {"10.42.3.0/24", "fd00:42:0:3::/64"}
 NODE2 = {"10.42.2.0/24", "fd00:42:0:2::/64"}
-
-
-def pod(lab, name):
-    return next(p for p in lab.pods if p["name"] == name)
-
-
-@contextlib.contextmanager
-def traffic(lab, results):
-    src, dst = pod(lab, "node1-pod1"), pod(lab, "node2-pod1")
-    pingers = {fam: Pinger(src["netns"], dst[fam]) for fam in ("ipv4", "ipv6")}
-    try:
-        poll(lambda: all(p.proc.poll() is None for p in pingers.values()), timeout=1)
-        time.sleep(0.5)  # a baseline of replies before the event (the event must not start first)
-        yield
-        time.sleep(1.0)  # and some after it
-    finally:
-        for fam, p in pingers.items():
-            results[fam] = p.stop()
-        for p in pingers.values():
-            p.kill()
-    print("  ".join(f"{fam}: sent {r.sent} lost {r.lost}" for fam, r in results.items()))
 
 
 def status(lab, node):
