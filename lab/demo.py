@@ -53,7 +53,7 @@ def matrix(state: runner.State) -> tuple[int, int, list[str]]:
 
 
 def run_demo(topology: str, name: str | None, keep: bool) -> int:
-    click.echo("== bringing the lab up (FRR ToR, 3 nodes, 6 Pods, lab API, podbgp on every node)")
+    click.echo(f"== bringing the lab up from {topology} (lab API, podbgp on every node, CNI Pods)")
     state = runner.up(topology, name=name)
     rc = 1
     try:
@@ -64,7 +64,8 @@ def run_demo(topology: str, name: str | None, keep: bool) -> int:
             for fam in ("-4", "-6"):
                 out = runner.run(["ip", fam, "route", "show", "proto", "80"], netns=state.nodes[node]["netns"]).stdout
                 click.echo("".join(f"   {line}\n" for line in out.splitlines()), nl=False)
-        click.echo("-- ToR: " + runner.vtysh(state, "tor", "show bgp summary").strip().replace("\n", "\n   "))
+        for router in (n for n, i in state.nodes.items() if i.get("frr")):
+            click.echo(f"-- {router}: " + runner.vtysh(state, router, "show bgp summary").strip().replace("\n", "\n   "))
         for node in (n for n, i in state.nodes.items() if i["role"] == "node"):
             obj = json.loads(runner.kubectl(state, "get", "node", node, "-o", "json").stdout)
             cond = next((c for c in obj["status"].get("conditions", []) if c["type"] == "NetworkUnavailable"), {})
