@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from bgp.types import Announcement, IPAddress, IPNetwork, PeerConfig
@@ -76,9 +77,21 @@ def peers(cfg: Config, node: NodeInfo | None) -> list[PeerConfig]:
         out.append(PeerConfig(
             address=p.address, asn=p.asn, local_address=local, local_asn=own.asn, router_id=rid,
             hold_time=p.hold_time, families=fams, graceful_restart=cfg.graceful_restart,
-            password=p.password, multihop=p.multihop, ttl_security=p.ttl_security,
+            password=_password(cfg, p.password_key), multihop=p.multihop, ttl_security=p.ttl_security,
         ))
     return out
+
+
+def _password(cfg: Config, key: str | None) -> str | None:
+    if key is None:
+        return None
+    try:
+        with open(os.path.join(cfg.secrets_dir, key)) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError(f"passwordKey: {key} is not in {cfg.secrets_dir} (the Secret podbgp-bgp-passwords); "
+                          "no session without its password") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 def announcements(cidrs: tuple[IPNetwork, ...]) -> frozenset[Announcement]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,9 @@ import netaddr
 import yaml
 
 from bgp.types import IPAddress, IPNetwork
+
+from . import selector
+from .selector import Selector
 
 
 class SpeakerError(Exception):
@@ -27,13 +31,19 @@ class ConfigError(SpeakerError):
 
 @dataclass(frozen=True, slots=True)
 class Peer:
+    """A BGP peer from the config or a Node's podbgp.io/peers annotation. The password itself
+    is never here: `password_key` names a file in the mounted Secret (Config.secrets_dir)."""
+
     address: IPAddress
     asn: int
     hold_time: int = 9
-    password: str | None = None
+    keepalive_time: int = 3  # holdTime/3 unless set; always < hold_time (0 when hold_time is 0)
+    port: int = 179
+    password_key: str | None = None
     multihop: int | None = None
     ttl_security: int | None = None
     families: frozenset[str] = frozenset()  # empty: the family of the address
+    node_selector: Selector = selector.EVERYTHING  # the nodes this peer applies to
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +70,9 @@ class CNIConfig:
     data_dir: str = ""  # host-local's dataDir; empty: the plugin's default
 
 
+MODES = ("bgp", "direct")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     node_name: str
@@ -82,6 +95,11 @@ class Config:
     status_address: str = "127.0.0.1:9469"
     runtime_dir: str = "/run/podbgp"
     exabgp: str = "exabgp"
+    mode: str = "bgp"  # "direct": no BGP, routes from the Node objects
+    mesh: bool = False  # iBGP full mesh between the nodes in mesh_node_selector, AS = asn
+    mesh_node_selector: Selector = selector.EVERYTHING
+    secrets_dir: str = "/etc/podbgp/secrets"  # the Secret podbgp-bgp-passwords, one file per passwordKey
+    router_id: ipaddress.IPv4Address | None = None  # None: the Node's annotation, else its IPv4 address
 
 
 def _net(value: Any, where: str) -> IPNetwork:
@@ -160,8 +178,11 @@ def _known_keys(raw: Mapping, known: Iterable[str], where: str = "") -> None:
 
 _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR", "cni",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
-          "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp"}
-_PEER_KEYS = {"address", "asn", "holdTime", "password", "multihop", "ttlSecurity", "families"}
+          "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp",
+          "mode", "mesh", "meshNodeSelector", "secretsDir", "routerId"}
+# the keys of a peer in a Node's podbgp.io/peers annotation; the config adds families and nodeSelector
+ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey"}
+_PEER_KEYS = ANNOTATION_PEER_KEYS | {"families", "nodeSelector"}
 _POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
 _CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
@@ -178,10 +199,13 @@ def parse(raw: dict) -> Config:
     if not isinstance(peers, list):
         raise ConfigError("peers: expected a list")
     asn = raw.get("asn")
+    mode = str(raw.get("mode", "bgp")).strip().lower()
+    if mode not in MODES:
+        raise ConfigError(f"mode: {raw.get('mode')!r} is not one of {', '.join(MODES)}")
     cfg = Config(
         node_name=str(name),
         asn=None if asn is None or asn == "" else _int(asn, "asn", 1, 4294967295),
-        peers=tuple(_peer(p, i) for i, p in enumerate(peers)),
+        peers=tuple(parse_peer(p, f"peers[{i}]") for i, p in enumerate(peers)),
         cluster_cidrs=tuple(_net(c, f"clusterCIDRs[{i}]") for i, c in enumerate(_list(raw, "clusterCIDRs"))),
         service_cidrs=tuple(_net(c, f"serviceCIDRs[{i}]") for i, c in enumerate(_list(raw, "serviceCIDRs"))),
         node_addresses=tuple(_ip(a, f"nodeAddresses[{i}]") for i, a in enumerate(_list(raw, "nodeAddresses"))),
@@ -199,6 +223,11 @@ def parse(raw: dict) -> Config:
         status_address=_address(raw.get("statusAddress", "127.0.0.1:9469"), "statusAddress"),
         runtime_dir=str(raw.get("runtimeDir", "/run/podbgp")),
         exabgp=str(raw.get("exabgp", "exabgp")),
+        mode=mode,
+        mesh=_bool(raw.get("mesh", False), "mesh"),
+        mesh_node_selector=_selector(raw.get("meshNodeSelector"), "meshNodeSelector"),
+        secrets_dir=_abspath(raw.get("secretsDir", "/etc/podbgp/secrets"), "secretsDir"),
+        router_id=None if raw.get("routerId") in (None, "") else _ipv4(raw["routerId"], "routerId"),
     )
     validate(cfg)
     return cfg
@@ -240,24 +269,77 @@ def _cni(raw: dict) -> CNIConfig:
         portmap=_bool(raw.get("portmap", d.portmap), "cni.portmap"), data_dir=data_dir)
 
 
-def _peer(raw: Any, i: int) -> Peer:
-    where = f"peers[{i}]"
+def parse_peer(raw: Any, where: str, keys: Iterable[str] = _PEER_KEYS) -> Peer:
+    """One peer from the config (`keys` all of them) or from a Node's podbgp.io/peers annotation
+    (`keys` ANNOTATION_PEER_KEYS); ConfigError naming `where` and the field."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with address and asn")
-    _known_keys(raw, _PEER_KEYS, where)
+    if "password" in raw:  # before the unknown-key check, which would suggest passwordKey less clearly
+        raise ConfigError(f"{where}.password: a password must not sit in a ConfigMap or annotation; put it in "
+                          "the Secret podbgp-bgp-passwords and name its key with passwordKey")
+    _known_keys(raw, keys, where)
     fams = frozenset(_list(raw, "families"))
     bad = sorted(fams - {"ipv4", "ipv6"})
     if bad:
         raise ConfigError(f"{where}.families: unknown family {bad[0]!r} (ipv4, ipv6)")
+    hold = _hold(raw.get("holdTime", 9), f"{where}.holdTime")
     return Peer(
         address=_ip(raw.get("address"), f"{where}.address"),
         asn=_int(raw.get("asn"), f"{where}.asn", 1, 4294967295),
-        hold_time=_hold(raw.get("holdTime", 9), f"{where}.holdTime"),
-        password=raw.get("password"),
+        hold_time=hold,
+        keepalive_time=_keepalive(raw.get("keepaliveTime"), hold, f"{where}.keepaliveTime"),
+        port=_int(raw.get("port", 179), f"{where}.port", 1, 65535),
+        password_key=_secret_key(raw.get("passwordKey"), f"{where}.passwordKey"),
         multihop=_int(raw["multihop"], f"{where}.multihop", 1, 255) if raw.get("multihop") else None,
         ttl_security=_int(raw["ttlSecurity"], f"{where}.ttlSecurity", 1, 254) if raw.get("ttlSecurity") else None,
         families=fams,
+        node_selector=_selector(raw.get("nodeSelector"), f"{where}.nodeSelector"),
     )
+
+
+def _keepalive(value: Any, hold: int, where: str) -> int:
+    if value is None or value == "":
+        return hold // 3
+    n = _int(value, where, 0, 65535)
+    if hold == 0 and n != 0:
+        raise ConfigError(f"{where}: {n} with holdTime 0 (no keepalives without a hold time); leave it unset or 0")
+    if hold and not 1 <= n < hold:
+        raise ConfigError(f"{where}: {n} must be at least 1 and less than holdTime {hold}")
+    return n
+
+
+_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+
+def _secret_key(value: Any, where: str) -> str | None:
+    """A Secret's data key (what kubectl create secret accepts): also a plain file name."""
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if not _SECRET_KEY_RE.match(text) or text in (".", ".."):
+        raise ConfigError(f"{where}: {text!r} is not a Secret key (letters, digits, '-', '_', '.')")
+    return text
+
+
+def _selector(value: Any, where: str) -> Selector:
+    try:
+        return selector.parse(value, where)
+    except selector.SelectorError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _ipv4(value: Any, where: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {value!r} is not an IPv4 address in dotted-quad form") from None
+
+
+def _abspath(value: Any, where: str) -> str:
+    text = str(value)
+    if not os.path.isabs(text):
+        raise ConfigError(f"{where}: {text!r} must be an absolute path")
+    return text
 
 
 def _hold(value: Any, where: str) -> int:
@@ -269,8 +351,10 @@ def _hold(value: Any, where: str) -> int:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks: families, duplicates, overlaps between the Pod and Service ranges."""
-    if not cfg.peers:
-        raise ConfigError("peers: at least one BGP peer is required")
+    if cfg.mode == "bgp" and not cfg.peers and not cfg.mesh:
+        raise ConfigError("peers: at least one BGP peer is required (or mesh: true, or mode: direct)")
+    if cfg.mode == "bgp" and cfg.mesh and cfg.asn is None:
+        raise ConfigError("asn: required with mesh: true (the one AS of every node in the mesh)")
     if not cfg.cluster_cidrs:
         raise ConfigError("clusterCIDRs: at least one cluster (Pod) CIDR is required")
     for what, nets in (("clusterCIDRs", cfg.cluster_cidrs), ("serviceCIDRs", cfg.service_cidrs),
@@ -282,9 +366,11 @@ def validate(cfg: Config) -> None:
         check_pod_cidr(cfg, c, f"podCIDR.nodeLocal[{i}]")
     seen: dict[IPAddress, int] = {}
     for i, p in enumerate(cfg.peers):
-        if p.address in seen:
-            raise ConfigError(f"peers[{i}].address: {p.address} is also peers[{seen[p.address]}]; one session per address")
-        seen[p.address] = i
+        j = seen.get(p.address)
+        if j is not None and p.node_selector.everything and cfg.peers[j].node_selector.everything:
+            raise ConfigError(f"peers[{i}].address: {p.address} is also peers[{j}]; one session per address "
+                              "(unless nodeSelectors split the nodes between them)")
+        seen.setdefault(p.address, i)
         for fam in p.families:
             if fam == "ipv6" and p.address.version == 4 or fam == "ipv4" and p.address.version == 6:
                 raise ConfigError(f"peers[{i}].families: {fam} over an IPv{p.address.version} session is not "

@@ -1,4 +1,5 @@
-"""Config: the cni section, an optional asn, nested keys checked like top-level ones, CIDR lists."""
+"""Config: the cni section, an optional asn, nested keys checked like top-level ones, CIDR lists,
+mode, mesh and the per-peer session keys."""
 import pytest
 
 from speaker import config as cfgmod
@@ -94,7 +95,8 @@ def test_refusals_name_the_field(change, field):
     ({"podCIDR": {"nodeLocal": ["10.42.1.0/24", "fd00:43::/112"]}},
      "podCIDR.nodeLocal[1]: fd00:43::/112 overlaps the Service CIDR fd00:43::/108"),
     ({"peers": [{"address": "192.168.50.1", "asn": 65000}, {"address": "192.168.50.1", "asn": 65001}]},
-     "peers[1].address: 192.168.50.1 is also peers[0]; one session per address"),
+     "peers[1].address: 192.168.50.1 is also peers[0]; one session per address (unless nodeSelectors split the "
+     "nodes between them)"),
 ])
 def test_cidr_lists_checked_across_entries(change, message):
     assert refused(**change) == message
@@ -113,3 +115,85 @@ def test_a_status_address_that_cannot_be_served_is_refused_at_load():
         cfgmod.parse({**base, "statusAddress": "::1:9469"})
     with pytest.raises(ConfigError, match=r"^statusAddress: .*port '99999'"):
         cfgmod.parse({**base, "statusAddress": "0.0.0.0:99999"})
+
+
+# ---- mode, mesh, the peers' session keys -------------------------------------------------------
+
+def test_defaults_of_mode_mesh_and_peer_keys():
+    c = cfg()
+    assert (c.mode, c.mesh, c.mesh_node_selector.everything, c.secrets_dir, c.router_id) == \
+        ("bgp", False, True, "/etc/podbgp/secrets", None)
+    p = c.peers[0]
+    assert (p.port, p.hold_time, p.keepalive_time, p.password_key, p.node_selector.everything) == (179, 9, 3, None, True)
+
+
+def test_peer_session_keys():
+    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "port": 1179, "holdTime": 30, "keepaliveTime": 5,
+                    "passwordKey": "tor-a", "nodeSelector": "rack in (r1, r2),!edge", "multihop": 2}],
+            routerId="10.0.0.7", secretsDir="/run/secrets/bgp")
+    p = c.peers[0]
+    assert (p.port, p.hold_time, p.keepalive_time, p.password_key, p.multihop) == (1179, 30, 5, "tor-a", 2)
+    assert p.node_selector.matches({"rack": "r2"}) and not p.node_selector.matches({"rack": "r2", "edge": ""})
+    assert str(c.router_id) == "10.0.0.7" and c.secrets_dir == "/run/secrets/bgp"
+
+
+@pytest.mark.parametrize("hold,keepalive", [(90, 30), (3, 1), (4, 1), (0, 0), (10, 3)])
+def test_keepalive_defaults_to_a_third_of_hold(hold, keepalive):
+    assert cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "holdTime": hold}]).peers[0].keepalive_time == keepalive
+
+
+def test_a_password_in_the_config_is_refused_in_one_line_pointing_at_the_secret():
+    msg = refused(peers=[{"address": "192.168.50.1", "asn": 65000, "password": "s3cret"}])
+    assert msg.startswith("peers[0].password: ") and "passwordKey" in msg and "Secret" in msg
+    assert "s3cret" not in msg
+
+
+@pytest.mark.parametrize("peer,message", [
+    ({"keepaliveTime": 9}, "peers[0].keepaliveTime: 9 must be at least 1 and less than holdTime 9"),
+    ({"keepaliveTime": 0}, "peers[0].keepaliveTime: 0 must be at least 1 and less than holdTime 9"),
+    ({"holdTime": 0, "keepaliveTime": 3}, "peers[0].keepaliveTime: 3 with holdTime 0 (no keepalives without a hold "
+                                          "time); leave it unset or 0"),
+    ({"port": 0}, "peers[0].port: 0 is out of range 1..65535"),
+    ({"port": "bgp"}, "peers[0].port: 'bgp' is not an integer"),
+    ({"passwordKey": "../etc/shadow"}, "peers[0].passwordKey: '../etc/shadow' is not a Secret key (letters, digits, "
+                                       "'-', '_', '.')"),
+    ({"nodeSelector": "rack in (r1"}, "peers[0].nodeSelector: 'rack in (r1' has a '(' without its ')'"),
+    ({"nodeselector": "a=b"}, "peers[0].nodeselector: unknown setting (did you mean nodeSelector?)"),
+    ({"keepalive": 3}, "peers[0].keepalive: unknown setting (did you mean keepaliveTime?)"),
+])
+def test_peer_key_refusals(peer, message):
+    assert refused(peers=[{"address": "192.168.50.1", "asn": 65000, **peer}]) == message
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"mode": "host-gw"}, "mode: 'host-gw' is not one of bgp, direct"),
+    ({"mesh": "yes"}, "mesh: 'yes' is not true or false"),
+    ({"meshNodeSelector": "a in ()"}, "meshNodeSelector: 'a in ()': 'in' needs at least one value"),
+    ({"meshNodeSelector": ["a=b"]}, "meshNodeSelector: expected a label selector string such as 'rack=r1', "
+                                    "got ['a=b']"),
+    ({"routerId": "fd00::1"}, "routerId: 'fd00::1' is not an IPv4 address in dotted-quad form"),
+    ({"routerId": "1.2.3"}, "routerId: '1.2.3' is not an IPv4 address in dotted-quad form"),
+    ({"secretsDir": "secrets"}, "secretsDir: 'secrets' must be an absolute path"),
+    ({"peers": []}, "peers: at least one BGP peer is required (or mesh: true, or mode: direct)"),
+    ({"peers": [], "mesh": True, "asn": None}, "asn: required with mesh: true (the one AS of every node in the mesh)"),
+    ({"meshSelector": "a"}, "meshSelector: unknown setting (did you mean meshNodeSelector?)"),
+])
+def test_mode_and_mesh_refusals(change, message):
+    assert refused(**change) == message
+
+
+def test_direct_mode_needs_no_peers_and_no_asn():
+    c = cfg(mode="direct", peers=[], asn=None)
+    assert (c.mode, c.peers, c.asn) == ("direct", (), None)
+
+
+def test_mesh_needs_no_peers():
+    c = cfg(mesh=True, peers=[], meshNodeSelector="podbgp.io/mesh=yes")
+    assert c.mesh and c.mesh_node_selector.matches({"podbgp.io/mesh": "yes"})
+    assert not c.mesh_node_selector.matches({})
+
+
+def test_one_address_twice_only_with_node_selectors():
+    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "nodeSelector": "rack=r1"},
+                   {"address": "192.168.50.1", "asn": 65001, "nodeSelector": "rack=r2"}])
+    assert [p.asn for p in c.peers] == [65000, 65001]
