@@ -13,6 +13,7 @@ setpriv inside the node's network namespace.
 """
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import subprocess
@@ -196,12 +197,28 @@ def _volume_source(objects, namespace, vol, node: NodeFacts, files, dirs, where)
         return path
     if "secret" in vol:
         ref = vol["secret"]
-        if not ref.get("optional"):
-            raise ManifestError(f"{where}: Secret {ref.get('secretName')} is not in the lab (mark it optional)")
-        path = os.path.join(node.pod_dir, "volumes", name)  # an optional Secret that does not exist: empty
+        path = os.path.join(node.pod_dir, "volumes", name)
         dirs.append(path)
+        data = _secret(objects, namespace, ref.get("secretName", ""))
+        if data is None:
+            if not ref.get("optional"):
+                raise ManifestError(f"{where}: Secret {ref.get('secretName')} is not in the rendered manifests")
+            return path  # an optional Secret that does not exist: an empty directory, as the kubelet mounts
+        for item in ref.get("items") or [{"key": k, "path": k} for k in sorted(data)]:
+            files.append((os.path.join(path, item["path"]), data[item["key"]]))
         return path
-    raise ManifestError(f"{where}: only hostPath, emptyDir, configMap and optional secret volumes are made in the lab")
+    raise ManifestError(f"{where}: only hostPath, emptyDir, configMap and secret volumes are made in the lab")
+
+
+def _secret(objects, namespace, name) -> dict[str, str] | None:
+    """A Secret's keys as text (data is base64, stringData plain), or None when there is none."""
+    for o in objects:
+        if o.get("kind") == "Secret" and o["metadata"]["name"] == name \
+                and o["metadata"].get("namespace", "default") == namespace:
+            out = {k: base64.b64decode(v).decode() for k, v in (o.get("data") or {}).items()}
+            out.update(o.get("stringData") or {})
+            return out
+    return None
 
 
 def _capabilities(sc: dict, where: str) -> tuple[str, ...]:
@@ -232,7 +249,8 @@ def prepare(launch: Launch) -> None:
         os.makedirs(d, exist_ok=True)
     for path, content in launch.files:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # Secret files too: not world-readable
+        with os.fdopen(fd, "w") as f:
             f.write(content)
     for m in launch.mounts:  # a mount point nested in another mount is made inside that mount's source
         parent = next((p for p in launch.mounts if p is not m and m.target.startswith(p.target.rstrip("/") + "/")), None)

@@ -115,3 +115,23 @@ def test_the_lab_api_grants_the_speakers_what_the_bound_clusterrole_does(objects
     unbound = [o for o in copy.deepcopy(objects) if o["kind"] != "ClusterRole"]
     with pytest.raises(ManifestError, match="no ClusterRole"):
         daemonset.rbac(unbound)
+
+
+def test_a_secret_in_the_manifests_becomes_the_mounted_files(objects, tmp_path):
+    import base64
+
+    vol = next(v for v in daemonset_of(objects)["spec"]["template"]["spec"]["volumes"] if "secret" in v)
+    name = vol["secret"]["secretName"]
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "kube-system"},
+              "data": {"tor-md5": base64.b64encode(b"s3cret").decode()}}
+    launch = daemonset.plan([*objects, secret], facts(tmp_path))
+    mount = next(m for m in launch.mounts if m.target == "/etc/podbgp/secrets")
+    assert dict(launch.files)[os.path.join(mount.source, "tor-md5")] == "s3cret" and mount.read_only
+    daemonset.prepare(launch)
+    assert os.stat(os.path.join(mount.source, "tor-md5")).st_mode & 0o077 == 0  # not readable by others
+    without = daemonset.plan([o for o in objects if o.get("kind") != "Secret"], facts(tmp_path))
+    assert not any("secrets" in p for p, _ in without.files)  # optional and absent: an empty directory
+    broken = copy.deepcopy([o for o in objects if o.get("kind") != "Secret"])
+    next(v for v in daemonset_of(broken)["spec"]["template"]["spec"]["volumes"] if "secret" in v)["secret"]["optional"] = False
+    with pytest.raises(ManifestError, match=name):
+        daemonset.plan(broken, facts(tmp_path))
