@@ -1,4 +1,5 @@
 """Issue: announce, learn, install. Real ExaBGP, a real FRR ToR, CNI pods, the lab API, pings."""
+import base64
 import ipaddress
 import json
 import os
@@ -202,3 +203,25 @@ def test_pods_are_attached_with_the_conflist_their_node_speaker_wrote(lab):
         assert len(pods) == 2
         for pod in pods:
             assert ipaddress.ip_address(pod["ipv4"]) in ranges[0] and ipaddress.ip_address(pod["ipv6"]) in ranges[1]
+
+
+def test_tor_sessions_are_md5_signed_and_ttl_secured(lab):
+    """lab/podbgp.yaml names the Secret's key (passwordKey: tor-md5) and GTSM one hop; the ToR
+    (lab/frr/tor.conf) has the same password and `ttl-security hops 1`."""
+    for node in NODES:
+        out = runner.run(["ss", "-tnie", "state", "established", "( dport = :179 )"], netns=lab.nodes[node]["netns"]).stdout
+        sockets = [line for line in out.splitlines() if "rtt:" in line]
+        assert len(sockets) == 2 and all("md5keys:" in s for s in sockets), node  # IPv4 and IPv6, both signed
+        for addr in (f"192.168.50.1{node[-1]}", f"fd00:50::1{node[-1]}"):
+            nbr = json.loads(runner.vtysh(lab, "tor", f"show bgp neighbors {addr} json"))[addr]
+            assert nbr["bgpState"] == "Established" and nbr["authenticationEnabled"] == 1
+            assert nbr["externalBgpNbrMaxHopsAway"] == 1  # GTSM on the ToR's side
+        conf = os.path.join(runner.speaker_runtime_dir(lab, node), "exabgp.conf")
+        assert os.stat(conf).st_mode & 0o077 == 0  # the rendered config holds the password: root only
+    doc = runner.speaker_status(lab, "node1")
+    with open(os.path.join(lab.dir, "manifests.yaml")) as f:
+        secret = next(d for d in yaml.safe_load_all(f) if d and d["kind"] == "Secret")
+    password = base64.b64decode(secret["data"]["tor-md5"]).decode()
+    assert password not in json.dumps(doc)  # never in status
+    with open(os.path.join(lab.dir, "node1", "speaker.log")) as f:
+        assert password not in f.read()  # never logged
