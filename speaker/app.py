@@ -30,6 +30,7 @@ from .cni import ConflistWriter
 from .config import Config, ConfigError, check_pod_cidr
 from .node_status import NetworkCondition, StatusClient
 from .nodes import NodeInfo, NodeView
+from .peers import Mesh, event_of, plan as plan_peers, secret_files
 from .podcidr import Discovered, discover
 from .watch import ApiDown, Changed
 
@@ -57,6 +58,9 @@ class Speaker:
         self.counters: collections.Counter[str] = collections.Counter()
         self.view = NodeView()
         self.node_errors: dict[str, str] = {}
+        self.mesh = Mesh(cfg.mesh_node_selector, enabled=cfg.mesh)  # in-scope Node -> its addresses
+        self.read_secret = secret_files(cfg.secrets_dir)
+        self._peer_errors: set[str] = set()
         self.synced = False
         self.api_up = False
         self.own: Discovered | None = None
@@ -108,6 +112,8 @@ class Speaker:
             if self.own is not None:
                 self.cni.sync(self.own.cidrs, check=True)  # put back a conflist someone removed
                 self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
+            if self.synced and self.cfg.mode == "bgp":  # a Secret's file that appeared or changed
+                self._configure_peers(self.view.get(self.cfg.node_name))
 
     # ---- Kubernetes side ---------------------------------------------------------------------
     def on_watch(self, ev: object) -> None:
@@ -119,21 +125,24 @@ class Speaker:
         if not isinstance(ev, Changed):
             return
         me = self.cfg.node_name
-        own_touched = False
+        own_touched = mesh_changed = False
         for name in ev.deleted:
             self.node_errors.pop(name, None)
             log.info("node.deleted name=%s", name)
             self.reconciler.mark(self.view.delete(name))
             own_touched |= name == me or self.cfg.pod_cidr.derive
+            mesh_changed |= self.mesh.remove(name)
         for name, reason in ev.invalid:
             self.counters["node_errors"] += 1
             self.node_errors[name] = reason
             log.warning("node.invalid %s", reason)
             self.reconciler.mark(self.view.delete(name))
             own_touched |= name == me or self.cfg.pod_cidr.derive
+            mesh_changed |= self.mesh.remove(name)
         for info in ev.nodes:
             self._put(info, quiet=ev.synced and not self.synced)
             own_touched |= info.name == me or self.cfg.pod_cidr.derive
+            mesh_changed |= self.mesh.put(info)
         if ev.synced and not self.synced:
             self.synced = True
             log.info("nodes.synced count=%d seconds=%.3f", len(self.view), time.monotonic() - self._started)
@@ -141,6 +150,8 @@ class Speaker:
             own_touched = True
         if self.synced and own_touched:
             self._own_changed()
+        elif self.synced and mesh_changed:  # another Node joined, left or moved in the mesh
+            self._configure_peers(self.view.get(me))
 
     def _put(self, info: NodeInfo, quiet: bool) -> None:
         self.node_errors.pop(info.name, None)
@@ -182,17 +193,23 @@ class Speaker:
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
         self.cni.sync(cidrs)
         self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
-        own_as = announce.local_as(self.cfg, me)  # a bad annotation here; no AS at all fails peers()
-        self._report(f"asn:{self.cfg.node_name}", own_as.error if own_as.asn is not None else None, "node.asn",
-                     logging.WARNING)
-        try:
-            self.sessions.configure(announce.peers(self.cfg, me))
-            self._report(f"bgp:{self.cfg.node_name}", None)
-        except ConfigError as exc:  # no AS or no address yet: keep what runs, if anything
-            self._report(f"bgp:{self.cfg.node_name}", str(exc), "bgp.waiting")
+        self._configure_peers(me)
         self.sessions.announce(announce.announcements(cidrs))
         if self.sessions.exabgp is not None:
             self.condition.announced(cidrs)
+
+    def _configure_peers(self, me: NodeInfo | None) -> None:
+        """Whom this node peers with (speaker.peers); ExaBGP is told only when that changed."""
+        plan = plan_peers(self.cfg, me, self.mesh.members, self.read_secret)
+        for key in self._peer_errors - {k for k, _ in plan.errors}:
+            self._report(key, None)
+        for key, error in plan.errors:
+            self._report(key, error, event_of(key), logging.WARNING)
+        self._peer_errors = {k for k, _ in plan.errors}
+        self._report(f"bgp:{self.cfg.node_name}", plan.waiting or None, "bgp.waiting")
+        # waiting (no AS, router ID or peer yet): keep what runs, if anything
+        if not plan.waiting and (self.sessions.exabgp is None or list(plan.peers) != self.sessions.peers):
+            self.sessions.configure(list(plan.peers))
 
     def _report(self, key: str, error: str | None, event: str = "", level: int = logging.ERROR) -> None:
         """Keep one of this node's own problems in status nodeErrors; log it once when it appears."""

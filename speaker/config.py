@@ -283,6 +283,9 @@ def parse_peer(raw: Any, where: str, keys: Iterable[str] = _PEER_KEYS) -> Peer:
     if bad:
         raise ConfigError(f"{where}.families: unknown family {bad[0]!r} (ipv4, ipv6)")
     hold = _hold(raw.get("holdTime", 9), f"{where}.holdTime")
+    if raw.get("multihop") and raw.get("ttlSecurity"):
+        raise ConfigError(f"{where}.ttlSecurity: multihop and ttlSecurity exclude each other (GTSM sends with "
+                          "TTL 255; give ttlSecurity the hop count instead)")
     return Peer(
         address=_ip(raw.get("address"), f"{where}.address"),
         asn=_int(raw.get("asn"), f"{where}.asn", 1, 4294967295),
@@ -305,6 +308,9 @@ def _keepalive(value: Any, hold: int, where: str) -> int:
         raise ConfigError(f"{where}: {n} with holdTime 0 (no keepalives without a hold time); leave it unset or 0")
     if hold and not 1 <= n < hold:
         raise ConfigError(f"{where}: {n} must be at least 1 and less than holdTime {hold}")
+    if n != hold // 3:
+        raise ConfigError(f"{where}: {n} cannot be honoured: ExaBGP sends a keepalive every holdTime/3 "
+                          f"({hold // 3} with holdTime {hold}); leave it unset or set holdTime to {3 * n}")
     return n
 
 
@@ -330,9 +336,12 @@ def _selector(value: Any, where: str) -> Selector:
 
 def _ipv4(value: Any, where: str) -> ipaddress.IPv4Address:
     try:
-        return ipaddress.IPv4Address(str(value).strip())
+        rid = ipaddress.IPv4Address(str(value).strip())
     except ValueError:
         raise ConfigError(f"{where}: {value!r} is not an IPv4 address in dotted-quad form") from None
+    if int(rid) == 0:
+        raise ConfigError(f"{where}: 0.0.0.0 is not a router ID (it must be non-zero)")
+    return rid
 
 
 def _abspath(value: Any, where: str) -> str:
@@ -355,6 +364,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("peers: at least one BGP peer is required (or mesh: true, or mode: direct)")
     if cfg.mode == "bgp" and cfg.mesh and cfg.asn is None:
         raise ConfigError("asn: required with mesh: true (the one AS of every node in the mesh)")
+    if cfg.mesh and cfg.mode == "direct":
+        raise ConfigError("mesh: true needs mode: bgp (mode: direct runs no BGP at all)")
+    if cfg.mesh and cfg.router_id is not None:
+        raise ConfigError(f"routerId: {cfg.router_id} would be every node's router ID, and two ends of a mesh "
+                          "session must differ; leave it unset or set podbgp.io/router-id on each Node")
     if not cfg.cluster_cidrs:
         raise ConfigError("clusterCIDRs: at least one cluster (Pod) CIDR is required")
     for what, nets in (("clusterCIDRs", cfg.cluster_cidrs), ("serviceCIDRs", cfg.service_cidrs),

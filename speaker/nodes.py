@@ -31,7 +31,8 @@ class NodeInfo:
     name: str
     pod_cidrs: tuple[IPNetwork, ...]
     addresses: tuple[IPAddress, ...]  # InternalIPs, in the order the Node lists them
-    annotations: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()  # podbgp.io/ ones only, sorted
+    labels: tuple[tuple[str, str], ...] = ()  # every label, sorted: label selectors may name any of them
 
     def address(self, version: int) -> IPAddress | None:
         return next((a for a in self.addresses if a.version == version), None)
@@ -76,7 +77,9 @@ def parse_node(obj: Any) -> NodeInfo:
     # and a Node whose used fields are unchanged must compare equal
     annotations = tuple(sorted((str(k), str(v)) for k, v in ann.items() if str(k).startswith(ANNOTATION_PREFIX))) \
         if isinstance(ann, dict) else ()
-    return NodeInfo(name=name, pod_cidrs=tuple(cidrs), addresses=tuple(addrs), annotations=annotations)
+    raw_labels = meta.get("labels") or {}
+    labels = tuple(sorted((str(k), str(v)) for k, v in raw_labels.items())) if isinstance(raw_labels, dict) else ()
+    return NodeInfo(name=name, pod_cidrs=tuple(cidrs), addresses=tuple(addrs), annotations=annotations, labels=labels)
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,11 +128,11 @@ def test_defaults_of_mode_mesh_and_peer_keys():
 
 
 def test_peer_session_keys():
-    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "port": 1179, "holdTime": 30, "keepaliveTime": 5,
+    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "port": 1179, "holdTime": 15, "keepaliveTime": 5,
                     "passwordKey": "tor-a", "nodeSelector": "rack in (r1, r2),!edge", "multihop": 2}],
             routerId="10.0.0.7", secretsDir="/run/secrets/bgp")
     p = c.peers[0]
-    assert (p.port, p.hold_time, p.keepalive_time, p.password_key, p.multihop) == (1179, 30, 5, "tor-a", 2)
+    assert (p.port, p.hold_time, p.keepalive_time, p.password_key, p.multihop) == (1179, 15, 5, "tor-a", 2)
     assert p.node_selector.matches({"rack": "r2"}) and not p.node_selector.matches({"rack": "r2", "edge": ""})
     assert str(c.router_id) == "10.0.0.7" and c.secrets_dir == "/run/secrets/bgp"
 
@@ -153,6 +153,10 @@ def test_a_password_in_the_config_is_refused_in_one_line_pointing_at_the_secret(
     ({"keepaliveTime": 0}, "peers[0].keepaliveTime: 0 must be at least 1 and less than holdTime 9"),
     ({"holdTime": 0, "keepaliveTime": 3}, "peers[0].keepaliveTime: 3 with holdTime 0 (no keepalives without a hold "
                                           "time); leave it unset or 0"),
+    ({"keepaliveTime": 2}, "peers[0].keepaliveTime: 2 cannot be honoured: ExaBGP sends a keepalive every holdTime/3 "
+                           "(3 with holdTime 9); leave it unset or set holdTime to 6"),
+    ({"multihop": 2, "ttlSecurity": 1}, "peers[0].ttlSecurity: multihop and ttlSecurity exclude each other (GTSM "
+                                        "sends with TTL 255; give ttlSecurity the hop count instead)"),
     ({"port": 0}, "peers[0].port: 0 is out of range 1..65535"),
     ({"port": "bgp"}, "peers[0].port: 'bgp' is not an integer"),
     ({"passwordKey": "../etc/shadow"}, "peers[0].passwordKey: '../etc/shadow' is not a Secret key (letters, digits, "
@@ -176,6 +180,11 @@ def test_peer_key_refusals(peer, message):
     ({"secretsDir": "secrets"}, "secretsDir: 'secrets' must be an absolute path"),
     ({"peers": []}, "peers: at least one BGP peer is required (or mesh: true, or mode: direct)"),
     ({"peers": [], "mesh": True, "asn": None}, "asn: required with mesh: true (the one AS of every node in the mesh)"),
+    ({"mesh": True, "mode": "direct"}, "mesh: true needs mode: bgp (mode: direct runs no BGP at all)"),
+    ({"mesh": True, "routerId": "10.0.0.1"}, "routerId: 10.0.0.1 would be every node's router ID, and two ends of a "
+                                             "mesh session must differ; leave it unset or set podbgp.io/router-id on "
+                                             "each Node"),
+    ({"routerId": "0.0.0.0"}, "routerId: 0.0.0.0 is not a router ID (it must be non-zero)"),
     ({"meshSelector": "a"}, "meshSelector: unknown setting (did you mean meshNodeSelector?)"),
 ])
 def test_mode_and_mesh_refusals(change, message):

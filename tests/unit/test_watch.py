@@ -244,7 +244,7 @@ def test_real_client_lists_then_follows_changes(api):
         assert got[0].synced and sorted(n.name for n in got[0].nodes) == ["n1", "n2", "n3"]
         assert w.watch_list_supported == api.watch_list
         n1 = api.store.get("n1")
-        api.store.update("n1", {**n1, "metadata": {**n1["metadata"], "labels": {"x": "y"}}})  # nothing we use
+        api.store.update("n1", {**n1, "metadata": {**n1["metadata"], "annotations": {"other.io/x": "y"}}})  # not ours
         api.store.create(api_node("n4", "10.42.4.0/24", "192.168.50.14"))
         api.store.delete("n2")
         wait_for(lambda: any(isinstance(e, Changed) and e.deleted == ("n2",) for e in got))
