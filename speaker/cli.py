@@ -100,6 +100,29 @@ def status_cmd(as_json: bool, address: str) -> None:
     click.echo(json.dumps(doc, indent=2) if as_json else status.render_table(doc))
 
 
+@main.command("explain")
+@click.argument("prefix")
+@click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+@click.option("--address", default="127.0.0.1:9469", show_default=True, envvar="PODBGP_STATUS_ADDRESS")
+def explain_cmd(prefix: str, as_json: bool, address: str) -> None:
+    """Why PREFIX is or is not in this node's kernel: who holds it, who offers it, the policy's
+    verdict on each path, what the kernel holds (a foreign route in the way included)."""
+    from urllib.error import HTTPError
+    from urllib.parse import quote
+
+    from . import explain, status
+
+    try:
+        doc = status.fetch(address, f"/explain?prefix={quote(prefix, safe='')}")
+    except HTTPError as exc:
+        if exc.code == 404:
+            raise click.ClickException(f"the speaker on {address} does not answer /explain (an older version?)") from None
+        raise click.ClickException(exc.read().decode(errors="replace").strip() or str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"no speaker answers on {address}: {exc}") from None
+    click.echo(json.dumps(doc, indent=2) if as_json else explain.render(doc))
+
+
 @main.group("config")
 def config_group() -> None:
     """Configuration tools."""

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from bgp.types import SessionState
 from reconciler.types import Reason
 
+from . import explain
 from .config import parse_address
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def metrics_registry(sp: Any) -> CollectorRegistry:
 # ---- the HTTP endpoint ---------------------------------------------------------------------
 
 async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
-    """/status, /metrics, /healthz, /readyz on `address` (see parse_address)."""
+    """/status, /metrics, /healthz, /readyz, /explain?prefix=CIDR on `address` (see parse_address)."""
     host, port = parse_address(address)
     registry = metrics_registry(sp)
 
@@ -143,8 +144,11 @@ async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
                 if name.strip().lower() == "accept":
                     accept = value.strip()
             parts = request.decode(errors="replace").split()
-            path = parts[1].split("?")[0] if len(parts) > 1 else "/"
-            code, ctype, data = _respond(sp, path, registry, accept)
+            path, _, query = (parts[1] if len(parts) > 1 else "/").partition("?")
+            if path == "/explain":  # may read the kernel in a worker thread (speaker.explain)
+                code, ctype, data = await explain.respond(sp, query)
+            else:
+                code, ctype, data = _respond(sp, path, registry, accept)
             writer.write(f"HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
                          "Connection: close\r\n\r\n".encode() + data)
             await writer.drain()

@@ -1,0 +1,330 @@
+"""`podbgp explain PREFIX`: why one prefix is or is not in this node's kernel, as one document.
+
+`explain(sp, prefix)` is pure over the speaker's state: the Node view (who holds the PodCIDR),
+the RIB (who offers it, via which next hop), the import policy's verdicts (reconciler.policy's
+`evaluate`, the very function the reconcile loop calls: nothing is re-derived here) and the
+reconciler's model of the kernel. The status endpoint may also hand it the routes of our table
+at that prefix, read fresh by `read_kernel` in a worker thread: the model keeps only the keys of
+foreign routes, the fresh read also their protocol and next hops.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import time
+import urllib.parse
+from typing import Any
+
+from bgp.types import IPNetwork, Path, SessionState
+from reconciler.policy import evaluate
+from reconciler.types import KernelRoute, Reason, ident_of
+
+from .config import SpeakerError
+
+log = logging.getLogger(__name__)
+
+# rtm_protocol numbers as iproute2 names them (/etc/iproute2/rt_protos); others print as numbers
+PROTOCOLS = {2: "kernel", 3: "boot", 4: "static", 11: "zebra", 12: "bird", 16: "dhcp", 42: "babel",
+             186: "bgp", 187: "isis", 188: "ospf", 189: "rip", 192: "eigrp"}
+
+
+class BadPrefix(SpeakerError):
+    """The prefix asked about is not a CIDR; one line saying why."""
+
+
+def parse_prefix(text: str) -> IPNetwork:
+    """A CIDR (a bare address is its host prefix); host bits set is refused with the fix."""
+    text = text.strip()
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise BadPrefix(f"explain: {text!r} is not an IPv4 or IPv6 CIDR") from None
+    raise BadPrefix(f"explain: {text} has host bits set; did you mean {net}?")
+
+
+# ---- the document ----------------------------------------------------------------------------
+
+def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
+            kernel_error: str | None = None) -> dict:
+    """Everything `podbgp explain` shows about `prefix`. `kernel`: the routes of our table at
+    this prefix read just now (None: what the reconciler's model holds)."""
+    rec = sp.reconciler
+    policy = rec.policy
+    paths = sorted(sp.sessions.rib.paths_for(prefix), key=lambda p: p.peer)
+    route, rejected = evaluate(policy, prefix, paths)
+    refused = {r.peer: r.reason for r in rejected}
+    owner = _owner(sp.view, prefix)
+    announced = any(a.prefix == prefix for a in sp.sessions.announced)
+    doc = {
+        "prefix": str(prefix),
+        "owner": owner,
+        "own": {"own": prefix in policy.own, "announced": announced},
+        "paths": [_path(sp, p, refused.get(p.peer)) for p in paths],
+        "desired": None if route is None else {"via": [str(g) for g in route.gateways], "metric": route.metric,
+                                                "ecmp": len(route.gateways) > 1},
+        "kernel": _kernel(sp, prefix, kernel, kernel_error),
+    }
+    doc["verdict"], doc["summary"] = _verdict(sp, doc)
+    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel")}
+
+
+def _owner(view: Any, prefix: IPNetwork) -> dict:
+    """Who holds `prefix` by the Kubernetes view: exactly, inside a larger PodCIDR, or nobody."""
+    if prefix in view.owners:
+        name = view.owners[prefix].node
+        info = view.get(name)
+        ips = [str(a) for a in (info.addresses if info else view.owners[prefix].addresses)]
+        return {"state": "owned", "node": name, "internalIPs": ips, "cidr": str(prefix),
+                "reason": f"{prefix} is {name}'s PodCIDR"}
+    if prefix in view.disputed:
+        names = list(view.disputed[prefix])
+        return {"state": "disputed", "nodes": names, "cidr": str(prefix),
+                "reason": f"{prefix} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"}
+    if prefix in view.unusable_at:
+        name, reason = view.unusable_at[prefix]
+        return {"state": "unusable", "node": name, "cidr": str(prefix), "reason": reason}
+    for length in range(prefix.prefixlen - 1, -1, -1):  # the nearest claimed CIDR around it
+        sup = prefix.supernet(new_prefix=length)
+        holder = _holder(view, sup)
+        if holder:
+            return {"state": "inside", "node": holder, "cidr": str(sup),
+                    "reason": f"no Node holds it; it is more specific than {holder}'s PodCIDR {sup} (a hijack?)"}
+    inner = sorted((c for d in (view.owners, view.disputed, view.unusable_at) for c in d
+                    if c.version == prefix.version and c.subnet_of(prefix)), key=_net_key)
+    if inner:
+        shown = ", ".join(f"{c} ({_holder(view, c)})" for c in inner[:4]) + (", ..." if len(inner) > 4 else "")
+        return {"state": "covers", "node": None, "cidr": None, "covers": len(inner),
+                "reason": f"no Node holds it; it covers {len(inner)} PodCIDR(s): {shown}"}
+    return {"state": "none", "node": None, "cidr": None, "reason": "no Node holds it"}
+
+
+def _holder(view: Any, cidr: IPNetwork) -> str | None:
+    if cidr in view.owners:
+        return view.owners[cidr].node
+    if cidr in view.disputed:
+        return " and ".join(view.disputed[cidr])
+    if cidr in view.unusable_at:
+        return view.unusable_at[cidr][0]
+    return None
+
+
+def _path(sp: Any, path: Path, reason: Reason | None) -> dict:
+    ses = sp.sessions
+    return {"peer": path.peer, "nextHop": str(path.next_hop), "asPath": list(path.as_path), "stale": path.stale,
+            "peerState": ses.state.get(path.peer, SessionState.IDLE).value, "peerSince": ses.since.get(path.peer),
+            "verdict": "accepted" if reason is None else "rejected",
+            "reason": None if reason is None else reason.value,
+            "why": _accepted(sp, path) if reason is None else why(sp, path, reason)}
+
+
+def _accepted(sp: Any, path: Path) -> str:
+    owner = sp.view.owners.get(path.prefix)
+    node = owner.node if owner else "?"
+    if not sp.reconciler.policy.strict_next_hop:
+        return f"{path.prefix} is {node}'s PodCIDR (next hop not checked: strictNextHop is off)"
+    return f"{path.prefix} is {node}'s PodCIDR and {path.next_hop} is its InternalIP"
+
+
+def why(sp: Any, path: Path, reason: Reason) -> str:
+    """The policy's reason for refusing `path`, as a sentence naming what it collided with."""
+    policy, prefix, hop = sp.reconciler.policy, path.prefix, path.next_hop
+    if reason is Reason.DEFAULT_ROUTE:
+        return "a default route is never installed"
+    if reason is Reason.OWN_CIDR:
+        return f"{prefix} overlaps this node's own PodCIDR {_hits(prefix, policy.own)}"
+    if reason is Reason.SERVICE_RANGE:
+        return f"{prefix} overlaps the service range {_hits(prefix, policy.service)}"
+    if reason is Reason.OUTSIDE_CLUSTER:
+        mine = [c for c in policy.cluster if c.version == prefix.version]
+        if not mine:
+            return f"{prefix} is outside the cluster CIDRs (none of IPv{prefix.version} is configured)"
+        return f"{prefix} is outside the cluster CIDRs ({', '.join(map(str, sorted(mine, key=_net_key)))})"
+    if reason is Reason.CONNECTED:
+        return f"{prefix} overlaps {_hits(prefix, policy.connected)}, a subnet connected to this node"
+    if reason is Reason.LINK_LOCAL_NEXT_HOP:
+        return f"next hop {hop} is link-local"
+    owner = _owner(sp.view, prefix)
+    if reason is Reason.NEXT_HOP_MISMATCH:
+        owned = sp.view.owners.get(prefix)
+        ips = ", ".join(str(a) for a in owned.addresses) if owned else "?"
+        return f"next hop {hop} is not {owner['node']}'s InternalIP ({ips})"
+    if reason is Reason.NO_SUCH_NODE and owner["state"] == "inside":
+        return f"{prefix} is more specific than {owner['node']}'s PodCIDR {owner['cidr']}; no Node holds it (a hijack?)"
+    return owner["reason"]  # disputed, unusable, or no Node at all
+
+
+def _hits(prefix: IPNetwork, nets: frozenset[IPNetwork]) -> str:
+    hit = sorted((n for n in nets if n.version == prefix.version and n.overlaps(prefix)), key=_net_key)
+    return ", ".join(map(str, hit)) or "?"
+
+
+def _net_key(n: IPNetwork) -> tuple:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def _kernel(sp: Any, prefix: IPNetwork, routes: list[KernelRoute] | None, error: str | None) -> dict:
+    rec = sp.reconciler
+    metric = rec.policy.metric
+    protocol = sp.cfg.route_protocol
+    key = ident_of(prefix, metric)
+    if routes is not None:
+        held = [_held(r.protocol == protocol, r.protocol, r.metric, r.gateways) for r in routes]
+    else:  # the model: our routes at our metric; of foreign ones only where they sit
+        ours = rec.ours.get(key)
+        held = [_held(True, protocol, metric, ours.gateways)] if ours is not None else []
+        held += [_held(False, None, i[3], None) for i in rec.foreign if i[:3] == key[:3]]
+    held.sort(key=lambda h: (h["metric"], h["owner"] != "podbgp"))
+    doc = {"source": "netlink" if routes is not None else "model", "table": sp.cfg.route_table,
+           "protocol": protocol, "metric": metric, "routes": held,
+           "blocked": prefix in rec.blocked, "failed": prefix in rec.failed, "pending": prefix in rec.dirty,
+           "lastReconcile": rec.last_pass}
+    if error:
+        doc["error"] = error
+    return doc
+
+
+def _held(ours: bool, protocol: int | None, metric: int, gateways) -> dict:
+    """One route of the table at the prefix; the model knows a foreign route's key, not its
+    protocol or next hops (None)."""
+    name = "podbgp" if ours else PROTOCOLS.get(protocol) if protocol is not None else None
+    return {"owner": "podbgp" if ours else "foreign", "protocol": protocol, "protocolName": name,
+            "metric": metric, "via": None if gateways is None else [str(g) for g in gateways]}
+
+
+def _verdict(sp: Any, doc: dict) -> tuple[str, str]:
+    """(verdict, one-line summary): own, installed, blocked, failed, pending, rejected, absent."""
+    k, want, owner = doc["kernel"], doc["desired"], doc["owner"]
+    ours = next((h for h in k["routes"] if h["owner"] == "podbgp" and h["metric"] == k["metric"]), None)
+    foreign = [h for h in k["routes"] if h["owner"] == "foreign"]
+    in_way = next((h for h in foreign if h["metric"] == k["metric"]), None)
+    if doc["own"]["own"]:
+        state = "announced" if doc["own"]["announced"] else "not announced (yet)"
+        return "own", f"this node's own PodCIDR: {state}, never installed"
+    if want is not None:
+        via = ", ".join(want["via"]) + (" (ECMP)" if want["ecmp"] else "")
+        if not sp.reconciler.synced:
+            return "pending", f"wanted via {via}; waiting for the first full list of Nodes"
+        if in_way is not None or k["blocked"]:
+            return "blocked", f"blocked by a foreign route{_proto(in_way)} at metric {k['metric']}"
+        if ours is not None and sorted(ours["via"]) == sorted(want["via"]):
+            shadow = next((h for h in foreign if h["metric"] < k["metric"]), None)
+            tail = f"; but a foreign route{_proto(shadow)} at metric {shadow['metric']} wins" if shadow else ""
+            return "installed", f"installed via {via}{tail}"
+        if k["failed"]:
+            return "failed", f"wanted via {via}; the kernel refused it, retrying"
+        have = f"the kernel still has via {', '.join(ours['via'])}" if ours else "not in the kernel yet"
+        return "pending", f"wanted via {via}; {have}"
+    stays = ""
+    if ours is not None:
+        stays = ("; our route is still in the kernel, to be removed" if sp.reconciler.converged
+                 else "; our old route stays until the RIB has converged")
+    refused = [p for p in doc["paths"] if p["verdict"] == "rejected"]
+    if refused:
+        more = f" (and {len(refused) - 1} more path(s))" if len(refused) > 1 else ""
+        return "rejected", f"rejected: {refused[0]['why']}{more}{stays}"
+    node = f" ({owner['node']}'s PodCIDR)" if owner["state"] == "owned" else f"; {owner['reason']}"
+    return "absent", f"no peer offers it{node}{stays}"
+
+
+def _proto(held: dict | None) -> str:
+    return f" (proto {_proto_name(held)})" if held and held["protocol"] is not None else ""
+
+
+def _proto_name(held: dict) -> str:
+    if held["protocol"] is None:
+        return "?"
+    return held["protocolName"] if held["owner"] == "foreign" and held["protocolName"] else str(held["protocol"])
+
+
+# ---- the shell: a fresh kernel read, the HTTP answer, the CLI's rendering --------------------
+
+def read_kernel(kernel: Any, prefix: IPNetwork) -> tuple[list[KernelRoute] | None, str | None]:
+    """The routes of our table at `prefix`, dumped on a netlink socket of its own (run it in a
+    worker thread). (None, None) when the kernel is not a real table (tests); (None, reason)
+    when the read failed: explain then falls back on the reconciler's model."""
+    from reconciler.kernel import KernelTable
+    from reconciler.rtnl import Rtnl
+    from reconciler.types import ReconcilerError
+
+    if not isinstance(kernel, KernelTable):
+        return None, None
+    want = ident_of(prefix, 0)[:3]
+    try:
+        rtnl = Rtnl(kernel.netns)
+        try:
+            routes = rtnl.routes(kernel.table)
+        finally:
+            rtnl.close()
+    except (OSError, ReconcilerError) as exc:
+        log.warning("explain.kernel.failed prefix=%s error=%s", prefix, exc)
+        return None, f"kernel read failed: {exc}"
+    return [r for r in routes if r.ident[:3] == want], None
+
+
+async def respond(sp: Any, query: str) -> tuple[str, str, bytes]:
+    """The answer to GET /explain?prefix=CIDR: the document, or a 400 with one line."""
+    values = urllib.parse.parse_qs(query).get("prefix", [])
+    try:
+        if len(values) != 1:
+            raise BadPrefix("explain: give exactly one prefix: /explain?prefix=CIDR")
+        prefix = parse_prefix(values[0])
+    except BadPrefix as exc:
+        return "400 Bad Request", "text/plain", f"{exc}\n".encode()
+    routes, error = await asyncio.to_thread(read_kernel, sp.reconciler.kernel, prefix)
+    return "200 OK", "application/json", json.dumps(explain(sp, prefix, routes, error), indent=1).encode()
+
+
+def render(doc: dict, now: float | None = None) -> str:
+    """A few aligned lines, the verdict first."""
+    now = time.time() if now is None else now
+    rows = [("owner", doc["owner"]["reason"] + _ips(doc["owner"]))]
+    if doc["own"]["own"]:
+        rows.append(("own", "announced" if doc["own"]["announced"] else "not announced"))
+    for p in doc["paths"] or [None]:
+        if p is None:
+            rows.append(("path", "none"))
+            continue
+        up = f" ({p['peerState']} for {_span(p['peerSince'], now)})" if p["peerSince"] else ""
+        stale = " stale" if p["stale"] else ""
+        verdict = "accepted" if p["verdict"] == "accepted" else f"rejected, {p['reason']}: {p['why']}"
+        rows.append(("path", f"from {p['peer']}{up} via {p['nextHop']}{stale}: {verdict}"))
+    want = doc["desired"]
+    rows.append(("desired", f"via {', '.join(want['via'])} metric {want['metric']}" if want else "none"))
+    k = doc["kernel"]
+    for h in k["routes"] or [None]:
+        if h is None:
+            rows.append(("kernel", f"nothing at {doc['prefix']} in table {k['table']}"))
+            continue
+        via = f" via {', '.join(h['via'])}" if h["via"] else ""
+        note = ""
+        if h["owner"] == "foreign" and doc["desired"] and h["metric"] <= k["metric"]:
+            note = " (holds our key)" if h["metric"] == k["metric"] else " (preferred over ours)"
+        rows.append(("kernel", f"{h['owner']}, proto {_proto_name(h)}{via} metric {h['metric']}{note}"))
+    read = "read from netlink just now" if k["source"] == "netlink" else "the reconciler's model"
+    error = f" {k['error']}" if "error" in k else ""
+    rows.append(("", f"({read}; last reconcile {_ago(k['lastReconcile'], now)}){error}"))
+    out = [f"{doc['prefix']}: {doc['summary']}"]
+    label = ""
+    for name, text in rows:
+        out.append(f"  {'' if name == label else name:<8} {text}")
+        label = name or label
+    return "\n".join(out)
+
+
+def _ips(owner: dict) -> str:
+    return f" (InternalIP {', '.join(owner['internalIPs'])})" if owner.get("internalIPs") else ""
+
+
+def _ago(t: float | None, now: float) -> str:
+    return "never" if t is None else f"{_span(t, now)} ago"
+
+
+def _span(t: float, now: float) -> str:
+    s = max(0, int(now - t))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
