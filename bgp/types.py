@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,7 +35,17 @@ class Announcement:
 
 @dataclass(frozen=True, slots=True)
 class PeerConfig:
-    """A BGP session as the speaker wants it (already resolved for this node)."""
+    """A BGP session as the speaker wants it (already resolved for this node).
+
+    password: the TCP MD5 key (RFC 2385), read by the speaker from its mounted Secret; it is
+    never logged, never part of an exception message, and not shown by repr().
+    multihop: eBGP multihop, the TTL we send with (1..255). ttl_security: GTSM (RFC 5082), the
+    number of hops the peer may be away (1..254): we send with TTL 255 and accept only segments
+    arriving with a TTL of at least 256 - hops. The two exclude each other.
+    hold_time: 0, or 3..65535 seconds. keepalive: ExaBGP 5 has no keepalive setting; it sends one
+    every negotiated hold time / 3, so only None or hold_time // 3 can be honoured.
+    port: the peer's TCP port.
+    """
 
     address: IPAddress
     asn: int
@@ -45,14 +55,21 @@ class PeerConfig:
     hold_time: int = 9
     families: frozenset[str] = frozenset({"ipv4"})
     graceful_restart: int = 120  # seconds; 0 = disabled
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     multihop: int | None = None
     ttl_security: int | None = None
     passive: bool = False
+    port: int = 179
+    keepalive: int | None = None
 
     @property
     def key(self) -> str:
         return str(self.address)
+
+    @property
+    def secured(self) -> bool:
+        """TCP MD5 or GTSM: settings under which a mismatch drops segments without a word."""
+        return self.password is not None or self.ttl_security is not None
 
 
 class SessionState(str, enum.Enum):
