@@ -11,7 +11,6 @@ ID cannot peer at all (`Plan.waiting`). Passwords never appear in a message.
 """
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -190,9 +189,6 @@ def _router_id(cfg: Config, me: NodeInfo | None, errors: dict[str, str]) -> ipad
     return fallback or announce.router_id(cfg, me)
 
 
-_FIELDS = {f.name for f in dataclasses.fields(PeerConfig)}
-
-
 def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: int,
              rid: ipaddress.IPv4Address, read_secret: SecretReader) -> PeerConfig:
     name = cfg.node_name
@@ -200,19 +196,11 @@ def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: i
     if local is None:
         raise ConfigError(f"node {name}: {where}: {p.address} is IPv{p.address.version} but the node has no "
                           "address of that family; this peer is left out")
-    extra: dict[str, object] = {}
-    if "port" in _FIELDS:
-        extra["port"] = p.port
-    elif p.port != 179:
-        raise ConfigError(f"node {name}: {where}: port {p.port} is not supported by this build's BGP engine "
-                          "wiring; this peer is left out")
-    if "keepalive" in _FIELDS:
-        extra["keepalive"] = p.keepalive_time
     return PeerConfig(
         address=p.address, asn=p.asn, local_address=local, local_asn=local_asn, router_id=rid,
         hold_time=p.hold_time, families=p.families or frozenset({"ipv4" if p.address.version == 4 else "ipv6"}),
         graceful_restart=cfg.graceful_restart, password=_password(cfg, p, where, read_secret),
-        multihop=p.multihop, ttl_security=p.ttl_security, **extra)  # type: ignore[arg-type]
+        multihop=p.multihop, ttl_security=p.ttl_security, port=p.port, keepalive=p.keepalive_time)
 
 
 def _password(cfg: Config, p: Peer, where: str, read_secret: SecretReader) -> str | None:

@@ -2,13 +2,11 @@
 the iBGP mesh, router ID, passwords from the Secret; and the speaker recomputing them only when
 something they depend on changed."""
 import asyncio
-import dataclasses
 import ipaddress as ia
 import logging
 
 import pytest
 
-from bgp.types import PeerConfig
 from speaker import config as cfgmod
 from speaker import peers as peersmod
 from speaker import status
@@ -21,9 +19,6 @@ from tests.unit.test_app import FakeExaBGP, FakeKernel, NodeEvent, Snapshot, nod
 A = ia.ip_address
 N = ia.ip_network
 SECRET = "s3cr3t-Pa55"
-# bgp.types.PeerConfig gains port and keepalive; until then a peer on another port is left out
-HAS_PORT = "port" in {f.name for f in dataclasses.fields(PeerConfig)}
-PORT = 1179 if HAS_PORT else 179
 
 
 def cfg(**kw):
@@ -82,19 +77,12 @@ def test_one_address_twice_split_by_selectors_is_one_session_per_node():
 
 
 def test_session_fields_reach_the_peer_config():
-    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "holdTime": 30, "port": PORT, "multihop": 2}],
+    c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "holdTime": 30, "port": 1179, "multihop": 2}],
             gracefulRestart=60)
     (p,) = plan(c, info(), {}, NONE).peers
     assert (p.hold_time, p.multihop, p.graceful_restart, p.families, p.password) == (30, 2, 60, frozenset({"ipv4"}), None)
     assert (p.local_asn, str(p.local_address), str(p.router_id)) == (64512, "192.168.50.11", "192.168.50.11")
-    if HAS_PORT:
-        assert (p.port, p.keepalive) == (1179, 10)
-
-
-@pytest.mark.skipif(HAS_PORT, reason="PeerConfig has a port")
-def test_another_port_is_left_out_while_peer_config_has_no_port():
-    p = plan(cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "port": 1179}]), info(), {}, NONE)
-    assert p.peers == () and "port 1179 is not supported" in dict(p.errors)["peer:192.168.50.1"]
+    assert (p.port, p.keepalive) == (1179, 10)
 
 
 def test_a_peer_of_a_family_the_node_lacks_is_left_out_and_reported():
@@ -116,14 +104,14 @@ def test_direct_mode_has_no_peers():
 
 # ---- the podbgp.io/peers annotation -------------------------------------------------------------
 
-ANN_PEERS = f"""
+ANN_PEERS = """
 - address: 192.168.60.1
   asn: 65010
-  port: {PORT}
+  port: 1179
   holdTime: 90
   keepaliveTime: 30
   passwordKey: tor-b
-- {{address: 192.168.60.2, asn: 65011, ttlSecurity: 1}}
+- {address: 192.168.60.2, asn: 65011, ttlSecurity: 1}
 """
 
 
@@ -134,6 +122,7 @@ def test_annotation_peers_are_added_to_the_global_ones():
                                                          ("192.168.60.2", 65011)]
     by = {str(x.address): x for x in p.peers}
     assert by["192.168.60.1"].password == SECRET and by["192.168.60.1"].hold_time == 90
+    assert (by["192.168.60.1"].port, by["192.168.60.1"].keepalive, by["192.168.50.1"].port) == (1179, 30, 179)
     assert by["192.168.60.2"].ttl_security == 1 and by["192.168.60.2"].password is None
     assert p.errors == ()
 
