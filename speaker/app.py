@@ -8,6 +8,8 @@ real changes with call_soon_threadsafe; ExaBGP's lines arrive on the loop (bgp.s
 change marks prefixes dirty in the reconciler (reconciler.loop), which applies them per pass.
 When this node's own facts change: its CNI conflist (speaker.cni), then the announcement, then
 its NetworkUnavailable condition (speaker.node_status), in that order.
+In direct mode (speaker.direct) a DirectSource takes the place of Sessions: no ExaBGP, the paths
+come from the other Nodes on a connected subnet, converged once the Nodes are listed.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from reconciler.loop import Reconciler
 from . import announce
 from .cni import ConflistWriter
 from .config import Config, ConfigError, check_pod_cidr
+from .direct import DirectSource
 from .node_status import NetworkCondition, StatusClient
 from .nodes import NodeInfo, NodeView
 from .peers import Mesh, event_of, plan as plan_peers, secret_files
@@ -69,9 +72,15 @@ class Speaker:
             owners=self.view.owners, disputed=self.view.disputed, cluster=cfg.cluster_cidrs,
             service=cfg.service_cidrs, strict_next_hop=cfg.strict_next_hop, metric=cfg.route_metric,
             counters=self.counters)
-        self.sessions = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
-                                 on_paths=self.reconciler.mark, on_converged=self.reconciler.set_converged,
-                                 counters=self.counters, factory=bgp_factory)
+        self.direct: DirectSource | None = None  # mode: direct, the paths come from the Node objects
+        if cfg.mode == "direct":
+            self.sessions = self.direct = DirectSource(
+                cfg.node_name, self.view.nodes, kernel.connected(), on_converged=self.reconciler.set_converged,
+                on_offlink=lambda name, why: self._report(f"offlink:{name}", why), counters=self.counters)
+        else:
+            self.sessions = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
+                                     on_paths=self.reconciler.mark, on_converged=self.reconciler.set_converged,
+                                     counters=self.counters, factory=bgp_factory)
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.exit_code = 0
@@ -103,12 +112,19 @@ class Speaker:
         events = self.monitor.drain()
         if events:
             self.reconciler.on_kernel_events(events)
+        if events.full:  # an address or link changed, or events were lost: on-link may differ
+            self._connected_changed()
+
+    def _connected_changed(self) -> None:
+        if self.direct is not None:
+            self.reconciler.mark(self.direct.set_connected(self.reconciler.kernel.connected()))
 
     async def _resync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.resync_interval)
             self.counters["resync"] += 1
             self.reconciler.request_full()
+            self._connected_changed()
             if self.own is not None:
                 self.cni.sync(self.own.cidrs, check=True)  # put back a conflist someone removed
                 self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
@@ -129,14 +145,14 @@ class Speaker:
         for name in ev.deleted:
             self.node_errors.pop(name, None)
             log.info("node.deleted name=%s", name)
-            self.reconciler.mark(self.view.delete(name))
+            self._mark(name, self.view.delete(name))
             own_touched |= name == me or self.cfg.pod_cidr.derive
             mesh_changed |= self.mesh.remove(name)
         for name, reason in ev.invalid:
             self.counters["node_errors"] += 1
             self.node_errors[name] = reason
             log.warning("node.invalid %s", reason)
-            self.reconciler.mark(self.view.delete(name))
+            self._mark(name, self.view.delete(name))
             own_touched |= name == me or self.cfg.pod_cidr.derive
             mesh_changed |= self.mesh.remove(name)
         for info in ev.nodes:
@@ -147,6 +163,8 @@ class Speaker:
             self.synced = True
             log.info("nodes.synced count=%d seconds=%.3f", len(self.view), time.monotonic() - self._started)
             self.reconciler.set_synced()
+            if self.direct is not None:
+                self.direct.set_synced()  # no BGP to wait for: converged once the Nodes are listed
             own_touched = True
         if self.synced and own_touched:
             self._own_changed()
@@ -165,7 +183,13 @@ class Speaker:
         (log.debug if quiet else log.info)(
             "node.changed name=%s podCIDRs=%s addresses=%s", info.name, ",".join(map(str, info.pod_cidrs)) or "-",
             ",".join(map(str, info.addresses)) or "-")
-        self.reconciler.mark(self.view.upsert(info))
+        self._mark(info.name, self.view.upsert(info))
+
+    def _mark(self, name: str, changed: set) -> None:
+        """A Node changed in the view: its CIDRs whose verdict changed, and in direct mode its paths."""
+        if self.direct is not None:
+            changed = changed | self.direct.node_changed(name)
+        self.reconciler.mark(changed)
 
     def _own_changed(self) -> None:
         """This node's own facts changed: what it announces, to whom, and what it never imports."""
@@ -175,7 +199,8 @@ class Speaker:
         except ConfigError as exc:
             self.counters["own_cidr_errors"] += 1
             log.error("podcidr.invalid %s", exc)
-            if self.sessions.exabgp is None:
+            serving = self.own is not None if self.direct is not None else self.sessions.exabgp is not None
+            if not serving:
                 log.error("speaker.refused the node's own PodCIDR is invalid; not starting")
                 self.exit_code = 2
                 self._stop.set()
@@ -193,6 +218,9 @@ class Speaker:
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
         self.cni.sync(cidrs)
         self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
+        if self.direct is not None:  # no BGP: nothing to announce; the Node's PodCIDR is the announcement
+            self.condition.announced(cidrs)
+            return
         self._configure_peers(me)
         self.sessions.announce(announce.announcements(cidrs))
         if self.sessions.exabgp is not None:

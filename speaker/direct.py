@@ -74,7 +74,8 @@ class DirectSource:
         self.rib = Rib()
         self.offlink: dict[str, str] = {}  # node -> why some of its PodCIDRs are not routed
         self._routed: dict[str, frozenset[IPNetwork]] = {}  # node -> the prefixes it has paths for
-        self.converged = False
+        self.converged = False  # set once the first full Node list is in (set_synced)
+        # the per-peer facts Sessions keeps for status and explain: no peer, nothing in them
         self.state: dict = {}
         self.since: dict = {}
         self.reason: dict = {}

@@ -41,6 +41,7 @@ def status_doc(sp: Any) -> dict:
         errors[f"unusable:{name}"] = reason
     return {
         "node": sp.cfg.node_name,
+        "mode": sp.cfg.mode,
         "synced": sp.synced,
         "apiReachable": sp.api_up,
         "nodes": len(sp.view),
@@ -169,7 +170,7 @@ def _respond(sp: Any, path: str, registry: CollectorRegistry | None = None, acce
     if path in ("/healthz", "/livez"):
         return "200 OK", "text/plain", b"ok\n"
     if path == "/readyz":
-        ready = sp.synced and SessionState.UP in sp.sessions.state.values()
+        ready = sp.synced and (sp.cfg.mode == "direct" or SessionState.UP in sp.sessions.state.values())
         return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", (b"ok\n" if ready else b"not ready\n")
     return "404 Not Found", "text/plain", b"not found\n"
 
