@@ -28,5 +28,15 @@ def sync(peer: str, families: frozenset[str], old: frozenset[Announcement], new:
     ]
 
 
+def resync(peer: str, families: frozenset[str], held: frozenset[Announcement],
+           new: frozenset[Announcement]) -> list[str]:
+    """Commands that leave a peer announcing exactly `new` whatever part of `held` ExaBGP still
+    has for it: withdraws of what is gone, then every announcement (ExaBGP drops one it holds)."""
+    wanted = {a for a in new if family_of(a.prefix) in families}
+    prefixes = {a.prefix for a in wanted}
+    gone = sorted({a for a in held if family_of(a.prefix) in families and a.prefix not in prefixes}, key=_key)
+    return [withdraw(peer, a) for a in gone] + [announce(peer, a) for a in sorted(wanted, key=_key)]
+
+
 def _key(a: Announcement) -> tuple[int, str]:
     return (a.prefix.version, str(a.prefix))

@@ -5,6 +5,11 @@ module is typed: the set of prefixes whose learned paths changed (`on_paths`) an
 RIB has converged (`on_converged`). Graceful restart (RFC 4724): when a session with GR drops,
 the peer's paths are kept, marked stale, for the restart time the peer advertised, and swept
 when its End-of-RIB arrives or the timer ends.
+
+A change of the peer list is a reload of ExaBGP, not a restart (bgp.process.ExaBGP.reconfigure):
+sessions to unchanged peers go on untouched, a changed peer's session is re-established, a
+removed peer's session closes and its paths leave the RIB at once (it is gone for good: nothing
+is kept stale), a new peer gets our routes and End-of-RIB when it comes up.
 """
 from __future__ import annotations
 
@@ -57,16 +62,25 @@ class Sessions:
         self.restart_time: dict[str, int | None] = {}  # the GR restart time each peer advertised
         self.stale_timers: dict[str, asyncio.TimerHandle] = {}
         self.announced: frozenset[Announcement] = frozenset()
+        # what ExaBGP's Adj-RIB-Out holds for each peer: it keeps it across the peer's session
+        # flaps (and sends it again on reconnect) until the peer is removed or ExaBGP restarts
         self.sent: dict[str, frozenset[Announcement]] = {}
         self.converged = False
+        self.removed: set[str] = set()  # peers taken out of the configuration (until they return)
 
     # ---- what the speaker asks for -----------------------------------------------------------
     def configure(self, peers: list[PeerConfig]) -> None:
-        """Run ExaBGP with these peers: started on the first call, reconfigured on a change."""
+        """Run ExaBGP with these peers: started on the first call, reloaded on a change (ConfigError,
+        and nothing changed, if they cannot be rendered)."""
         if self.exabgp is not None and peers == self.peers:
             return
         text = render.render(peers, api_command(os.path.join(self.runtime_dir, "api.sock")))
+        old = {p.key: p for p in self.peers}
+        new = {p.key: p for p in peers}
         self.peers = peers
+        for key in sorted(old.keys() - new.keys()):
+            self._remove(key)
+        self.removed -= new.keys()
         for p in peers:
             if p.key not in self.state:
                 self._set_state(p.key, SessionState.IDLE)
@@ -76,9 +90,27 @@ class Sessions:
             loop = asyncio.get_running_loop()
             loop.call_later(self.convergence_timeout, self._convergence_timeout)
             loop.create_task(self.exabgp.start(text))
-        else:
-            log.info("bgp.config.changed restarting exabgp")
-            self.exabgp.reconfigure(text)
+            return
+        action = self.exabgp.reconfigure(text)
+        changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+        log.info("bgp.config.changed action=%s added=%s removed=%s changed=%s", action,
+                 ",".join(sorted(new.keys() - old.keys())) or "-", ",".join(sorted(old.keys() - new.keys())) or "-",
+                 ",".join(changed) or "-")
+        self._check_converged()
+
+    def _remove(self, peer: str) -> None:
+        """A peer left the configuration: forget it, and drop its paths now, stale ones included."""
+        timer = self.stale_timers.pop(peer, None)
+        if timer:
+            timer.cancel()
+        paths = self.rib.count(peer)
+        dropped = self.rib.peer_down(peer, keep_stale=False)
+        for table in (self.state, self.reason, self.since, self.eor, self.restart_time, self.sent):
+            table.pop(peer, None)
+        self.removed.add(peer)
+        log.info("bgp.peer.removed peer=%s paths=%d", peer, paths)
+        if dropped:
+            self.on_paths(dropped)
 
     def announce(self, announced: frozenset[Announcement]) -> None:
         """Announce exactly these prefixes to every established peer (and later ones)."""
@@ -87,7 +119,7 @@ class Sessions:
             return
         for p in self.peers:
             if self.state.get(p.key) != SessionState.UP:
-                continue
+                continue  # brought up to date when it comes up (_announce_to)
             cmds = encode.sync(p.key, p.families, self.sent.get(p.key, frozenset()), announced)
             if cmds and self._send(cmds):
                 self.sent[p.key] = announced
@@ -113,6 +145,12 @@ class Sessions:
         self.on_event(ev)
 
     def on_event(self, ev: Event) -> None:
+        peer = getattr(ev, "peer", None)
+        if peer is not None and peer in self.removed:
+            # ExaBGP's "down" for a peer just removed, or lines that were already on their way
+            self.counters["events_removed_peer"] += 1
+            log.debug("bgp.event.removed_peer peer=%s event=%s", peer, type(ev).__name__)
+            return
         if isinstance(ev, UpdateEvent):
             changed = self.rib.apply(ev)
             if changed:
@@ -137,10 +175,18 @@ class Sessions:
             self.counters[f"ignored_{ev.kind}"] += 1
 
     def _on_api_connect(self) -> None:
-        self.sent.clear()  # a new API process: ExaBGP replays nothing, so neither can we assume
+        """A new API process: commands written to the old one may be lost. ExaBGP's Adj-RIB-Out
+        dropped nothing, and announcing what it holds again is a no-op there, so established
+        peers are brought up to date in full (withdraws of what they no longer get included)."""
+        for p in self.peers:
+            if self.state.get(p.key) == SessionState.UP:
+                cmds = encode.resync(p.key, p.families, self.sent.get(p.key, frozenset()), self.announced)
+                if self._send(cmds):
+                    self.sent[p.key] = self.announced
 
     def _on_exabgp_exit(self, rc: int) -> None:
         self.counters["exabgp_restarts"] += 1
+        self.sent.clear()  # the next ExaBGP starts with an empty Adj-RIB-Out
         for p in self.peers:
             if self.state.get(p.key) == SessionState.UP:
                 self._peer_down(p.key, f"exabgp exited rc={rc}")
@@ -157,7 +203,6 @@ class Sessions:
         self._set_state(ev.peer, ev.state, ev.reason)
         if ev.state == SessionState.UP:
             log.info("bgp.peer.up peer=%s", ev.peer)
-            self.sent.pop(ev.peer, None)
             self.eor[ev.peer].clear()
             self._announce_to(ev.peer)
 
@@ -168,11 +213,14 @@ class Sessions:
         self.reason[peer] = reason
 
     def _announce_to(self, peer: str) -> None:
-        """Our own routes first, then End-of-RIB (manual EoR: the peer never purges them in a gap)."""
+        """Our own routes first, then End-of-RIB (manual EoR: the peer never purges them in a gap).
+
+        ExaBGP sends again on its own what its Adj-RIB-Out kept from before a session flap; what
+        we stopped announcing meanwhile is withdrawn here (announcing the rest again is a no-op)."""
         cfg = self._config(peer)
         if cfg is None:
             return
-        cmds = encode.sync(peer, cfg.families, frozenset(), self.announced)
+        cmds = encode.resync(peer, cfg.families, self.sent.get(peer, frozenset()), self.announced)
         if cfg.graceful_restart:
             cmds += [encode.eor(peer, fam) for fam in sorted(cfg.families)]
         if self._send(cmds):
@@ -194,7 +242,6 @@ class Sessions:
 
     def _peer_down(self, peer: str, reason: str) -> None:
         self._set_state(peer, SessionState.DOWN, reason)
-        self.sent.pop(peer, None)
         self.eor[peer].clear()
         # graceful restart is negotiated when both sides advertised it: keep the peer's paths,
         # marked stale, for the restart time the peer advertised (RFC 4724)

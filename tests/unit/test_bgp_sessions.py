@@ -1,0 +1,199 @@
+"""bgp.Sessions with a fake ExaBGP: a change of the peer list is a reload that leaves the other
+sessions alone; a removed peer leaves the RIB at once; what ExaBGP's Adj-RIB-Out still holds is
+withdrawn when a peer comes back."""
+import asyncio
+import ipaddress as ia
+import json
+
+from bgp import render
+from bgp.sessions import Sessions
+from bgp.types import Announcement, PeerConfig, SessionState
+
+A, N = ia.ip_address, ia.ip_network
+
+
+class FakeExaBGP:
+    """What Sessions needs of bgp.process.ExaBGP; reconfigure answers as the real one decides."""
+
+    def __init__(self, runtime_dir, exabgp, on_line, on_connect, on_exit):
+        self.on_line, self.on_connect, self.on_exit = on_line, on_connect, on_exit
+        self.config = None
+        self.sent = []
+        self.actions = []
+        self.pid = 4242
+
+    async def start(self, text):
+        self.config = text
+
+    def reconfigure(self, text):
+        if text == self.config:
+            action = "unchanged"
+        elif render.global_part(text) != render.global_part(self.config):
+            action = "restart"
+        else:
+            action = "reload"
+        self.config = text
+        self.actions.append(action)
+        return action
+
+    def send(self, lines):
+        self.sent.extend(lines)
+        return True
+
+    async def stop(self):
+        pass
+
+
+def peer(n, **kw):
+    return PeerConfig(address=A(f"192.168.5{n}.1"), asn=65000, local_address=A(f"192.168.5{n}.11"), local_asn=65001,
+                      router_id=A("192.168.50.11"), **kw)
+
+
+P1, P2, P3 = peer(1), peer(2), peer(3)
+
+
+def line(peer_cfg, kind, **msg):
+    return json.dumps({"exabgp": "5.0.0", "type": kind, "neighbor": {
+        "address": {"local": str(peer_cfg.local_address), "peer": str(peer_cfg.address)},
+        "asn": {"local": 65001, "peer": 65000}, **msg}})
+
+
+def up(s, p, *routes, gr=120):
+    caps = {"64": {"name": "graceful restart", "time": gr}} if gr else {}
+    s.on_line(line(p, "open", direction="receive", open={"version": 4, "capabilities": caps}))
+    s.on_line(line(p, "state", state="up"))
+    for prefix, nh in routes:
+        s.on_line(line(p, "update", message={"update": {"announce": {"ipv4 unicast": {nh: [{"nlri": prefix}]}}}}))
+    s.on_line(line(p, "update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
+
+
+def make(tmp_path, **kw):
+    changed, converged = [], []
+    s = Sessions(str(tmp_path), "exabgp", 120, 60, changed.append, converged.append, factory=FakeExaBGP, **kw)
+    return s, changed, converged
+
+
+def ann(*prefixes):
+    return frozenset(Announcement(N(p)) for p in prefixes)
+
+
+def run(coro):
+    asyncio.run(coro)
+
+
+def test_adding_a_peer_reloads_and_leaves_the_others_alone(tmp_path):
+    async def body():
+        s, changed, _ = make(tmp_path)
+        s.configure([P1, P2])
+        s.announce(ann("10.42.1.0/24"))
+        await asyncio.sleep(0)
+        exa = s.exabgp
+        up(s, P1, ("10.42.2.0/24", "192.168.51.12"))
+        up(s, P2, ("10.42.2.0/24", "192.168.52.12"))
+        since = dict(s.since)
+        exa.sent.clear()
+        s.configure([P1, P2, P3])
+        assert exa.actions == ["reload"] and "neighbor 192.168.53.1 {" in exa.config
+        assert s.exabgp is exa and exa.sent == []  # nothing said to the established peers
+        assert s.since[P1.key] == since[P1.key] and s.state[P1.key] == SessionState.UP
+        assert s.state[P3.key] == SessionState.IDLE and s.rib.count() == 2
+        up(s, P3)
+        assert exa.sent == ["neighbor 192.168.53.1 announce route 10.42.1.0/24 next-hop self",
+                            "neighbor 192.168.53.1 announce eor ipv4 unicast"]
+        assert s.converged
+    run(body())
+
+
+def test_a_removed_peer_leaves_the_rib_at_once_and_its_late_lines_are_ignored(tmp_path):
+    async def body():
+        s, changed, _ = make(tmp_path)
+        s.configure([P1, P2])
+        await asyncio.sleep(0)
+        up(s, P1, ("10.42.2.0/24", "192.168.51.12"))
+        up(s, P2, ("10.42.2.0/24", "192.168.52.12"), ("10.42.3.0/24", "192.168.52.13"), gr=120)
+        changed.clear()
+        s.configure([P1])
+        # graceful restart was negotiated, yet nothing is kept stale: the peer is gone for good
+        assert changed == [{N("10.42.2.0/24"), N("10.42.3.0/24")}]
+        assert s.rib.count(P2.key) == 0 and s.rib.count(P1.key) == 1 and not s.stale_timers
+        assert P2.key not in s.state and P2.key not in s.since and P2.key not in s.reason
+        # ExaBGP's own "down" for the removed peer, and an UPDATE that was already on its way
+        s.on_line(line(P2, "state", state="down", reason="stop, message [removed]"))
+        s.on_line(line(P2, "update", message={"update": {"announce": {"ipv4 unicast": {
+            "192.168.52.12": [{"nlri": "10.42.9.0/24"}]}}}}))
+        assert P2.key not in s.state and s.rib.count(P2.key) == 0 and changed == [changed[0]]
+        assert s.counters["events_removed_peer"] == 2
+        assert s.exabgp.actions == ["reload"] and s.state[P1.key] == SessionState.UP
+        s.configure([P1, P2])  # back again: a new session like any other
+        assert s.state[P2.key] == SessionState.IDLE
+        up(s, P2, ("10.42.2.0/24", "192.168.52.12"))
+        assert s.state[P2.key] == SessionState.UP and s.rib.count(P2.key) == 1
+    run(body())
+
+
+def test_the_same_peers_in_another_order_change_nothing(tmp_path):
+    async def body():
+        s, _, _ = make(tmp_path)
+        s.configure([P1, P2])
+        await asyncio.sleep(0)
+        s.configure([P1, P2])
+        assert s.exabgp.actions == []
+        s.configure([P2, P1])  # another list, the same rendered text
+        assert s.exabgp.actions == ["unchanged"]
+    run(body())
+
+
+def test_a_changed_peer_is_reestablished_by_exabgp_with_graceful_restart_as_usual(tmp_path):
+    async def body():
+        s, changed, _ = make(tmp_path)
+        s.configure([P1, P2])
+        s.announce(ann("10.42.1.0/24"))
+        await asyncio.sleep(0)
+        up(s, P1, ("10.42.2.0/24", "192.168.51.12"))
+        up(s, P2)
+        since2 = s.since[P2.key]
+        s.configure([peer(1, hold_time=30), P2])
+        assert s.exabgp.actions == ["reload"] and "hold-time 30;" in s.exabgp.config
+        # ExaBGP closes and reopens that one session; its paths are kept stale meanwhile
+        s.on_line(line(P1, "state", state="down", reason="graceful restarted negotiated, closing without "
+                                                         "sending any notification"))
+        assert s.rib.count(P1.key) == 1 and all(p.stale for p in s.rib.paths())
+        s.exabgp.sent.clear()
+        up(s, P1, ("10.42.2.0/24", "192.168.51.12"))
+        assert not any(p.stale for p in s.rib.paths())
+        assert s.exabgp.sent == ["neighbor 192.168.51.1 announce route 10.42.1.0/24 next-hop self",
+                                 "neighbor 192.168.51.1 announce eor ipv4 unicast"]
+        assert s.since[P2.key] == since2
+    run(body())
+
+
+def test_what_exabgp_still_holds_for_a_peer_that_was_down_is_withdrawn_when_it_returns(tmp_path):
+    """ExaBGP keeps a peer's Adj-RIB-Out across its session flaps and sends it again on reconnect:
+    a prefix given up while the session was down is withdrawn on the way back up."""
+    async def body():
+        s, _, _ = make(tmp_path)
+        s.configure([P1])
+        s.announce(ann("10.42.1.0/24", "10.42.7.0/24"))
+        await asyncio.sleep(0)
+        up(s, P1)
+        s.on_line(line(P1, "state", state="down", reason="peer reset"))
+        s.announce(ann("10.42.1.0/24"))
+        exa = s.exabgp
+        exa.sent.clear()
+        up(s, P1)
+        assert exa.sent == ["neighbor 192.168.51.1 withdraw route 10.42.7.0/24",
+                            "neighbor 192.168.51.1 announce route 10.42.1.0/24 next-hop self",
+                            "neighbor 192.168.51.1 announce eor ipv4 unicast"]
+        # a new ExaBGP starts empty: nothing to withdraw there
+        exa.on_exit(1)
+        exa.sent.clear()
+        up(s, P1)
+        assert exa.sent == ["neighbor 192.168.51.1 announce route 10.42.1.0/24 next-hop self",
+                            "neighbor 192.168.51.1 announce eor ipv4 unicast"]
+        # a new API process: established peers are brought up to date in full
+        s.announced = ann("10.42.8.0/24")  # as if the last commands never reached ExaBGP
+        exa.sent.clear()
+        exa.on_connect()
+        assert exa.sent == ["neighbor 192.168.51.1 withdraw route 10.42.1.0/24",
+                            "neighbor 192.168.51.1 announce route 10.42.8.0/24 next-hop self"]
+    run(body())
