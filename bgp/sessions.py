@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 
-from . import encode, render
+from . import encode, render, security
 from .decode import decode_line
 from .process import ExaBGP, api_command
 from .rib import Rib
@@ -45,8 +45,11 @@ log = logging.getLogger(__name__)
 class Sessions:
     def __init__(self, runtime_dir: str, exabgp: str, graceful_restart: int, convergence_timeout: float,
                  on_paths: Callable[[set[IPNetwork]], None], on_converged: Callable[[str], None],
-                 counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] = ExaBGP) -> None:
+                 counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] = ExaBGP,
+                 read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
+        self.read_counters, self.clock = read_counters, clock
         self.graceful_restart = graceful_restart
         self.convergence_timeout = convergence_timeout
         self.on_paths, self.on_converged = on_paths, on_converged
@@ -66,6 +69,9 @@ class Sessions:
         # flaps (and sends it again on reconnect) until the peer is removed or ExaBGP restarts
         self.sent: dict[str, frozenset[Announcement]] = {}
         self.converged = False
+        self.exabgp_reason: dict[str, str] = {}  # `reason` without our hint about MD5 / GTSM
+        self.quiet_since: dict[str, float] = {}  # clock() since when a peer has had no TCP connection
+        self._security_timer: asyncio.TimerHandle | None = None
         self.removed: set[str] = set()  # peers taken out of the configuration (until they return)
 
     # ---- what the speaker asks for -----------------------------------------------------------
@@ -84,6 +90,11 @@ class Sessions:
         for p in peers:
             if p.key not in self.state:
                 self._set_state(p.key, SessionState.IDLE)
+            if old.get(p.key) != p:
+                self.quiet_since[p.key] = self.clock()
+                self.reason[p.key] = self.exabgp_reason.get(p.key, "")  # a hint about the old settings
+        if any(p.secured for p in peers):
+            self._arm_security_check(self.security_hint_after)
         if self.exabgp is None:
             self.exabgp = self.factory(self.runtime_dir, self.exabgp_path, self.on_line, self._on_api_connect,
                                        self._on_exabgp_exit)
@@ -105,7 +116,8 @@ class Sessions:
             timer.cancel()
         paths = self.rib.count(peer)
         dropped = self.rib.peer_down(peer, keep_stale=False)
-        for table in (self.state, self.reason, self.since, self.eor, self.restart_time, self.sent):
+        for table in (self.state, self.reason, self.exabgp_reason, self.since, self.eor, self.restart_time,
+                      self.sent, self.quiet_since):
             table.pop(peer, None)
         self.removed.add(peer)
         log.info("bgp.peer.removed peer=%s paths=%d", peer, paths)
@@ -127,6 +139,8 @@ class Sessions:
     async def stop(self) -> None:
         for timer in self.stale_timers.values():
             timer.cancel()
+        if self._security_timer is not None:
+            self._security_timer.cancel()
         if self.exabgp is not None:
             await self.exabgp.stop()
 
@@ -209,7 +223,15 @@ class Sessions:
     def _set_state(self, peer: str, state: SessionState, reason: str = "") -> None:
         if self.state.get(peer) != state:
             self.since[peer] = time.time()
+            if state in (SessionState.CONNECTED, SessionState.UP):
+                self.quiet_since.pop(peer, None)  # a TCP connection: neither MD5 nor GTSM is in the way
+            elif peer not in self.quiet_since:
+                self.quiet_since[peer] = self.clock()
+                cfg = self._config(peer)
+                if cfg is not None and cfg.secured:
+                    self._arm_security_check(self.security_hint_after)
         self.state[peer] = state
+        self.exabgp_reason[peer] = reason
         self.reason[peer] = reason
 
     def _announce_to(self, peer: str) -> None:
@@ -266,6 +288,42 @@ class Sessions:
         if swept:
             log.info("bgp.stale.swept peer=%s paths=%d", peer, len(swept))
             self.on_paths(swept)
+
+    # ---- MD5 and GTSM: why a secured peer has no TCP connection -------------------------------
+    security_hint_after = 2.0  # seconds without a TCP connection before the reason says why it may be
+    security_interval = 5.0  # the hint's counters are read again this often while a secured peer is down
+
+    def _arm_security_check(self, delay: float) -> None:
+        timer = self._security_timer
+        loop = asyncio.get_running_loop()
+        if timer is not None:
+            if timer.when() <= loop.time() + delay:
+                return
+            timer.cancel()
+        self._security_timer = loop.call_later(delay, self._security_check)
+
+    def _security_check(self) -> None:
+        """For each peer under MD5 or GTSM without a TCP connection for a while, say in `reason`
+        what drops its segments, with the kernel's counters (read once per check, and only then)."""
+        self._security_timer = None
+        now = self.clock()
+        counters: dict[str, int] | None = None
+        read = False
+        again: float | None = None
+        for p in self.peers:
+            if not p.secured or p.key not in self.quiet_since:
+                continue
+            quiet = now - self.quiet_since[p.key]
+            if quiet < self.security_hint_after:
+                self.reason[p.key] = self.exabgp_reason.get(p.key, "")
+                again = min(again or self.security_interval, self.security_hint_after - quiet)
+                continue
+            if not read:
+                counters, read = self.read_counters(), True
+            self.reason[p.key] = security.combine(self.exabgp_reason.get(p.key, ""), security.hint(p, quiet, counters))
+            again = min(again or self.security_interval, self.security_interval)
+        if again is not None:
+            self._arm_security_check(again)
 
     # ---- convergence: the gate that allows pruning -------------------------------------------
     def _check_converged(self) -> None:

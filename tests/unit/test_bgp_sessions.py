@@ -1,6 +1,6 @@
 """bgp.Sessions with a fake ExaBGP: a change of the peer list is a reload that leaves the other
 sessions alone; a removed peer leaves the RIB at once; what ExaBGP's Adj-RIB-Out still holds is
-withdrawn when a peer comes back."""
+withdrawn when a peer comes back; and the reason of a peer under TCP MD5 or GTSM says why."""
 import asyncio
 import ipaddress as ia
 import json
@@ -196,4 +196,78 @@ def test_what_exabgp_still_holds_for_a_peer_that_was_down_is_withdrawn_when_it_r
         exa.on_connect()
         assert exa.sent == ["neighbor 192.168.51.1 withdraw route 10.42.1.0/24",
                             "neighbor 192.168.51.1 announce route 10.42.8.0/24 next-hop self"]
+    run(body())
+
+
+class Counters:
+    def __init__(self, value):
+        self.value, self.reads = value, 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.value
+
+
+def test_md5_peer_without_tcp_says_why_with_this_namespaces_counters(tmp_path):
+    async def body():
+        netstat = Counters({"TCPMD5Failure": 2, "TCPMD5Unexpected": 0, "TCPMD5NotFound": 1, "TCPMinTTLDrop": 0})
+        s, _, _ = make(tmp_path, read_counters=netstat)
+        s.security_hint_after, s.security_interval = 0.05, 0.05
+        s.configure([peer(1, password="s3cret"), P2])
+        await asyncio.sleep(0.02)
+        assert s.reason[P1.key] == "" and netstat.reads == 0  # not before security_hint_after
+        await asyncio.sleep(0.1)
+        reason = s.reason["192.168.51.1"]
+        assert reason.startswith("no TCP connection for 0s; TCP MD5 is configured: a wrong or missing password")
+        assert "TCPMD5Failure=2 TCPMD5Unexpected=0 TCPMD5NotFound=1" in reason and "s3cret" not in reason
+        assert "TTL" not in reason and s.reason[P2.key] == ""  # P2 has neither MD5 nor GTSM
+        # a TCP connection: neither MD5 nor GTSM stands in the way, whatever happens next
+        s.on_line(line(P1, "state", state="connected"))
+        assert s.reason[P1.key] == ""
+        s.on_line(line(P1, "state", state="down", reason="notification received (2,2) bad peer AS"))
+        await asyncio.sleep(0.01)
+        assert s.reason[P1.key] == "notification received (2,2) bad peer AS"
+        reads = netstat.reads
+        s.on_line(line(P1, "state", state="up"))
+        await asyncio.sleep(0.2)
+        assert s.reason[P1.key] == "" and netstat.reads == reads  # nobody to explain: no read
+        await s.stop()
+    run(body())
+
+
+def test_gtsm_peer_down_after_a_session_keeps_exabgps_reason_first(tmp_path):
+    async def body():
+        s, _, _ = make(tmp_path, read_counters=Counters(None))
+        s.security_hint_after, s.security_interval = 0.05, 0.05
+        p = peer(1, ttl_security=1)
+        s.configure([p])
+        await asyncio.sleep(0)
+        up(s, p)
+        s.on_line(line(p, "state", state="down", reason="hold timer expired"))
+        await asyncio.sleep(0.15)
+        assert s.state[p.key] == SessionState.DOWN
+        assert s.reason[p.key].startswith("hold timer expired; no TCP connection for 0s; TTL security (GTSM) is "
+                                          "configured for 1 hop: segments arriving with a TTL below 255 are dropped")
+        assert s.reason[p.key].endswith("this namespace's /proc/net/netstat could not be read")
+        await s.stop()
+    run(body())
+
+
+def test_a_changed_password_starts_the_quiet_time_again(tmp_path):
+    async def body():
+        clock = [100.0]
+        s, _, _ = make(tmp_path, read_counters=Counters({}), clock=lambda: clock[0])
+        s.configure([peer(1, password="old")])
+        await asyncio.sleep(0)
+        clock[0] = 130.0
+        s._security_check()
+        assert s.reason["192.168.51.1"].startswith("no TCP connection for 30s; TCP MD5")
+        s.configure([peer(1, password="new")])
+        clock[0] = 131.0
+        s._security_check()
+        assert s.reason["192.168.51.1"] == ""  # 1 s after the change: too early to blame anything
+        clock[0] = 140.0
+        s._security_check()
+        assert s.reason["192.168.51.1"].startswith("no TCP connection for 10s; TCP MD5")
+        await s.stop()
     run(body())
