@@ -78,7 +78,7 @@ CONTRACT = {
     SC + ".allowPrivilegeEscalation": False,
     SC + ".readOnlyRootFilesystem": True,
     SC + ".runAsUser": 0,
-    SC + ".capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+    SC + ".capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]},
     SC + ".seccompProfile": {"type": "RuntimeDefault"},
     "spec.template.metadata.annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "9469",
                                            "prometheus.io/path": "/metrics"},
@@ -168,9 +168,9 @@ def _set(obj, path, value):
     (SC + ".privileged", True),
     (SC + ".allowPrivilegeEscalation", True),
     (SC + ".readOnlyRootFilesystem", False),
-    (SC + ".capabilities", {"add": ["NET_ADMIN", "SYS_ADMIN"], "drop": ["ALL"]}),
-    (SC + ".capabilities", {"add": ["NET_ADMIN", "NET_BIND_SERVICE"], "drop": ["ALL"]}),
-    (SC + ".capabilities", {"add": ["NET_ADMIN"]}),
+    (SC + ".capabilities", {"add": ["NET_ADMIN", "NET_BIND_SERVICE", "SYS_ADMIN"], "drop": ["ALL"]}),
+    (SC + ".capabilities", {"add": ["NET_ADMIN"], "drop": ["ALL"]}),  # no :179 for the mesh
+    (SC + ".capabilities", {"add": ["NET_ADMIN", "NET_BIND_SERVICE"]}),
     (SC + ".seccompProfile", {"type": "Unconfined"}),
     (POD + ".hostPID", True),
     (POD + ".hostNetwork", False),
@@ -216,3 +216,44 @@ def test_config_example_gets_no_node_name_from_the_file(base):
     assert "nodeName" not in raw
     with pytest.raises(cfgmod.ConfigError, match="nodeName"):
         cfgmod.parse(raw)
+
+
+def _uncommented(keys: set[str]) -> dict:
+    """deploy/config.yaml with the commented `# key: value` lines of `keys` made live."""
+    with open(os.path.join(ROOT, "deploy", "config.yaml")) as f:
+        lines = f.read().splitlines()
+    out, found = [], set()
+    for line in lines:
+        head, sep, rest = line.partition("# ")
+        key = rest.split(":", 1)[0]
+        if sep and not head.strip() and key in keys:
+            line, found = head + rest, found | {key}
+        out.append(line)
+    assert found == keys, f"not commented in deploy/config.yaml: {sorted(keys - found)}"
+    return yaml.safe_load("\n".join(out))
+
+
+def test_config_example_commented_peer_options_are_accepted():
+    raw = _uncommented({"mode", "port", "keepaliveTime", "multihop", "passwordKey", "nodeSelector", "routerId",
+                        "secretsDir"})
+    cfg = cfgmod.parse({**raw, "nodeName": "node1"})
+    (p,) = cfg.peers
+    assert (p.port, p.keepalive_time, p.multihop, p.password_key) == (179, 3, 2, "tor-md5")
+    assert p.node_selector.matches({"topology.kubernetes.io/zone": "rack1"}) and not p.node_selector.matches({})
+    assert (cfg.mode, str(cfg.router_id), cfg.secrets_dir) == ("bgp", "192.0.2.1", "/etc/podbgp/secrets")
+
+
+def test_config_example_commented_mesh_is_accepted():
+    cfg = cfgmod.parse({**_uncommented({"mesh", "meshNodeSelector"}), "nodeName": "node1"})
+    assert cfg.mesh and cfg.asn == 64512
+    assert cfg.mesh_node_selector.matches({}) and not cfg.mesh_node_selector.matches({"podbgp.io/mesh": "false"})
+
+
+def test_config_example_holds_no_password():
+    with open(os.path.join(ROOT, "deploy", "config.yaml")) as f:
+        text = f.read()
+    assert "password:" not in text.replace("passwordKey:", "")
+    raw = _uncommented({"passwordKey"})
+    raw["peers"][0]["password"] = raw["peers"][0].pop("passwordKey")
+    with pytest.raises(cfgmod.ConfigError, match=r"peers\[0\]\.password: .*passwordKey"):
+        cfgmod.parse({**raw, "nodeName": "node1"})

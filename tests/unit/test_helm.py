@@ -80,6 +80,8 @@ def _parse(toks, i, defines, ends=()):
             nodes.append(("text", val))
             continue
         word, _, rest = val.partition(" ")
+        if word == "else" and rest.strip():
+            raise TemplateError(f"unsupported {{{{ {val} }}}} (nest an if in the else instead)")
         if word in ends:
             return nodes, i, word
         if word in ("if", "with"):
@@ -128,6 +130,7 @@ FUNCS = {
     "quote": lambda v: json.dumps(_text(v)),
     "default": lambda d, v=None: v if _truthy(v) else d,
     "int64": int,
+    "eq": lambda a, *others: any(a == b for b in others),
     "sha256sum": lambda s: hashlib.sha256(_text(s).encode()).hexdigest(),
 }
 
@@ -284,6 +287,24 @@ DROP = object()
     ("tolerations.0.operator", "exists"),
     ("nodeSelector", {"kubernetes.io/os": 1}),
     ("resources.requests.memory", "lots"),
+    ("peers.0.password", "s3cret"),             # a password never sits in the values
+    ("peers.0.port", 0),
+    ("peers.0.port", 65536),
+    ("peers.0.port", "179"),
+    ("peers.0.keepaliveTime", -1),
+    ("peers.0.passwordKey", "tor/md5"),
+    ("peers.0.passwordKey", ".."),
+    ("peers.0.passwordKey", ""),
+    ("peers.0.nodeSelector", {"rack": "r1"}),   # a selector string, not a map
+    ("mode", "static"),
+    ("mode", "BGP"),
+    ("mode", DROP),
+    ("mesh", "true"),
+    ("mesh", DROP),
+    ("meshNodeSelector", {"podbgp.io/mesh": "true"}),
+    ("routerId", "10.0.0"),
+    ("routerId", "0.0.0.0"),
+    ("routerId", "fd00::1"),
 ])
 def test_schema_refuses(path, value):
     assert list(VALIDATOR.iter_errors(_with(path, value))), f"{path}={value!r} was accepted"
@@ -300,6 +321,34 @@ def test_schema_refuses(path, value):
 ])
 def test_schema_accepts(overrides):
     assert [e.message for e in VALIDATOR.iter_errors(_merge(VALUES, overrides))] == []
+
+
+TOR_MD5 = {"address": "10.0.0.1", "asn": 65000, "passwordKey": "tor-md5"}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"mode": "direct", "mesh": True, "peers": []},          # the mesh runs BGP
+    {"mesh": True, "routerId": "192.0.2.1"},                # one router ID on both ends of a session
+    {"bgpPasswordsSecret": "", "peers": [TOR_MD5]},         # a key of a Secret that is not mounted
+    {"mode": "bgp", "mesh": False, "peers": []},            # nobody to peer with
+])
+def test_schema_refuses_combinations(overrides):
+    assert list(VALIDATOR.iter_errors(_merge(VALUES, overrides))), f"{overrides!r} was accepted"
+
+
+# each accepted by the schema, rendered, and accepted by the speaker
+@pytest.mark.parametrize("overrides", [
+    {"mesh": True, "peers": []},
+    {"mesh": True, "meshNodeSelector": "podbgp.io/mesh!=false,!node-role.kubernetes.io/control-plane",
+     "peers": [{"address": "10.0.0.1", "asn": 65000, "nodeSelector": "rack=r1"}]},
+    {"mode": "direct", "peers": []},
+    {"mode": "direct"},                                     # peers kept but unused
+    {"routerId": "192.0.2.1", "peers": [{**TOR_MD5, "port": 1179, "holdTime": 30, "keepaliveTime": 10}]},
+    {"peers": [{"address": "10.0.0.1", "asn": 65000, "holdTime": 0, "keepaliveTime": 0}]},
+])
+def test_schema_accepts_what_the_speaker_accepts(overrides):
+    assert [e.message for e in VALIDATOR.iter_errors(_merge(VALUES, overrides))] == []
+    _parse_config(render(overrides)[0])
 
 
 # --- templates against values.yaml ---------------------------------------------------------------
@@ -413,6 +462,48 @@ def test_chart_config_follows_the_values():
         default_ds["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
 
 
+def test_chart_config_follows_the_new_values():
+    """mode, mesh, meshNodeSelector, routerId and the peers' port, keepaliveTime, passwordKey and
+    nodeSelector reach the speaker as the values say; the password itself never does."""
+    objs, notes = render({
+        "routerId": "192.0.2.7",
+        "peers": [{**TOR_MD5, "port": 1179, "holdTime": 30, "keepaliveTime": 10, "nodeSelector": "rack=r1"},
+                  {"address": "fd00::1", "asn": 65000, "ttlSecurity": 1, "nodeSelector": "rack in (r2,r3)"}],
+    })
+    text = objs["ConfigMap", "podbgp-config"]["data"]["config.yaml"]
+    raw = yaml.safe_load(text)
+    assert "password" not in str(raw["peers"]).replace("passwordKey", "")
+    assert raw["mode"] == "bgp" and raw["mesh"] is False and "meshNodeSelector" not in raw
+    cfg = _parse_config(objs)
+    assert (cfg.mode, cfg.mesh, str(cfg.router_id)) == ("bgp", False, "192.0.2.7")
+    p, q = cfg.peers
+    assert (str(p.address), p.asn, p.port, p.hold_time, p.keepalive_time, p.password_key) == (
+        "10.0.0.1", 65000, 1179, 30, 10, "tor-md5")
+    assert p.node_selector.matches({"rack": "r1"}) and not p.node_selector.matches({"rack": "r2"})
+    assert (str(q.address), q.port, q.keepalive_time, q.password_key, q.ttl_security) == ("fd00::1", 179, 3, None, 1)
+    assert q.node_selector.matches({"rack": "r3"}) and not q.node_selector.matches({"rack": "r1"})
+    assert "podbgp.io/asn=65001" in notes and "--from-literal=tor-md5=" in notes
+
+    mesh_objs, mesh_notes = render({"mesh": True, "meshNodeSelector": "podbgp.io/mesh!=false", "peers": []})
+    mesh = _parse_config(mesh_objs)
+    assert (mesh.mode, mesh.mesh, mesh.asn, mesh.peers, mesh.router_id) == ("bgp", True, 64512, (), None)
+    assert mesh.mesh_node_selector.matches({}) and not mesh.mesh_node_selector.matches({"podbgp.io/mesh": "false"})
+    assert "routerId" not in yaml.safe_load(mesh_objs["ConfigMap", "podbgp-config"]["data"]["config.yaml"])
+    assert "iBGP full mesh" in mesh_notes and "AS 64512" in mesh_notes and "podbgp.io/asn=65001" not in mesh_notes
+
+    direct_objs, direct_notes = render({"mode": "direct", "peers": []})
+    direct = _parse_config(direct_objs)
+    assert (direct.mode, direct.mesh, direct.peers) == ("direct", False, ())
+    assert "no BGP" in direct_notes and "BGP session up" not in direct_notes and "podbgp.io/asn" not in direct_notes
+    for o in (objs, mesh_objs, direct_objs):
+        kubernetes_validate.validate(o["ConfigMap", "podbgp-config"], K8S_VERSION, strict=True)
+
+
+def test_chart_grants_net_admin_and_net_bind_service_only(chart):
+    sc = chart["DaemonSet", "podbgp"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+
+
 def test_chart_toggles():
     objs, notes = render({"bgpPasswordsSecret": "", "cni": {"enabled": False}, "priorityClassName": "",
                           "image": {"tag": ""}})
@@ -442,6 +533,7 @@ def test_notes_render():
     ("{{ if .Values.l }}{{ .Values.s | quote }}{{ end }}", '"a\\"b"'),
     ('{{ .Values.e | default "d" }}:{{ .Values.n | int64 }}', "d:7"),
     ('{{ define "t" }}[{{ . }}]{{ end }}{{ include "t" .Values.n }}', "[7]"),
+    ('{{ if eq .Values.s "x" }}a{{ else }}b{{ end }}{{ if eq .Values.n 7 }}c{{ end }}', "bc"),
 ])
 def test_evaluator(src, want):
     root = {"Values": {"l": [1, 2], "e": "", "s": 'a"b', "n": 7}}
@@ -450,7 +542,8 @@ def test_evaluator(src, want):
 
 @pytest.mark.parametrize("src", ["{{ range .Values.l }}{{ end }}", "{{ .Values.l | upper }}",
                                  "{{ .Values.missing }}", "{{ .Values.l }}", "{{ if .Values.e }}",
-                                 "{{ if .Values.e }}a{{ else }}b", '{{ define "x" }}a', "a{{ end }}"])
+                                 "{{ if .Values.e }}a{{ else }}b", '{{ define "x" }}a', "a{{ end }}",
+                                 "{{ if .Values.e }}a{{ else if .Values.l }}b{{ end }}"])
 def test_evaluator_refuses_what_it_does_not_know(src):
     with pytest.raises((TemplateError, KeyError)):
         Chart({"t": src}).render("t", {"Values": {"l": [1], "e": ""}})

@@ -21,9 +21,18 @@ through int64: Helm reads values.yaml numbers as float64 and prints 4200000000 a
 {{- define "podbgp.config" -}}
 # podbgp speaker configuration, rendered by the Helm chart from its values.
 # The node's name comes from NODE_NAME; its AS from the Node annotation podbgp.io/asn, else asn.
+# Passwords are never here: a peer's passwordKey names a key of the mounted Secret.
+mode: {{ .Values.mode | quote }}
 peers:
   {{- toYaml .Values.peers | nindent 2 }}
 asn: {{ .Values.asn | int64 }}
+mesh: {{ .Values.mesh }}
+{{- with .Values.meshNodeSelector }}
+meshNodeSelector: {{ . | quote }}
+{{- end }}
+{{- with .Values.routerId }}
+routerId: {{ . | quote }}
+{{- end }}
 clusterCIDRs:
   {{- toYaml .Values.clusterCIDRs | nindent 2 }}
 serviceCIDRs:
