@@ -62,9 +62,9 @@ BASE_LABEL = "io.podbgp.base.packages"
 # resolved here.
 IMAGE_SYMLINKS = {"/var/run": "/run", "/var/lock": "/run/lock", "/bin": "/usr/bin", "/sbin": "/usr/sbin",
                   "/lib": "/usr/lib", "/lib64": "/usr/lib64"}
-# What deploy/daemonset.yaml grants: drop ALL, add NET_ADMIN (routes). Callers that have the
-# Pod's securityContext pass its list instead.
-CAPABILITIES = ("net_admin",)
+# What deploy/daemonset.yaml grants: drop ALL, add NET_ADMIN (routes) and NET_BIND_SERVICE
+# (ExaBGP listening on :179). Callers that have the Pod's securityContext pass its list instead.
+CAPABILITIES = ("net_admin", "net_bind_service")
 # Every Linux capability: buildah run's `--cap-drop ALL` also drops what --cap-add adds (1.28),
 # so the ones not wanted are dropped by name.
 ALL_CAPABILITIES = (

@@ -81,7 +81,7 @@ def test_a_node_speaker_from_the_image_routes_pods_like_the_others(image):
         # ... started by the runner's `buildah run`, whose command is node2's speaker
         speaker = image_mod.command_pid(state.pids["speaker:node2"])
         assert speaker and image_mod.mount_namespace(speaker) == ns
-        assert _effective_caps(speaker) == 1 << 12  # CAP_NET_ADMIN alone, as deploy/daemonset.yaml grants
+        assert _effective_caps(speaker) == 1 << 12 | 1 << 10  # NET_ADMIN and NET_BIND_SERVICE, as deploy/daemonset.yaml grants
     finally:
         runner.down(name)
     poll(lambda: not image_mod.processes_in(ns), timeout=10, interval=0.1)
