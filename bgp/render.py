@@ -12,6 +12,7 @@ import shlex
 from .types import ConfigError, PeerConfig
 
 PROCESS = "podbgp"
+BGP_PORT = 179
 MD5_MAX_KEY = 80  # bytes: TCP_MD5SIG_MAXKEYLEN, and ExaBGP's own limit
 GTSM_TTL = 255  # RFC 5082: a GTSM speaker sends with the maximum TTL
 
@@ -65,6 +66,8 @@ def _neighbor(p: PeerConfig) -> list[str]:
         lines.append(f"    connect {p.port};")
     if p.passive:
         lines.append("    passive true;")
+    if p.listen:  # bound on local-address, with this peer's MD5 key and minimum TTL on the socket
+        lines.append(f"    listen {BGP_PORT};")
     if p.password is not None:
         lines += _md5(p)
     lines += _ttl(p)

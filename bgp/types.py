@@ -45,6 +45,8 @@ class PeerConfig:
     hold_time: 0, or 3..65535 seconds. keepalive: ExaBGP 5 has no keepalive setting; it sends one
     every negotiated hold time / 3, so only None or hold_time // 3 can be honoured.
     port: the peer's TCP port.
+    listen: also accept the peer's connection on our :179 (local_address), as a mesh member must:
+    both ends connect and BGP's collision detection keeps one session.
     """
 
     address: IPAddress
@@ -61,6 +63,7 @@ class PeerConfig:
     passive: bool = False
     port: int = 179
     keepalive: int | None = None
+    listen: bool = False
 
     @property
     def key(self) -> str:

@@ -95,6 +95,8 @@ def mesh_addresses(info: NodeInfo, scope: Selector) -> tuple[IPAddress, ...]:
 
 
 # ---- the plan --------------------------------------------------------------------------------
+MESH_WHERE = "mesh node "
+
 
 def plan(cfg: Config, me: NodeInfo | None, mesh: Mapping[str, tuple[IPAddress, ...]],
          read_secret: SecretReader) -> Plan:
@@ -145,7 +147,7 @@ def _candidates(cfg: Config, me: NodeInfo | None, mesh: Mapping[str, tuple[IPAdd
                 continue
             for addr in mesh[other]:
                 if announce.local_address(cfg, me, addr.version) is not None:
-                    yield f"mesh node {other}", Peer(address=addr, asn=cfg.asn)
+                    yield f"{MESH_WHERE}{other}", Peer(address=addr, asn=cfg.asn)
 
 
 def _annotation_peers(cfg: Config, me: NodeInfo | None, errors: dict[str, str]) -> list[tuple[str, Peer]]:
@@ -200,7 +202,8 @@ def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: i
         address=p.address, asn=p.asn, local_address=local, local_asn=local_asn, router_id=rid,
         hold_time=p.hold_time, families=p.families or frozenset({"ipv4" if p.address.version == 4 else "ipv6"}),
         graceful_restart=cfg.graceful_restart, password=_password(cfg, p, where, read_secret),
-        multihop=p.multihop, ttl_security=p.ttl_security, port=p.port, keepalive=p.keepalive_time)
+        multihop=p.multihop, ttl_security=p.ttl_security, port=p.port, keepalive=p.keepalive_time,
+        listen=where.startswith(MESH_WHERE))  # mesh members connect both ways
 
 
 def _password(cfg: Config, p: Peer, where: str, read_secret: SecretReader) -> str | None:

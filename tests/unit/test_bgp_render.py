@@ -129,3 +129,14 @@ def test_global_part_is_the_process_section_only():
     assert render.global_part(text) == render.global_part(render.render(PEERS[:1], API))
     assert "neighbor" not in render.global_part(text) and "process podbgp" in render.global_part(text)
     assert render.global_part(text) != render.global_part(render.render(PEERS, API[:-1] + ["/other.sock"]))
+
+
+def test_a_listening_peer_gets_our_port_bound_on_its_local_address(tmp_path):
+    text = render.render([peer("192.168.50.12", "192.168.50.11", listen=True), peer("192.168.50.13", "192.168.50.11")], API)
+    blocks = {b.split()[0]: b for b in text.split("\nneighbor ")[1:]}
+    assert "listen 179;" in blocks["192.168.50.12"] and "listen" not in blocks["192.168.50.13"]
+    conf = tmp_path / "exabgp.conf"
+    conf.write_text(text)
+    exabgp = os.path.join(os.path.dirname(sys.executable), "exabgp")
+    ok = subprocess.run([exabgp, "validate", "-r", str(conf)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr

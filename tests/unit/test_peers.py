@@ -220,6 +220,7 @@ def test_mesh_peers_every_other_node_in_scope_per_family():
     assert summary(p) == [("192.168.50.12", 64512, "192.168.50.11", 64512), ("192.168.50.13", 64512, "192.168.50.11", 64512),
                           ("fd00:50::12", 64512, "fd00:50::11", 64512), ("fd00:50::14", 64512, "fd00:50::11", 64512)]
     assert {x.families for x in p.peers} == {frozenset({"ipv4"}), frozenset({"ipv6"})}
+    assert all(x.listen for x in p.peers)  # mesh members connect both ways: each also listens
     # an IPv4-only node opens no IPv6 session and says nothing about it
     p = plan(c, nodes[2], members(*nodes), NONE)
     assert [a for a, *_ in summary(p)] == ["192.168.50.11", "192.168.50.12"] and p.errors == ()
