@@ -225,3 +225,60 @@ def test_tor_sessions_are_md5_signed_and_ttl_secured(lab):
     assert password not in json.dumps(doc)  # never in status
     with open(os.path.join(lab.dir, "node1", "speaker.log")) as f:
         assert password not in f.read()  # never logged
+
+
+def _peers(lab, node):
+    return {p["address"]: p for p in runner.speaker_status(lab, node)["peers"]}
+
+
+def _annotate_peers(lab, node, peers_yaml):
+    if peers_yaml is None:
+        runner.kubectl(lab, "annotate", "node", node, "podbgp.io/peers-")
+    else:
+        runner.kubectl(lab, "annotate", "--overwrite", "node", node, f"podbgp.io/peers={peers_yaml}")
+
+
+def _all_up(lab):
+    return all(all(p["state"] == "up" for p in _peers(lab, n).values()) for n in NODES)
+
+
+def test_an_annotation_changing_node2s_peer_resets_only_that_session(lab):
+    poll(lambda: _all_up(lab), timeout=30)
+    before = {n: {a: p["since"] for a, p in _peers(lab, n).items()} for n in NODES}
+    pids = {n: runner.speaker_status(lab, n)["exabgpPid"] for n in NODES}
+    # node2's IPv4 session to the ToR gets its own hold time from the Node's podbgp.io/peers
+    override = "[{address: 192.168.50.1, asn: 65000, holdTime: 30, passwordKey: tor-md5, ttlSecurity: 1}]"
+    _annotate_peers(lab, "node2", override)
+    try:
+        poll(lambda: _peers(lab, "node2")["192.168.50.1"]["since"] != before["node2"]["192.168.50.1"]
+             and _peers(lab, "node2")["192.168.50.1"]["state"] == "up", timeout=30)
+        after = {n: {a: p["since"] for a, p in _peers(lab, n).items()} for n in NODES}
+        assert after["node2"]["fd00:50::1"] == before["node2"]["fd00:50::1"]  # its other session untouched
+        assert after["node1"] == before["node1"] and after["node3"] == before["node3"]  # other nodes untouched
+        assert {n: runner.speaker_status(lab, n)["exabgpPid"] for n in NODES} == pids  # reloaded, not restarted
+        nbr = json.loads(runner.vtysh(lab, "tor", "show bgp neighbors 192.168.50.12 json"))["192.168.50.12"]
+        assert nbr["bgpState"] == "Established" and nbr["bgpTimerConfiguredHoldTimeMsecs"] == 9000
+        assert runner.speaker_status(lab, "node2")["nodeErrors"].get("peers:node2") is None
+    finally:
+        _annotate_peers(lab, "node2", None)
+    poll(lambda: _all_up(lab), timeout=30)
+
+
+def test_a_wrong_md5_password_never_establishes_and_status_says_why(lab):
+    poll(lambda: _all_up(lab), timeout=30)
+    wrong = "[{address: 192.168.50.1, asn: 65000, holdTime: 9, passwordKey: wrong-md5, ttlSecurity: 1}]"
+    _annotate_peers(lab, "node3", wrong)
+    try:
+        poll(lambda: _peers(lab, "node3")["192.168.50.1"]["state"] != "up", timeout=30)
+        # ExaBGP keeps trying; the ToR's kernel drops every segment with the wrong signature
+        poll(lambda: "MD5" in _peers(lab, "node3")["192.168.50.1"]["reason"], timeout=30)
+        peer = _peers(lab, "node3")["192.168.50.1"]
+        assert peer["state"] != "up", peer
+        print("node3 192.168.50.1:", peer["state"], "-", peer["reason"])
+        nbr = json.loads(runner.vtysh(lab, "tor", "show bgp summary json"))["ipv4Unicast"]["peers"]
+        assert "192.168.50.13" not in nbr or nbr["192.168.50.13"]["state"] != "Established"
+        assert _peers(lab, "node3")["fd00:50::1"]["state"] == "up"  # the IPv6 session keeps its right password
+    finally:
+        _annotate_peers(lab, "node3", None)
+    poll(lambda: _all_up(lab), timeout=60)
+    poll(lambda: {"10.42.3.0/24"} <= installed(lab, "node1"), timeout=30)
