@@ -2,16 +2,13 @@
 Nodes' PodCIDRs straight to their InternalIPs from the Node objects. No ExaBGP runs; a Node
 deleted takes its routes with it within a second; a Node off-link is reported, never routed."""
 import json
-import os
 import time
-import uuid
 
 import pytest
 
 from lab import demo, runner
-from tests.lab.conftest import poll
+from tests.lab.conftest import poll, topology_lab
 
-TOPOLOGY = os.path.join(os.path.dirname(runner.DEFAULT_TOPOLOGY), "direct.clab.yml")
 NODES = ("node1", "node2", "node3")
 ADDR = {f"node{i}": (f"192.168.50.1{i}", f"fd00:50::1{i}") for i in range(1, 4)}
 CIDRS = {f"node{i}": (f"10.42.{i}.0/24", f"fd00:42:0:{i}::/64") for i in range(1, 4)}
@@ -24,15 +21,7 @@ GHOST_ERROR = "InternalIP 10.99.0.5 is on no connected subnet of this node; not 
 
 @pytest.fixture(scope="module")
 def direct():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    name = f"pbd{uuid.uuid4().hex[:6]}"
-    state = runner.up(TOPOLOGY, name=name)
-    try:
-        demo.wait_routes(state, timeout=60)
-        yield state
-    finally:
-        runner.down(name)
+    yield from topology_lab("direct.clab.yml", "pbd")
 
 
 def routes(lab, node) -> dict[str, str]:

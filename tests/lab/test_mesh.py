@@ -2,16 +2,13 @@
 other Nodes' InternalIPs per family. A Node leaving or joining changes only the sessions to it:
 no other session of any node resets (its `since` stays) and traffic between the others flows on."""
 import json
-import os
-import uuid
 
 import pytest
 
 from lab import demo, runner
-from tests.lab.conftest import poll
+from tests.lab.conftest import poll, topology_lab
 from tests.lab.pinger import traffic
 
-TOPOLOGY = os.path.join(os.path.dirname(runner.DEFAULT_TOPOLOGY), "mesh.clab.yml")
 NODES = ("node1", "node2", "node3", "node4")
 ADDR = {f"node{i}": (f"192.168.50.1{i}", f"fd00:50::1{i}") for i in range(1, 5)}
 NODE4 = {"10.42.4.0/24", "fd00:42:0:4::/64"}
@@ -19,16 +16,13 @@ NODE4 = {"10.42.4.0/24", "fd00:42:0:4::/64"}
 
 @pytest.fixture(scope="module")
 def mesh():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    name = f"pbm{uuid.uuid4().hex[:6]}"
-    state = runner.up(TOPOLOGY, name=name)
+    lab = topology_lab("mesh.clab.yml", "pbm")
+    state = next(lab)
     try:
-        demo.wait_routes(state, timeout=60)
         poll(lambda: all(all(p["state"] == "up" for p in peers(state, n).values()) for n in NODES), timeout=30)
         yield state
     finally:
-        runner.down(name)
+        lab.close()  # down, on every path
 
 
 def peers(lab, node) -> dict:

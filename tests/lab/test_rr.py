@@ -1,17 +1,14 @@
 """Route-reflector ToRs: iBGP in AS 64512 to two FRR reflectors (lab/rr.clab.yml). Next hops come
 through unchanged, each PodCIDR is learned from both reflectors, and losing one reflector loses
 no packet."""
-import os
 import signal
-import uuid
 
 import pytest
 
 from lab import demo, runner
-from tests.lab.conftest import poll
+from tests.lab.conftest import poll, topology_lab
 from tests.lab.pinger import traffic
 
-TOPOLOGY = os.path.join(os.path.dirname(runner.DEFAULT_TOPOLOGY), "rr.clab.yml")
 OWNERS = {"10.42.2.0/24": "192.168.50.12", "10.42.3.0/24": "192.168.50.13",
           "fd00:42:0:2::/64": "fd00:50::12", "fd00:42:0:3::/64": "fd00:50::13"}
 REFLECTORS = {"192.168.50.1", "192.168.50.2", "fd00:50::1", "fd00:50::2"}
@@ -19,15 +16,7 @@ REFLECTORS = {"192.168.50.1", "192.168.50.2", "fd00:50::1", "fd00:50::2"}
 
 @pytest.fixture(scope="module")
 def rr():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    name = f"pbr{uuid.uuid4().hex[:6]}"
-    state = runner.up(TOPOLOGY, name=name)
-    try:
-        demo.wait_routes(state, timeout=60)
-        yield state
-    finally:
-        runner.down(name)
+    yield from topology_lab("rr.clab.yml", "pbr")
 
 
 def test_ping_matrix_complete_through_reflectors(rr):
