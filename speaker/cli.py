@@ -67,7 +67,10 @@ async def _run_speaker(cfg) -> int:
     from .watch import KubeNodeClient, NodeWatcher
 
     def start_watch(emit):
-        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit, backoff_max=cfg.api_backoff_max)
+        # of the other Nodes only the labels the mesh's scope reads; the own Node's all (nodeSelector)
+        keys = cfg.mesh_node_selector.keys if cfg.mesh else frozenset()
+        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit, backoff_max=cfg.api_backoff_max,
+                              label_keys=keys, own=cfg.node_name)
         watcher.start()
         return watcher.close
 

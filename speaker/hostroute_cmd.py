@@ -71,7 +71,7 @@ def _watch_nodes(kubeconfig: str, emit):
     """Start following the Nodes (list, then watch); returns the function that stops it."""
     from .watch import KubeNodeClient, NodeWatcher
 
-    watcher = NodeWatcher(KubeNodeClient(kubeconfig), emit)
+    watcher = NodeWatcher(KubeNodeClient(kubeconfig), emit, label_keys=frozenset())  # no label is read here
     watcher.start()
     return watcher.close
 

@@ -46,6 +46,11 @@ class Selector:
     requirements: tuple[Requirement, ...] = ()
     text: str = ""
 
+    @property
+    def keys(self) -> frozenset[str]:
+        """The label keys it reads."""
+        return frozenset(r.key for r in self.requirements)
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(r.matches(labels) for r in self.requirements)
 

@@ -242,8 +242,10 @@ def _reason(exc: Any) -> str:
 
 class NodeWatcher:
     def __init__(self, client: NodeClient, emit: Callable[[object], None], watch_timeout: int = 300,
-                 backoff_max: float = 10.0) -> None:
+                 backoff_max: float = 10.0, label_keys: frozenset[str] | None = None, own: str = "") -> None:
+        """label_keys, own: which labels of other Nodes to keep (see nodes.parse_node)."""
         self.client = client
+        self.label_keys, self.own = label_keys, own
         self.emit = emit
         self.watch_timeout = watch_timeout
         self.backoff_max = backoff_max
@@ -299,7 +301,7 @@ class NodeWatcher:
                 for event in stream:
                     kind, obj = _event(event)
                     if kind == "ADDED":
-                        name, value = _parse(obj)
+                        name, value = _parse(obj, self.label_keys, self.own)
                         if name:
                             fresh[name] = value
                     elif kind == "BOOKMARK":
@@ -315,7 +317,7 @@ class NodeWatcher:
         listing = self.client.list_nodes()
         fresh = {}
         for obj in listing:
-            name, value = _parse(obj)
+            name, value = _parse(obj, self.label_keys, self.own)
             if name:
                 fresh[name] = value
         if not listing.resource_version:
@@ -346,7 +348,7 @@ class NodeWatcher:
             if rv:
                 self.resource_version = rv
             if kind in ("ADDED", "MODIFIED"):
-                name, value = _parse(obj)
+                name, value = _parse(obj, self.label_keys, self.own)
                 if not name:
                     continue
                 if self.known.get(name) == value:
@@ -383,10 +385,10 @@ def _initial_end(obj: dict) -> bool:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(INITIAL_EVENTS_END) == "true"
 
 
-def _parse(obj: dict) -> tuple[str | None, NodeInfo | str]:
+def _parse(obj: dict, label_keys: frozenset[str] | None = None, own: str = "") -> tuple[str | None, NodeInfo | str]:
     """(name, NodeInfo) or (name, reason) for a Node podbgp cannot use; (None, ..) without a name."""
     try:
-        info = parse_node(obj)
+        info = parse_node(obj, label_keys, own)
         return info.name, info
     except NodeError as exc:
         name = (obj.get("metadata") or {}).get("name") if isinstance(obj, dict) else None

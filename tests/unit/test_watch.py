@@ -278,3 +278,25 @@ def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
     finally:
         w.close()
         w.thread.join(10)
+
+
+def test_other_nodes_keep_only_the_labels_a_selector_reads_and_the_own_node_all():
+    from speaker.nodes import parse_node
+
+    obj = node("n2")
+    obj["metadata"]["labels"] = {"podbgp.io/mesh": "false", "topology.kubernetes.io/zone": "z1", "kubernetes.io/os": "linux"}
+    keys = frozenset({"podbgp.io/mesh"})
+    assert parse_node(obj, keys, own="n1").labels == (("podbgp.io/mesh", "false"),)
+    assert len(parse_node(obj, keys, own="n2").labels) == 3  # its own Node: every label (nodeSelector)
+    assert len(parse_node(obj).labels) == 3  # no filter: every label
+    got = []
+    w = NodeWatcher(FakeClient([]), got.append, label_keys=keys, own="n1")
+    w.known["n2"] = parse_node(obj, keys, own="n1")
+    zone = json.loads(json.dumps(obj))
+    zone["metadata"]["labels"]["topology.kubernetes.io/zone"] = "z2"  # a label nothing reads
+    w._follow(iter([{"type": "MODIFIED", "object": zone}]))
+    assert got == [] and w.dropped == 1
+    mesh = json.loads(json.dumps(obj))
+    mesh["metadata"]["labels"]["podbgp.io/mesh"] = "true"  # one the mesh's scope reads
+    w._follow(iter([{"type": "MODIFIED", "object": mesh}]))
+    assert len(got) == 1 and isinstance(got[0], Changed)
