@@ -25,6 +25,7 @@ import uuid
 import pytest
 
 from bgp.sessions import Sessions
+from lab.runner import pid_alive
 from bgp.types import Announcement, PeerConfig, SessionState
 
 FRR_DIR = "/usr/lib/frr"
@@ -38,14 +39,6 @@ def _run(*args: str) -> str:
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(args)}: rc={done.returncode} {done.stderr.strip()[-400:]}")
     return done.stdout
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.1):
@@ -140,9 +133,9 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(pid):
+    if pid_alive(pid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
