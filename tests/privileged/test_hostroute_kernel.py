@@ -155,12 +155,32 @@ def test_cli_once_then_remove(foreign):
     assert routes(ns, PROTO) == set() and ("10.42.3.0/24", "192.168.77.3", "static") in routes(ns)
 
 
+CAP_NET_ADMIN = 12
+# root without CAP_NET_ADMIN: out of the bounding set, so no exec gives it back, and out of the
+# inheritable (hence ambient) set; root's permitted and effective sets after exec are made of those two.
+# Still uid 0, so a checkout only root can read (a clone under a 0700 directory) stays readable.
+DROP_NET_ADMIN = ("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", "--ambient-caps=-net_admin")
+CAP_PROBE = "import os; print(os.getuid(), open('/proc/self/status').read())"
+
+
+def _caps_without(status: str, bit: int) -> dict[str, bool]:
+    """{set name: True if `bit` is absent} for each Cap* line of a /proc/PID/status."""
+    sets = dict(line.split(":\t") for line in status.splitlines() if line.startswith("Cap"))
+    return {name: not int(mask, 16) >> bit & 1 for name, mask in sets.items()}
+
+
 def test_cli_without_cap_net_admin_says_so_in_one_line(netns):
     if not shutil.which("setpriv"):
         pytest.skip("setpriv (util-linux) is not installed")
-    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
-    res = subprocess.run(cli(netns, "--via", "192.168.77.11", "--once", "10.42.1.0/24", prefix=drop), cwd=ROOT,
-                         capture_output=True, text=True, timeout=30)
-    assert res.returncode == 1
+    probe = subprocess.run(["ip", "netns", "exec", netns, *DROP_NET_ADMIN, sys.executable, "-c", CAP_PROBE],
+                           cwd=ROOT, capture_output=True, text=True, timeout=30, check=True).stdout
+    uid, status = probe.split(" ", 1)
+    # the same interpreter under the same setpriv: root, and CAP_NET_ADMIN in none of its sets
+    assert uid == "0"
+    assert _caps_without(status, CAP_NET_ADMIN) == {"CapInh": True, "CapPrm": True, "CapEff": True,
+                                                    "CapBnd": True, "CapAmb": True}, status
+    res = subprocess.run(cli(netns, "--via", "192.168.77.11", "--once", "10.42.1.0/24", prefix=DROP_NET_ADMIN),
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 1, res.stderr
     assert res.stderr == "podbgp host-route: needs CAP_NET_ADMIN (run as root)\n"
     assert routes(netns, PROTO) == set()
