@@ -167,9 +167,9 @@ class _Versions:
 click.version_option(_Versions(), "--version", prog_name="podbgp", message="%(prog)s %(version)s")(main)
 
 
-# ---- podbgp host-route (speaker/hostroute_cmd.py) ----------------------------------------------
+# ---- podbgp host-route (the workstation's program: hostroute/cli.py) --------------------------
 
-from .hostroute_cmd import host_route  # noqa: E402
+from hostroute.cli import host_route  # noqa: E402
 
 main.add_command(host_route)
 

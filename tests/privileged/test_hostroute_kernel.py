@@ -12,7 +12,7 @@ import time
 import pytest
 from pyroute2 import IPRoute
 
-from reconciler.hostroute import HostRoute, HostRouter, LinuxBackend, RouteExists
+from hostroute.routes import HostRoute, HostRouter, LinuxBackend, RouteExists
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTO = 81

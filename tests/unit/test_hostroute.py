@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from pyroute2.netlink.exceptions import NetlinkError
 
-from reconciler import hostroute
-from reconciler.hostroute import HostRoute, HostRouteError, HostRouter, LinuxBackend, MacBackend, NeedsPrivilege
+from hostroute import routes as hostroute
+from hostroute.routes import HostRoute, HostRouteError, HostRouter, LinuxBackend, MacBackend, NeedsPrivilege
 from speaker.cli import main
 from speaker.nodes import NodeInfo
 from speaker.watch import ApiDown, Changed

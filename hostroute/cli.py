@@ -1,7 +1,8 @@
 """`podbgp host-route`: route a workstation or VM host to the Pod network through the nodes.
 
-The command's Kubernetes side (which Node owns which PodCIDR, following Node changes) and its
-foreground loop; the routing table itself is reconciler.hostroute's (netlink or route(8)).
+The command's Kubernetes side (which Node owns which PodCIDR, following Node changes, through the
+speaker's Node parsing and watcher) and its foreground loop; the routing table itself is
+hostroute.routes' (netlink or route(8)). Registered as `podbgp host-route` by speaker.cli.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 import click
 
-_hlog = logging.getLogger("speaker.host_route")
+_hlog = logging.getLogger(__name__)
 
 
 class _HostRouteFailed(click.ClickException):
@@ -25,10 +26,16 @@ class _HostRouteFailed(click.ClickException):
         click.echo(f"podbgp host-route: {self.format_message()}", err=True)
 
 
+def _setup_logging(level: str) -> None:
+    """The speaker's log format (speaker.cli), so both commands' lines grep alike."""
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def _node_routes(nodes) -> tuple[list, list[str]]:
     """(routes, notes): each Node's spec.podCIDRs via its InternalIP of the same family; a note for
     each CIDR whose Node has no InternalIP of that family (skipped)."""
-    from reconciler.hostroute import HostRoute
+    from .routes import HostRoute
 
     routes, notes = [], []
     for node in sorted(nodes, key=lambda n: n.name):
@@ -44,7 +51,7 @@ def _node_routes(nodes) -> tuple[list, list[str]]:
 def _desired(routes, summarize: bool, strict: bool) -> list:
     """The routes to install: refused with one line if they overlap (strict, at start), else the
     overlapping ones left out and reported; merged per gateway with --summarize."""
-    from reconciler import hostroute
+    from . import routes as hostroute
 
     routes = hostroute.check(routes) if strict else routes
     good, problems = hostroute.split(routes)
@@ -55,8 +62,8 @@ def _desired(routes, summarize: bool, strict: bool) -> list:
 
 def _list_nodes(kubeconfig: str) -> list:
     """The Nodes, one list (for --once and --remove); Nodes podbgp cannot parse are reported."""
-    from .nodes import NodeError, parse_node
-    from .watch import KubeNodeClient
+    from speaker.nodes import NodeError, parse_node
+    from speaker.watch import KubeNodeClient
 
     nodes = []
     for obj in KubeNodeClient(kubeconfig).list_nodes():
@@ -69,7 +76,7 @@ def _list_nodes(kubeconfig: str) -> list:
 
 def _watch_nodes(kubeconfig: str, emit):
     """Start following the Nodes (list, then watch); returns the function that stops it."""
-    from .watch import KubeNodeClient, NodeWatcher
+    from speaker.watch import KubeNodeClient, NodeWatcher
 
     watcher = NodeWatcher(KubeNodeClient(kubeconfig), emit, label_keys=frozenset())  # no label is read here
     watcher.start()
@@ -95,9 +102,7 @@ def host_route(ctx, cidrs, vias, kubeconfig, once, remove, summarize, protocol, 
     with --kubeconfig, and removes exactly the routes it added on SIGINT or SIGTERM. A
     destination that already has a route is reported and left alone, never replaced.
     """
-    from reconciler import hostroute
-
-    from .cli import _setup_logging
+    from . import routes as hostroute
 
     _setup_logging(log_level)
     obj = ctx.obj or {}  # tests inject "backend" (a factory), "list_nodes", "watch_nodes" here
@@ -131,7 +136,7 @@ def host_route(ctx, cidrs, vias, kubeconfig, once, remove, summarize, protocol, 
 
 
 def _host_route_run(obj, backend, given, kubeconfig, once, remove, summarize) -> int:
-    from reconciler.hostroute import HostRouter
+    from .routes import HostRouter
 
     router = HostRouter(backend)
     if given is None and (once or remove):
@@ -216,7 +221,7 @@ async def _follow_nodes(call, router, events: asyncio.Queue, stop: asyncio.Event
                         summarize: bool) -> None:
     """Route the Nodes' PodCIDRs from the first full list on, re-applied after every change (new
     Nodes get routes, deleted ones lose them), until `stop`. An API outage leaves the routes."""
-    from .watch import ApiDown, Changed
+    from speaker.watch import ApiDown, Changed
 
     nodes: dict = {}
     listed = applied = False
