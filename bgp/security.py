@@ -10,7 +10,7 @@ its own counters, not on these.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .types import PeerConfig
 
@@ -79,3 +79,54 @@ def combine(reason: str, extra: str) -> str:
     if not extra:
         return reason
     return f"{reason}; {extra}" if reason else extra
+
+
+class QuietPeers:
+    """Since when each peer under MD5 or GTSM has had no TCP connection, and what to say about it.
+
+    Sessions marks a peer `quiet` when it leaves a TCP connection (or its settings change) and
+    `connected` when one comes up; `check` gives the hint for every secured peer quiet for at
+    least `hint_after` seconds ("" for one quiet for less: too early to blame anything), reading
+    the kernel's counters once per check and only when some hint needs them, and when to check
+    again (None: nobody left to watch)."""
+
+    hint_after = 2.0  # seconds without a TCP connection before a hint says why it may be
+    interval = 5.0  # the hint's counters are read again this often while a secured peer is quiet
+
+    def __init__(self, read_counters: Callable[[], dict[str, int] | None], clock: Callable[[], float]) -> None:
+        self.read_counters, self.clock = read_counters, clock
+        self._since: dict[str, float] = {}
+
+    def quiet(self, key: str, again: bool = False) -> None:
+        """No TCP connection to `key` from now on (`again`: restart the count, its settings changed)."""
+        if again or key not in self._since:
+            self._since[key] = self.clock()
+
+    def connected(self, key: str) -> None:
+        self._since.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        self._since.pop(key, None)
+
+    def is_quiet(self, key: str) -> bool:
+        return key in self._since
+
+    def check(self, peers: Iterable[PeerConfig]) -> tuple[dict[str, str], float | None]:
+        now = self.clock()
+        hints: dict[str, str] = {}
+        counters: dict[str, int] | None = None
+        read = False
+        again: float | None = None
+        for p in peers:
+            if not p.secured or p.key not in self._since:
+                continue
+            quiet = now - self._since[p.key]
+            if quiet < self.hint_after:
+                hints[p.key] = ""
+                again = min(again or self.interval, self.hint_after - quiet)
+                continue
+            if not read:
+                counters, read = self.read_counters(), True
+            hints[p.key] = hint(p, quiet, counters)
+            again = min(again or self.interval, self.interval)
+        return hints, again

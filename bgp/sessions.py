@@ -18,12 +18,14 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from . import encode, render, security
 from .decode import decode_line
 from .process import ExaBGP, api_command
 from .rib import Rib
+from .source import PeerStatus
 from .types import (
     AckEvent,
     Announcement,
@@ -32,6 +34,7 @@ from .types import (
     Event,
     IPNetwork,
     OpenEvent,
+    Path,
     PeerConfig,
     SessionState,
     ShutdownEvent,
@@ -42,14 +45,41 @@ from .types import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True, eq=False)
+class _Peer:
+    """What Sessions keeps about one configured peer (its PeerStatus is the frozen view of it)."""
+
+    config: PeerConfig
+    state: SessionState = SessionState.IDLE
+    since: float | None = None  # unix time the peer entered `state`
+    exabgp_reason: str = ""  # why, as ExaBGP said it
+    hint: str = ""  # what podbgp adds about MD5 / GTSM while no TCP connection comes up
+    eor: set[str] = field(default_factory=set)  # families whose End-of-RIB arrived in this session
+    restart_time: int | None = None  # the GR restart time the peer advertised in its last OPEN
+    stale_timer: asyncio.TimerHandle | None = None  # ends the stale paths kept by graceful restart
+    # what ExaBGP's Adj-RIB-Out holds for the peer: it keeps it across the peer's session flaps
+    # (and sends it again on reconnect) until the peer is removed or ExaBGP restarts
+    sent: frozenset[Announcement] = frozenset()
+
+    @property
+    def reason(self) -> str:
+        return security.combine(self.exabgp_reason, self.hint)
+
+    def cancel_stale(self) -> None:
+        if self.stale_timer is not None:
+            self.stale_timer.cancel()
+            self.stale_timer = None
+
+
 class Sessions:
+    """The BGP route source (bgp.source.RouteSource): ExaBGP, one record per configured peer, the RIB."""
+
     def __init__(self, runtime_dir: str, exabgp: str, graceful_restart: int, convergence_timeout: float,
                  on_paths: Callable[[set[IPNetwork]], None], on_converged: Callable[[str], None],
                  counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] = ExaBGP,
                  read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
-        self.read_counters, self.clock = read_counters, clock
         self.graceful_restart = graceful_restart
         self.convergence_timeout = convergence_timeout
         self.on_paths, self.on_converged = on_paths, on_converged
@@ -57,44 +87,83 @@ class Sessions:
         self.factory = factory
         self.rib = Rib()
         self.exabgp: ExaBGP | None = None
-        self.peers: list[PeerConfig] = []
-        self.state: dict[str, SessionState] = {}
-        self.reason: dict[str, str] = {}
-        self.since: dict[str, float] = {}  # unix time each peer entered its current state
-        self.eor: dict[str, set[str]] = collections.defaultdict(set)
-        self.restart_time: dict[str, int | None] = {}  # the GR restart time each peer advertised
-        self.stale_timers: dict[str, asyncio.TimerHandle] = {}
+        self._peers: dict[str, _Peer] = {}  # in configuration order
         self.announced: frozenset[Announcement] = frozenset()
-        # what ExaBGP's Adj-RIB-Out holds for each peer: it keeps it across the peer's session
-        # flaps (and sends it again on reconnect) until the peer is removed or ExaBGP restarts
-        self.sent: dict[str, frozenset[Announcement]] = {}
-        self.converged = False
-        self.exabgp_reason: dict[str, str] = {}  # `reason` without our hint about MD5 / GTSM
-        self.quiet_since: dict[str, float] = {}  # clock() since when a peer has had no TCP connection
+        self._converged = False
+        self.hints = security.QuietPeers(read_counters, clock)
         self._security_timer: asyncio.TimerHandle | None = None
         self.removed: set[str] = set()  # peers taken out of the configuration (until they return)
+
+    # ---- the route source --------------------------------------------------------------------
+    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
+        return self.rib.paths_for(prefix)
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        return self.rib.prefixes()
+
+    def paths(self) -> Iterator[Path]:
+        return self.rib.paths()
+
+    def peers(self) -> tuple[PeerStatus, ...]:
+        return tuple(self._status(rec) for rec in self._peers.values())
+
+    def peer(self, key: str) -> PeerStatus | None:
+        rec = self._peers.get(key)
+        return None if rec is None else self._status(rec)
+
+    def _status(self, rec: _Peer) -> PeerStatus:
+        c = rec.config
+        return PeerStatus(key=c.key, address=c.address, asn=c.asn, local_address=c.local_address,
+                          local_asn=c.local_asn, families=c.families, state=rec.state, since=rec.since,
+                          reason=rec.reason, end_of_rib=frozenset(rec.eor), paths=self.rib.count(c.key))
+
+    @property
+    def converged(self) -> bool:
+        return self._converged
+
+    @property
+    def ready(self) -> bool:
+        return any(rec.state == SessionState.UP for rec in self._peers.values())
+
+    @property
+    def pid(self) -> int | None:
+        return self.exabgp.pid if self.exabgp else None
+
+    @property
+    def running(self) -> bool:
+        """ExaBGP has been started (it may be restarting)."""
+        return self.exabgp is not None
+
+    @property
+    def configured(self) -> list[PeerConfig]:
+        return [rec.config for rec in self._peers.values()]
 
     # ---- what the speaker asks for -----------------------------------------------------------
     def configure(self, peers: list[PeerConfig]) -> None:
         """Run ExaBGP with these peers: started on the first call, reloaded on a change (ConfigError,
         and nothing changed, if they cannot be rendered)."""
-        if self.exabgp is not None and peers == self.peers:
+        if self.exabgp is not None and peers == self.configured:
             return
         text = render.render(peers, api_command(os.path.join(self.runtime_dir, "api.sock")))
-        old = {p.key: p for p in self.peers}
+        old = {p.key: p for p in self.configured}
         new = {p.key: p for p in peers}
-        self.peers = peers
         for key in sorted(old.keys() - new.keys()):
             self._remove(key)
         self.removed -= new.keys()
+        records = {}
         for p in peers:
-            if p.key not in self.state:
-                self._set_state(p.key, SessionState.IDLE)
-            if old.get(p.key) != p:
-                self.quiet_since[p.key] = self.clock()
-                self.reason[p.key] = self.exabgp_reason.get(p.key, "")  # a hint about the old settings
+            rec = self._peers.get(p.key)
+            if rec is None:
+                rec = _Peer(config=p)
+                self._set_state(rec, SessionState.IDLE)
+            elif rec.config != p:
+                rec.config = p
+                self.hints.quiet(p.key, again=True)
+                rec.hint = ""  # a hint about the old settings
+            records[p.key] = rec
+        self._peers = records
         if any(p.secured for p in peers):
-            self._arm_security_check(self.security_hint_after)
+            self._arm_security_check(self.hints.hint_after)
         if self.exabgp is None:
             self.exabgp = self.factory(self.runtime_dir, self.exabgp_path, self.on_line, self._on_api_connect,
                                        self._on_exabgp_exit)
@@ -111,14 +180,11 @@ class Sessions:
 
     def _remove(self, peer: str) -> None:
         """A peer left the configuration: forget it, and drop its paths now, stale ones included."""
-        timer = self.stale_timers.pop(peer, None)
-        if timer:
-            timer.cancel()
+        rec = self._peers.pop(peer)
+        rec.cancel_stale()
+        self.hints.forget(peer)
         paths = self.rib.count(peer)
         dropped = self.rib.peer_down(peer, keep_stale=False)
-        for table in (self.state, self.reason, self.exabgp_reason, self.since, self.eor, self.restart_time,
-                      self.sent, self.quiet_since):
-            table.pop(peer, None)
         self.removed.add(peer)
         log.info("bgp.peer.removed peer=%s paths=%d", peer, paths)
         if dropped:
@@ -129,24 +195,20 @@ class Sessions:
         self.announced = announced
         if self.exabgp is None:
             return
-        for p in self.peers:
-            if self.state.get(p.key) != SessionState.UP:
+        for rec in self._peers.values():
+            if rec.state != SessionState.UP:
                 continue  # brought up to date when it comes up (_announce_to)
-            cmds = encode.sync(p.key, p.families, self.sent.get(p.key, frozenset()), announced)
+            cmds = encode.sync(rec.config.key, rec.config.families, rec.sent, announced)
             if cmds and self._send(cmds):
-                self.sent[p.key] = announced
+                rec.sent = announced
 
     async def stop(self) -> None:
-        for timer in self.stale_timers.values():
-            timer.cancel()
+        for rec in self._peers.values():
+            rec.cancel_stale()
         if self._security_timer is not None:
             self._security_timer.cancel()
         if self.exabgp is not None:
             await self.exabgp.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self.exabgp.pid if self.exabgp else None
 
     # ---- what ExaBGP tells -------------------------------------------------------------------
     def on_line(self, line: str) -> None:
@@ -172,13 +234,10 @@ class Sessions:
         elif isinstance(ev, StateEvent):
             self._on_state(ev)
         elif isinstance(ev, OpenEvent):
-            self.restart_time[ev.peer] = ev.graceful_restart
+            if (rec := self._peers.get(ev.peer)) is not None:
+                rec.restart_time = ev.graceful_restart
         elif isinstance(ev, EorEvent):
-            self.eor[ev.peer].add(ev.family)
-            log.info("bgp.eor peer=%s family=%s", ev.peer, ev.family)
-            if self._complete(ev.peer):
-                self._end_stale(ev.peer)
-            self._check_converged()
+            self._on_eor(ev)
         elif isinstance(ev, AckEvent):
             if not ev.ok:
                 self.counters["exabgp_command_errors"] += 1
@@ -188,65 +247,76 @@ class Sessions:
         else:
             self.counters[f"ignored_{ev.kind}"] += 1
 
+    def _on_eor(self, ev: EorEvent) -> None:
+        rec = self._peers.get(ev.peer)
+        if rec is None:
+            self.counters["events_unknown_peer"] += 1
+            return
+        rec.eor.add(ev.family)
+        log.info("bgp.eor peer=%s family=%s", ev.peer, ev.family)
+        if rec.config.families <= rec.eor:
+            self._end_stale(ev.peer)
+        self._check_converged()
+
     def _on_api_connect(self) -> None:
         """A new API process: commands written to the old one may be lost. ExaBGP's Adj-RIB-Out
         dropped nothing, and announcing what it holds again is a no-op there, so established
         peers are brought up to date in full (withdraws of what they no longer get included)."""
-        for p in self.peers:
-            if self.state.get(p.key) == SessionState.UP:
-                cmds = encode.resync(p.key, p.families, self.sent.get(p.key, frozenset()), self.announced)
-                if self._send(cmds):
-                    self.sent[p.key] = self.announced
+        for rec in self._peers.values():
+            if rec.state == SessionState.UP:
+                if self._send(encode.resync(rec.config.key, rec.config.families, rec.sent, self.announced)):
+                    rec.sent = self.announced
 
     def _on_exabgp_exit(self, rc: int) -> None:
         self.counters["exabgp_restarts"] += 1
-        self.sent.clear()  # the next ExaBGP starts with an empty Adj-RIB-Out
-        for p in self.peers:
-            if self.state.get(p.key) == SessionState.UP:
-                self._peer_down(p.key, f"exabgp exited rc={rc}")
+        for rec in self._peers.values():
+            rec.sent = frozenset()  # the next ExaBGP starts with an empty Adj-RIB-Out
+            if rec.state == SessionState.UP:
+                self._peer_down(rec, f"exabgp exited rc={rc}")
             else:
-                self._set_state(p.key, SessionState.DOWN, f"exabgp exited rc={rc}")
+                self._set_state(rec, SessionState.DOWN, f"exabgp exited rc={rc}")
 
     def _on_state(self, ev: StateEvent) -> None:
-        prev = self.state.get(ev.peer)
-        if ev.state == SessionState.DOWN and prev == SessionState.UP:
+        rec = self._peers.get(ev.peer)
+        if rec is None:
+            self.counters["events_unknown_peer"] += 1
+            log.debug("bgp.event.unknown_peer peer=%s state=%s", ev.peer, ev.state.value)
+            return
+        if ev.state == SessionState.DOWN and rec.state == SessionState.UP:
             # only the end of an established session touches the RIB; the failed connection
             # attempts that follow (connected -> down, again and again) must not drop stale paths
-            self._peer_down(ev.peer, ev.reason)
+            self._peer_down(rec, ev.reason)
             return
-        self._set_state(ev.peer, ev.state, ev.reason)
+        self._set_state(rec, ev.state, ev.reason)
         if ev.state == SessionState.UP:
             log.info("bgp.peer.up peer=%s", ev.peer)
-            self.eor[ev.peer].clear()
-            self._announce_to(ev.peer)
+            rec.eor.clear()
+            self._announce_to(rec)
 
-    def _set_state(self, peer: str, state: SessionState, reason: str = "") -> None:
-        if self.state.get(peer) != state:
-            self.since[peer] = time.time()
+    def _set_state(self, rec: _Peer, state: SessionState, reason: str = "") -> None:
+        key = rec.config.key
+        if rec.state != state or rec.since is None:
+            rec.since = time.time()
             if state in (SessionState.CONNECTED, SessionState.UP):
-                self.quiet_since.pop(peer, None)  # a TCP connection: neither MD5 nor GTSM is in the way
-            elif peer not in self.quiet_since:
-                self.quiet_since[peer] = self.clock()
-                cfg = self._config(peer)
-                if cfg is not None and cfg.secured:
-                    self._arm_security_check(self.security_hint_after)
-        self.state[peer] = state
-        self.exabgp_reason[peer] = reason
-        self.reason[peer] = reason
+                self.hints.connected(key)  # a TCP connection: neither MD5 nor GTSM is in the way
+            elif not self.hints.is_quiet(key):
+                self.hints.quiet(key)
+                if rec.config.secured:
+                    self._arm_security_check(self.hints.hint_after)
+        rec.state = state
+        rec.exabgp_reason, rec.hint = reason, ""
 
-    def _announce_to(self, peer: str) -> None:
+    def _announce_to(self, rec: _Peer) -> None:
         """Our own routes first, then End-of-RIB (manual EoR: the peer never purges them in a gap).
 
         ExaBGP sends again on its own what its Adj-RIB-Out kept from before a session flap; what
         we stopped announcing meanwhile is withdrawn here (announcing the rest again is a no-op)."""
-        cfg = self._config(peer)
-        if cfg is None:
-            return
-        cmds = encode.resync(peer, cfg.families, self.sent.get(peer, frozenset()), self.announced)
+        cfg = rec.config
+        cmds = encode.resync(cfg.key, cfg.families, rec.sent, self.announced)
         if cfg.graceful_restart:
-            cmds += [encode.eor(peer, fam) for fam in sorted(cfg.families)]
+            cmds += [encode.eor(cfg.key, fam) for fam in sorted(cfg.families)]
         if self._send(cmds):
-            self.sent[peer] = self.announced
+            rec.sent = self.announced
 
     def _send(self, cmds: list[str]) -> bool:
         if self.exabgp is None or not self.exabgp.send(cmds):
@@ -255,44 +325,33 @@ class Sessions:
             log.info("bgp.command %s", c)
         return True
 
-    def _config(self, peer: str) -> PeerConfig | None:
-        return next((p for p in self.peers if p.key == peer), None)
-
-    def _complete(self, peer: str) -> bool:
-        cfg = self._config(peer)
-        return cfg is not None and cfg.families <= self.eor[peer]
-
-    def _peer_down(self, peer: str, reason: str) -> None:
-        self._set_state(peer, SessionState.DOWN, reason)
-        self.eor[peer].clear()
+    def _peer_down(self, rec: _Peer, reason: str) -> None:
+        peer = rec.config.key
+        self._set_state(rec, SessionState.DOWN, reason)
+        rec.eor.clear()
         # graceful restart is negotiated when both sides advertised it: keep the peer's paths,
         # marked stale, for the restart time the peer advertised (RFC 4724)
-        restart = self.restart_time.get(peer) or 0
+        restart = rec.restart_time or 0
         keep = self.graceful_restart > 0 and restart > 0
         log.info("bgp.peer.down peer=%s reason=%r paths=%d kept_stale_for=%ss", peer, reason, self.rib.count(peer),
                  restart if keep else 0)
         dropped = self.rib.peer_down(peer, keep_stale=keep)
         if keep and self.rib.count(peer):
-            old = self.stale_timers.pop(peer, None)
-            if old:
-                old.cancel()
-            self.stale_timers[peer] = asyncio.get_running_loop().call_later(restart, self._end_stale, peer)
+            rec.cancel_stale()
+            rec.stale_timer = asyncio.get_running_loop().call_later(restart, self._end_stale, peer)
         if dropped:
             self.on_paths(dropped)
 
     def _end_stale(self, peer: str) -> None:
-        timer = self.stale_timers.pop(peer, None)
-        if timer:
-            timer.cancel()
+        rec = self._peers.get(peer)
+        if rec is not None:
+            rec.cancel_stale()
         swept = self.rib.sweep_stale(peer)
         if swept:
             log.info("bgp.stale.swept peer=%s paths=%d", peer, len(swept))
             self.on_paths(swept)
 
-    # ---- MD5 and GTSM: why a secured peer has no TCP connection -------------------------------
-    security_hint_after = 2.0  # seconds without a TCP connection before the reason says why it may be
-    security_interval = 5.0  # the hint's counters are read again this often while a secured peer is down
-
+    # ---- MD5 and GTSM: why a secured peer has no TCP connection (bgp.security) ----------------
     def _arm_security_check(self, delay: float) -> None:
         timer = self._security_timer
         loop = asyncio.get_running_loop()
@@ -303,39 +362,26 @@ class Sessions:
         self._security_timer = loop.call_later(delay, self._security_check)
 
     def _security_check(self) -> None:
-        """For each peer under MD5 or GTSM without a TCP connection for a while, say in `reason`
-        what drops its segments, with the kernel's counters (read once per check, and only then)."""
+        """For each peer under MD5 or GTSM without a TCP connection for a while, say in its
+        reason what drops its segments, with the kernel's counters."""
         self._security_timer = None
-        now = self.clock()
-        counters: dict[str, int] | None = None
-        read = False
-        again: float | None = None
-        for p in self.peers:
-            if not p.secured or p.key not in self.quiet_since:
-                continue
-            quiet = now - self.quiet_since[p.key]
-            if quiet < self.security_hint_after:
-                self.reason[p.key] = self.exabgp_reason.get(p.key, "")
-                again = min(again or self.security_interval, self.security_hint_after - quiet)
-                continue
-            if not read:
-                counters, read = self.read_counters(), True
-            self.reason[p.key] = security.combine(self.exabgp_reason.get(p.key, ""), security.hint(p, quiet, counters))
-            again = min(again or self.security_interval, self.security_interval)
+        hints, again = self.hints.check(self.configured)
+        for key, text in hints.items():
+            self._peers[key].hint = text
         if again is not None:
             self._arm_security_check(again)
 
     # ---- convergence: the gate that allows pruning -------------------------------------------
     def _check_converged(self) -> None:
-        if not self.converged and self.peers and all(
-                self.state.get(p.key) == SessionState.UP and self._complete(p.key) for p in self.peers):
+        if not self._converged and self._peers and all(
+                rec.state == SessionState.UP and rec.config.families <= rec.eor for rec in self._peers.values()):
             self._set_converged("all peers up and End-of-RIB received")
 
     def _convergence_timeout(self) -> None:
-        if not self.converged:
+        if not self._converged:
             self._set_converged(f"grace time {self.convergence_timeout:.0f}s passed")
 
     def _set_converged(self, why: str) -> None:
-        self.converged = True
+        self._converged = True
         log.info("rib.converged reason=%r pruning enabled", why)
         self.on_converged(why)

@@ -24,6 +24,8 @@ from dataclasses import replace
 
 from bgp.process import ExaBGP
 from bgp.sessions import Sessions
+from bgp.source import RouteSource
+from bgp.types import Announcement
 from reconciler.kernel import RouteTable
 from reconciler.loop import Reconciler
 
@@ -68,17 +70,21 @@ class Speaker:
         self.api_up = False
         self.own: Discovered | None = None
         self.reconciler = Reconciler(
-            kernel, paths_for=lambda p: self.sessions.rib.paths_for(p), learned=lambda: self.sessions.rib.prefixes(),
+            kernel, paths_for=lambda p: self.source.paths_for(p), learned=lambda: self.source.prefixes(),
             owners=self.view.owners, disputed=self.view.disputed, cluster=cfg.cluster_cidrs,
             service=cfg.service_cidrs, strict_next_hop=cfg.strict_next_hop, metric=cfg.route_metric,
             counters=self.counters)
-        self.direct: DirectSource | None = None  # mode: direct, the paths come from the Node objects
+        # where the learned paths come from: BGP sessions, or in mode direct the Node objects
+        self.direct: DirectSource | None = None
+        self.bgp: Sessions | None = None
+        self.source: RouteSource
+        self.announced: frozenset[Announcement] = frozenset()  # what this node asks its peers to carry
         if cfg.mode == "direct":
-            self.sessions = self.direct = DirectSource(
+            self.source = self.direct = DirectSource(
                 cfg.node_name, self.view.nodes, kernel.connected(), on_converged=self.reconciler.set_converged,
                 on_offlink=lambda name, why: self._report(f"offlink:{name}", why), counters=self.counters)
         else:
-            self.sessions = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
+            self.source = self.bgp = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
                                      on_paths=self.reconciler.mark, on_converged=self.reconciler.set_converged,
                                      counters=self.counters, factory=bgp_factory)
         self._stop = asyncio.Event()
@@ -102,7 +108,7 @@ class Speaker:
             self.condition.close()
             if self.monitor is not None:
                 loop.remove_reader(self.monitor.fileno())
-            await self.sessions.stop()
+            await self.source.stop()
         return self.exit_code
 
     def stop(self) -> None:
@@ -199,7 +205,7 @@ class Speaker:
         except ConfigError as exc:
             self.counters["own_cidr_errors"] += 1
             log.error("podcidr.invalid %s", exc)
-            serving = self.own is not None if self.direct is not None else self.sessions.exabgp is not None
+            serving = self.own is not None if self.bgp is None else self.bgp.running
             if not serving:
                 log.error("speaker.refused the node's own PodCIDR is invalid; not starting")
                 self.exit_code = 2
@@ -218,12 +224,13 @@ class Speaker:
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
         self.cni.sync(cidrs)
         self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
-        if self.direct is not None:  # no BGP: nothing to announce; the Node's PodCIDR is the announcement
+        if self.bgp is None:  # no BGP: nothing to announce; the Node's PodCIDR is the announcement
             self.condition.announced(cidrs)
             return
         self._configure_peers(me)
-        self.sessions.announce(announce.announcements(cidrs))
-        if self.sessions.exabgp is not None:
+        self.announced = announce.announcements(cidrs)
+        self.bgp.announce(self.announced)
+        if self.bgp.running:
             self.condition.announced(cidrs)
 
     def _configure_peers(self, me: NodeInfo | None) -> None:
@@ -236,8 +243,9 @@ class Speaker:
         self._peer_errors = {k for k, _ in plan.errors}
         self._report(f"bgp:{self.cfg.node_name}", plan.waiting or None, "bgp.waiting")
         # waiting (no AS, router ID or peer yet): keep what runs, if anything
-        if not plan.waiting and (self.sessions.exabgp is None or list(plan.peers) != self.sessions.peers):
-            self.sessions.configure(list(plan.peers))
+        peers = list(plan.peers)
+        if not plan.waiting and self.bgp is not None and (not self.bgp.running or peers != self.bgp.configured):
+            self.bgp.configure(peers)
 
     def _report(self, key: str, error: str | None, event: str = "", level: int = logging.ERROR) -> None:
         """Keep one of this node's own problems in status nodeErrors; log it once when it appears."""

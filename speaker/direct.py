@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from bgp.rib import Rib
-from bgp.types import Announcement, IPAddress, IPNetwork, Path, UpdateEvent
+from bgp.source import PeerStatus
+from bgp.types import IPAddress, IPNetwork, Path, UpdateEvent
 
 from .nodes import NodeInfo
 
@@ -51,17 +52,13 @@ def node_paths(info: NodeInfo, connected: frozenset[IPNetwork]) -> tuple[dict[IP
 
 
 class DirectSource:
-    """The paths of direct mode, kept per Node; read by the reconciler and status like Sessions.
+    """The route source of direct mode (bgp.source.RouteSource): the paths kept per Node.
 
     `nodes` is the NodeView's live mapping of Nodes by name; `node_changed(name)` and
     `set_connected(...)` return the prefixes whose paths changed (for the reconciler to mark).
-    `on_offlink(node, reason or None)` is called when a Node's off-link verdict changes.
+    `on_offlink(node, reason or None)` is called when a Node's off-link verdict changes. No BGP:
+    no peer, no engine process, converged once the first full Node list is in.
     """
-
-    peers: tuple = ()  # no BGP sessions: what status and metrics read from Sessions, empty
-    exabgp = None
-    pid = None
-    announced: frozenset[Announcement] = frozenset()
 
     def __init__(self, me: str, nodes: Mapping[str, NodeInfo], connected: Iterable[IPNetwork],
                  on_converged: Callable[[str], None] = lambda _why: None,
@@ -74,13 +71,37 @@ class DirectSource:
         self.rib = Rib()
         self.offlink: dict[str, str] = {}  # node -> why some of its PodCIDRs are not routed
         self._routed: dict[str, frozenset[IPNetwork]] = {}  # node -> the prefixes it has paths for
-        self.converged = False  # set once the first full Node list is in (set_synced)
-        # the per-peer facts Sessions keeps for status and explain: no peer, nothing in them
-        self.state: dict = {}
-        self.since: dict = {}
-        self.reason: dict = {}
-        self.eor: dict = {}
+        self._converged = False  # set once the first full Node list is in (set_synced)
 
+    # ---- the route source --------------------------------------------------------------------
+    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
+        return self.rib.paths_for(prefix)
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        return self.rib.prefixes()
+
+    def paths(self) -> Iterator[Path]:
+        return self.rib.paths()
+
+    def peers(self) -> tuple[PeerStatus, ...]:
+        return ()
+
+    def peer(self, key: str) -> PeerStatus | None:
+        return None
+
+    @property
+    def converged(self) -> bool:
+        return self._converged
+
+    @property
+    def ready(self) -> bool:
+        return self._converged
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    # ---- what the speaker tells --------------------------------------------------------------
     def node_changed(self, name: str) -> set[IPNetwork]:
         """The Node `name` was added, changed or deleted in `nodes`: update its paths."""
         info = self.nodes.get(name)
@@ -111,8 +132,8 @@ class DirectSource:
 
     def set_synced(self) -> None:
         """The first full Node list is in: nothing more to wait for before pruning."""
-        if not self.converged:
-            self.converged = True
+        if not self._converged:
+            self._converged = True
             log.info("direct.converged paths=%d offlink=%d", self.rib.count(), len(self.offlink))
             self.on_converged("direct: nodes listed")
 

@@ -56,11 +56,11 @@ def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
     this prefix read just now (None: what the reconciler's model holds)."""
     rec = sp.reconciler
     policy = rec.policy
-    paths = sorted(sp.sessions.rib.paths_for(prefix), key=lambda p: p.peer)
+    paths = sorted(sp.source.paths_for(prefix), key=lambda p: p.peer)
     route, rejected = evaluate(policy, prefix, paths)
     refused = {r.peer: r.reason for r in rejected}
     owner = _owner(sp.view, prefix)
-    announced = any(a.prefix == prefix for a in sp.sessions.announced)
+    announced = any(a.prefix == prefix for a in sp.announced)
     doc = {
         "prefix": str(prefix),
         "owner": owner,
@@ -115,9 +115,9 @@ def _holder(view: Any, cidr: IPNetwork) -> str | None:
 
 
 def _path(sp: Any, path: Path, reason: Reason | None) -> dict:
-    ses = sp.sessions
+    peer = sp.source.peer(path.peer)  # None in direct mode: the path's "peer" is the Node
     return {"peer": path.peer, "nextHop": str(path.next_hop), "asPath": list(path.as_path), "stale": path.stale,
-            "peerState": ses.state.get(path.peer, SessionState.IDLE).value, "peerSince": ses.since.get(path.peer),
+            "peerState": (peer.state if peer else SessionState.IDLE).value, "peerSince": peer.since if peer else None,
             "verdict": "accepted" if reason is None else "rejected",
             "reason": None if reason is None else reason.value,
             "why": _accepted(sp, path) if reason is None else why(sp, path, reason)}

@@ -25,15 +25,10 @@ log = logging.getLogger(__name__)
 
 def status_doc(sp: Any) -> dict:
     """Everything `podbgp status` shows, as plain JSON values (sorted, deterministic)."""
-    ses, rec = sp.sessions, sp.reconciler
-    peers = []
-    for p in ses.peers:
-        peers.append({
-            "address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
-            "state": ses.state.get(p.key, SessionState.IDLE).value, "since": ses.since.get(p.key),
-            "reason": ses.reason.get(p.key, ""), "families": sorted(p.families),
-            "endOfRib": sorted(ses.eor.get(p.key, ())), "paths": ses.rib.count(p.key),
-        })
+    src, rec = sp.source, sp.reconciler
+    peers = [{"address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
+              "state": p.state.value, "since": p.since, "reason": p.reason, "families": sorted(p.families),
+              "endOfRib": sorted(p.end_of_rib), "paths": p.paths} for p in src.peers()]
     errors = dict(sp.node_errors)
     for cidr, names in sp.view.disputed.items():
         errors[f"disputed:{cidr}"] = f"podCIDR {cidr} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"
@@ -45,12 +40,12 @@ def status_doc(sp: Any) -> dict:
         "synced": sp.synced,
         "apiReachable": sp.api_up,
         "nodes": len(sp.view),
-        "converged": ses.converged,
+        "converged": src.converged,
         "podCIDRSource": sp.own.source if sp.own else None,
         "peers": peers,
-        "announced": sorted((str(a.prefix) for a in ses.announced), key=_net_key),
+        "announced": sorted((str(a.prefix) for a in sp.announced), key=_net_key),
         "learned": sorted(({"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
-                           for x in ses.rib.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
+                           for x in src.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
         "installed": sorted(({"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]}
                              for r in rec.installed()), key=lambda d: _net_key(d["prefix"])),
         "rejected": sorted(({"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop),
@@ -60,7 +55,7 @@ def status_doc(sp: Any) -> dict:
         "blocked": sorted((str(p) for p in rec.blocked), key=_net_key),
         "nodeErrors": dict(sorted(errors.items())),
         "counters": dict(sorted(sp.counters.items())),
-        "exabgpPid": ses.pid,
+        "exabgpPid": src.pid,
         "cniConf": sp.cni.status(),
         "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
@@ -91,21 +86,21 @@ class SpeakerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sp = self.sp
-        ses, rec = sp.sessions, sp.reconciler
+        src, rec = sp.source, sp.reconciler
         up = GaugeMetricFamily("podbgp_peer_up", "1 if the BGP session is Established.", labels=("peer", "asn"))
         paths = GaugeMetricFamily("podbgp_peer_received_paths", "Paths learned from the peer and held in the RIB.",
                                   labels=("peer",))
-        for p in ses.peers:
-            up.add_metric((p.key, str(p.asn)), int(ses.state.get(p.key) == SessionState.UP))
-            paths.add_metric((p.key,), ses.rib.count(p.key))
+        for p in src.peers():
+            up.add_metric((p.key, str(p.asn)), int(p.state == SessionState.UP))
+            paths.add_metric((p.key,), p.paths)
         yield up
         yield paths
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
-                                value=len(ses.announced))
+                                value=len(sp.announced))
         yield GaugeMetricFamily("podbgp_installed_routes", "Our routes in the kernel table.",
                                 value=len(rec.installed()))
         yield GaugeMetricFamily("podbgp_converged", "1 once the RIB has converged (End-of-RIB or the grace timer).",
-                                value=int(ses.converged))
+                                value=int(src.converged))
         yield GaugeMetricFamily("podbgp_api_reachable", "1 while the Kubernetes API answers.", value=int(sp.api_up))
         rejected = GaugeMetricFamily("podbgp_rejected_routes", "Learned paths currently refused, by reason.",
                                      labels=("reason",))
@@ -170,7 +165,7 @@ def _respond(sp: Any, path: str, registry: CollectorRegistry | None = None, acce
     if path in ("/healthz", "/livez"):
         return "200 OK", "text/plain", b"ok\n"
     if path == "/readyz":
-        ready = sp.synced and (sp.cfg.mode == "direct" or SessionState.UP in sp.sessions.state.values())
+        ready = sp.synced and sp.source.ready
         return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", (b"ok\n" if ready else b"not ready\n")
     return "404 Not Found", "text/plain", b"not found\n"
 

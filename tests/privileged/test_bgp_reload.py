@@ -262,8 +262,8 @@ class Node:
 
     def state(self, peer: str) -> tuple[SessionState | None, float | None, str]:
         def read():
-            s = self.sessions
-            return s.state.get(peer), s.since.get(peer), s.reason.get(peer, "")
+            st = self.sessions.peer(peer)
+            return (None, None, "") if st is None else (st.state, st.since, st.reason)
         return self.loop.call(read)
 
     def up(self, peer: str) -> bool:
@@ -271,7 +271,7 @@ class Node:
 
     def paths(self) -> set[tuple[str, str]]:
         """(peer, prefix) of every path in the RIB."""
-        return self.loop.call(lambda: {(p.peer, str(p.prefix)) for p in self.sessions.rib.paths()})
+        return self.loop.call(lambda: {(p.peer, str(p.prefix)) for p in self.sessions.paths()})
 
     def close(self) -> None:
         try:

@@ -113,11 +113,11 @@ DOWN = line("state", state="down", reason="closing connection")
 async def established(sp, *routes, gr=120):
     """The Node list, then a session (advertising graceful restart `gr`) that sends routes and EoR."""
     sp.on_watch(Snapshot(tuple(NODES), "10"))
-    sp.sessions.on_line(opened(gr))
-    sp.sessions.on_line(UP)
+    sp.bgp.on_line(opened(gr))
+    sp.bgp.on_line(UP)
     for prefix, nh in routes:
-        sp.sessions.on_line(announce(prefix, nh))
-    sp.sessions.on_line(EOR)
+        sp.bgp.on_line(announce(prefix, nh))
+    sp.bgp.on_line(EOR)
     await settle()
 
 
@@ -138,12 +138,12 @@ def test_nothing_before_the_first_list_then_announce_before_eor(tmp_path):
         sp, kernel = make(tmp_path)
         sp.on_watch(NodeEvent("ADDED", NODES[0]))
         await settle()
-        assert sp.sessions.exabgp is None and kernel.applied == 0
+        assert sp.bgp.exabgp is None and kernel.applied == 0
         sp.on_watch(Snapshot(tuple(NODES), "10"))
         await settle()
-        exa = sp.sessions.exabgp
+        exa = sp.bgp.exabgp
         assert "neighbor 192.168.50.1" in exa.config and "local-address 192.168.50.11" in exa.config
-        sp.sessions.on_line(line("state", state="up"))
+        sp.bgp.on_line(line("state", state="up"))
         assert exa.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self",
                             "neighbor 192.168.50.1 announce eor ipv4 unicast"]
     run(body())
@@ -153,20 +153,20 @@ def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence
     async def body():
         sp, kernel = make(tmp_path)
         sp.on_watch(Snapshot(tuple(NODES), "10"))
-        sp.sessions.on_line(line("state", state="up"))
+        sp.bgp.on_line(line("state", state="up"))
         for prefix, nh in [("10.42.2.0/24", "192.168.50.12"), ("10.42.3.0/24", "192.168.50.13"),
                            ("10.42.1.0/24", "192.168.50.11"), ("0.0.0.0/0", "192.168.50.1"),
                            ("10.42.2.0/24", "192.168.50.12"), ("10.42.99.0/24", "192.168.50.12")]:
-            sp.sessions.on_line(announce(prefix, nh))
+            sp.bgp.on_line(announce(prefix, nh))
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
         assert {r.value: n for r, n in sp.reconciler.rejected_count.items()} == {"own-cidr": 1, "default-route": 1, "no-such-node": 1}
         sp.on_watch(NodeEvent("DELETED", NODES[2]))
         await settle()
         assert "10.42.3.0/24" in map(str, kernel.routes), "pruned before convergence"
-        sp.sessions.on_line(EOR)
+        sp.bgp.on_line(EOR)
         await settle()
-        assert sp.sessions.converged and sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
+        assert sp.bgp.converged and sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
         sp.on_watch(NodeEvent("ADDED", NODES[2]))
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
@@ -177,9 +177,9 @@ def test_api_outage_changes_no_route(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         sp.on_watch(Snapshot(tuple(NODES), "10"))
-        sp.sessions.on_line(line("state", state="up"))
-        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp.sessions.on_line(EOR)
+        sp.bgp.on_line(line("state", state="up"))
+        sp.bgp.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.bgp.on_line(EOR)
         await settle()
         before = dict(kernel.routes)
         sp.on_watch(ApiDown("connection refused"))
@@ -192,13 +192,13 @@ def test_graceful_restart_keeps_paths_stale_then_sweeps_unrefreshed(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, N3, gr=120)
-        sp.sessions.on_line(DOWN)
+        sp.bgp.on_line(DOWN)
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
-        assert all(p.stale for p in sp.sessions.rib.paths())
-        sp.sessions.on_line(line("state", state="up"))
-        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp.sessions.on_line(EOR)
+        assert all(p.stale for p in sp.bgp.rib.paths())
+        sp.bgp.on_line(line("state", state="up"))
+        sp.bgp.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.bgp.on_line(EOR)
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24"]
     run(body())
@@ -208,12 +208,12 @@ def test_session_down_without_graceful_restart_drops_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path, gracefulRestart=0, convergenceTimeout=0.01)
         sp.on_watch(Snapshot(tuple(NODES), "10"))
-        sp.sessions.on_line(line("state", state="up"))
-        assert sp.sessions.exabgp.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self"]
-        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.bgp.on_line(line("state", state="up"))
+        assert sp.bgp.exabgp.sent == ["neighbor 192.168.50.1 announce route 10.42.1.0/24 next-hop self"]
+        sp.bgp.on_line(announce("10.42.2.0/24", "192.168.50.12"))
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
-        sp.sessions.on_line(DOWN)
+        sp.bgp.on_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
@@ -223,11 +223,11 @@ def test_bad_input_is_counted_not_fatal(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         sp.on_watch(Snapshot(tuple(NODES) + ({"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}},), "10"))
-        sp.sessions.on_line('{"truncated": ')
-        sp.sessions.on_line(line("surprise"))
+        sp.bgp.on_line('{"truncated": ')
+        sp.bgp.on_line(line("surprise"))
         await settle()
         assert sp.counters["decode_errors"] == 1 and sp.counters["node_errors"] == 1
-        assert "bad" in sp.node_errors and sp.sessions.exabgp is not None
+        assert "bad" in sp.node_errors and sp.bgp.exabgp is not None
     run(body())
 
 
@@ -235,7 +235,7 @@ def test_invalid_own_podcidr_refuses_to_start(tmp_path):
     async def body():
         sp, _ = make(tmp_path)
         sp.on_watch(Snapshot((node("node1", ["10.99.1.0/24"], ["192.168.50.11"]),), "10"))
-        assert sp.exit_code == 2 and sp._stop.is_set() and sp.sessions.exabgp is None
+        assert sp.exit_code == 2 and sp._stop.is_set() and sp.bgp.exabgp is None
     run(body())
 
 
@@ -243,12 +243,12 @@ def test_failed_reconnects_after_a_drop_keep_the_stale_paths(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, gr=120)
-        sp.sessions.on_line(DOWN)
+        sp.bgp.on_line(DOWN)
         for _ in range(3):  # the ToR is still away: connection attempts fail
-            sp.sessions.on_line(line("state", state="connected"))
-            sp.sessions.on_line(DOWN)
+            sp.bgp.on_line(line("state", state="connected"))
+            sp.bgp.on_line(DOWN)
         await settle()
-        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.sessions.rib.count() == 1
+        assert list(map(str, kernel.routes)) == ["10.42.2.0/24"] and sp.bgp.rib.count() == 1
     run(body())
 
 
@@ -256,16 +256,16 @@ def test_stale_paths_last_the_restart_time_the_peer_advertised(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         sp.on_watch(Snapshot(tuple(NODES), "10"))
-        sp.sessions.on_line(opened(1))  # the peer asks for a 1 s restart time
-        sp.sessions.on_line(UP)
-        sp.sessions.on_line(announce("10.42.2.0/24", "192.168.50.12"))
-        sp.sessions.on_line(EOR)
+        sp.bgp.on_line(opened(1))  # the peer asks for a 1 s restart time
+        sp.bgp.on_line(UP)
+        sp.bgp.on_line(announce("10.42.2.0/24", "192.168.50.12"))
+        sp.bgp.on_line(EOR)
         await settle()
-        sp.sessions.on_line(DOWN)
+        sp.bgp.on_line(DOWN)
         await settle()
         assert list(map(str, kernel.routes)) == ["10.42.2.0/24"]
         await asyncio.sleep(1.2)
-        assert kernel.routes == {} and sp.sessions.rib.count() == 0
+        assert kernel.routes == {} and sp.bgp.rib.count() == 0
     run(body())
 
 
@@ -273,7 +273,7 @@ def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
     async def body():
         sp, kernel = make(tmp_path)
         await established(sp, N2, gr=None)
-        sp.sessions.on_line(DOWN)
+        sp.bgp.on_line(DOWN)
         await settle()
         assert kernel.routes == {}
     run(body())
@@ -286,7 +286,7 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
         sp, kernel = make(tmp_path)
         await established(sp, N2, ("0.0.0.0/0", "192.168.50.1"), ("10.42.3.0/24", "192.168.50.12"))
         sp.on_watch(NodeEvent("ADDED", {"metadata": {"name": "bad"}, "spec": {"podCIDRs": ["x"]}}))
-        sp.sessions.on_line("{ truncated")
+        sp.bgp.on_line("{ truncated")
         await settle()
         doc = status.status_doc(sp)
         assert doc["peers"][0]["state"] == "up" and doc["peers"][0]["endOfRib"] == ["ipv4"]

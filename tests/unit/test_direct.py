@@ -169,8 +169,8 @@ def test_routes_from_the_node_list_without_bgp_then_conflist_and_condition(tmp_p
         assert status._respond(sp, "/readyz")[0].startswith("503")
         sp.on_watch(Snapshot(tuple(NODES), "10"))
         await settle()
-        assert table(kernel) == ROUTES and sp.sessions.converged and sp.reconciler.converged
-        assert sp.sessions.pid is None and sp.sessions.exabgp is None
+        assert table(kernel) == ROUTES and sp.source.converged and sp.reconciler.converged
+        assert sp.source.pid is None and sp.bgp is None and sp.source.peers() == ()
         await until(lambda: fake.calls)
         assert fake.calls[0]["conflist"] and fake.calls[0]["type"] == "NetworkUnavailable"
         applied = kernel.applied

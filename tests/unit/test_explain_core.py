@@ -75,19 +75,19 @@ async def up(sp, *routes, eor=True):
     """The Node list, both sessions up, these (prefix, next hop[, peer]) paths, then End-of-RIB."""
     sp.on_watch(Snapshot(tuple(NODES), "10"))
     for peer in (TOR, TOR2):
-        sp.sessions.on_event(OpenEvent(peer, 120))
-        sp.sessions.on_event(StateEvent(peer, SessionState.UP))
+        sp.bgp.on_event(OpenEvent(peer, 120))
+        sp.bgp.on_event(StateEvent(peer, SessionState.UP))
     offer(sp, *routes)
     if eor:
         for peer in (TOR, TOR2):
-            sp.sessions.on_event(EorEvent(peer, "ipv4"))
+            sp.bgp.on_event(EorEvent(peer, "ipv4"))
     await asyncio.sleep(0.05)
 
 
 def offer(sp, *routes):
     for prefix, hop, *peer in routes:
         peer = peer[0] if peer else TOR
-        sp.sessions.on_event(UpdateEvent(peer, announced=(Path(peer, N(prefix), A(hop)),)))
+        sp.bgp.on_event(UpdateEvent(peer, announced=(Path(peer, N(prefix), A(hop)),)))
 
 
 def explain(sp, prefix, **kw):
@@ -419,14 +419,14 @@ def test_status_gives_each_peer_the_unix_time_it_entered_its_state(tmp_path):
         idle = peer(sp)
         assert idle["state"] == "idle" and before <= idle["since"] <= time.time()
         await asyncio.sleep(0.02)
-        sp.sessions.on_event(StateEvent(TOR, SessionState.UP))
+        sp.bgp.on_event(StateEvent(TOR, SessionState.UP))
         established = peer(sp)
         assert established["state"] == "up" and idle["since"] < established["since"] <= time.time()
         await asyncio.sleep(0.02)
-        sp.sessions.on_event(StateEvent(TOR, SessionState.UP))  # the same state again: since stays
-        sp.sessions.on_event(EorEvent(TOR, "ipv4"))
+        sp.bgp.on_event(StateEvent(TOR, SessionState.UP))  # the same state again: since stays
+        sp.bgp.on_event(EorEvent(TOR, "ipv4"))
         assert peer(sp)["since"] == established["since"]
-        sp.sessions.on_event(StateEvent(TOR, SessionState.DOWN, "hold timer expired"))
+        sp.bgp.on_event(StateEvent(TOR, SessionState.DOWN, "hold timer expired"))
         down = peer(sp)
         assert down["state"] == "down" and down["since"] > established["since"]
         doc = json.loads(status._respond(sp, "/status")[2])  # as /status serves it

@@ -29,7 +29,7 @@ class RecordingClient:
         self.calls.append({"name": name, "type": body["status"]["conditions"][0]["type"],
                            "status": body["status"]["conditions"][0]["status"],
                            "conflist": os.path.exists(sp.cfg.cni.conf_path),
-                           "announced": sorted(str(a.prefix) for a in sp.sessions.announced)})
+                           "announced": sorted(str(a.prefix) for a in sp.announced)})
 
 
 def make(tmp_path, **kw):
@@ -92,11 +92,11 @@ def test_the_nodes_as_comes_from_its_annotation_and_follows_it(tmp_path):
         sp, _ = make(tmp_path)
         sp.on_watch(Snapshot((annotated("65101"),) + tuple(NODES[1:]), "10"))
         await settle()
-        assert "local-as 65101;" in sp.sessions.exabgp.config
-        assert sp.sessions.peers[0].local_asn == 65101
+        assert "local-as 65101;" in sp.bgp.exabgp.config
+        assert sp.bgp.configured[0].local_asn == 65101
         sp.on_watch(NodeEvent("MODIFIED", annotated("65102")))
         await settle()
-        assert "local-as 65102;" in sp.sessions.exabgp.config
+        assert "local-as 65102;" in sp.bgp.exabgp.config
         sp.condition.close()
     asyncio.run(body())
 
@@ -106,7 +106,7 @@ def test_a_bad_annotation_falls_back_to_the_config_asn_and_says_so(tmp_path, cap
         sp, _ = make(tmp_path)
         sp.on_watch(Snapshot((annotated("65x"),) + tuple(NODES[1:]), "10"))
         await settle()
-        assert "local-as 65001;" in sp.sessions.exabgp.config
+        assert "local-as 65001;" in sp.bgp.exabgp.config
         err = status.status_doc(sp)["nodeErrors"]["asn:node1"]
         assert err == ("node node1: annotation podbgp.io/asn='65x' is not an AS number (1..4294967295); "
                        "using the config asn 65001")
@@ -115,7 +115,7 @@ def test_a_bad_annotation_falls_back_to_the_config_asn_and_says_so(tmp_path, cap
         assert "4294967296" in sp.node_errors["asn:node1"]
         sp.on_watch(NodeEvent("MODIFIED", annotated("65005")))
         await settle()
-        assert "asn:node1" not in sp.node_errors and "local-as 65005;" in sp.sessions.exabgp.config
+        assert "asn:node1" not in sp.node_errors and "local-as 65005;" in sp.bgp.exabgp.config
         sp.condition.close()
     asyncio.run(body())
     assert len([m for m in caplog.messages if m.startswith("node.asn ")]) == 2
@@ -129,14 +129,14 @@ def test_without_any_as_number_nothing_starts_until_one_appears(tmp_path, caplog
         for n in (NODES[1], NODES[2], NODES[0]):  # more events, own and others: no crash, no second log line
             sp.on_watch(NodeEvent("MODIFIED", {**n, "metadata": {**n["metadata"], "labels": {"x": "y"}}}))
         await settle()
-        assert sp.sessions.exabgp is None and not sp._stop.is_set() and fake.calls == []
+        assert sp.bgp.exabgp is None and not sp._stop.is_set() and fake.calls == []
         assert status.status_doc(sp)["nodeErrors"]["bgp:node1"] == (
             "node node1: no AS number: the Node has no podbgp.io/asn annotation and the config sets no asn; "
             "no BGP session until one of them is set")
         assert os.path.exists(sp.cfg.cni.conf_path)  # Pods on this node can still be wired
         sp.on_watch(NodeEvent("MODIFIED", annotated("65101")))
         await until(lambda: sp.condition.patched)
-        assert "local-as 65101;" in sp.sessions.exabgp.config and "bgp:node1" not in sp.node_errors
+        assert "local-as 65101;" in sp.bgp.exabgp.config and "bgp:node1" not in sp.node_errors
         sp.condition.close()
     caplog.set_level(logging.INFO)
     asyncio.run(body())

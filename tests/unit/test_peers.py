@@ -300,8 +300,8 @@ def make(tmp_path, **kw):
             serviceCIDRs=["10.43.0.0/16"], **kw)
     sp = Speaker(c, FakeKernel(), lambda emit: (lambda: None), env={}, bgp_factory=Exa)
     calls = []
-    configure = sp.sessions.configure
-    sp.sessions.configure = lambda peers: (calls.append([str(p.address) for p in peers]), configure(peers))[1]
+    configure = sp.bgp.configure
+    sp.bgp.configure = lambda peers: (calls.append([str(p.address) for p in peers]), configure(peers))[1]
     return sp, calls
 
 
@@ -384,7 +384,7 @@ def test_problems_appear_in_status_and_leave_it_when_fixed(tmp_path):
         sp.on_watch(NodeEvent("MODIFIED", labelled("node1", "192.168.50.11")))
         await settle()
         assert status.status_doc(sp)["nodeErrors"] == {}
-        assert calls[-1] == ["192.168.50.1", "192.168.50.2"] and sp.sessions.peers[0].password == SECRET
+        assert calls[-1] == ["192.168.50.1", "192.168.50.2"] and sp.bgp.configured[0].password == SECRET
         sp.condition.close()
     asyncio.run(body())
 
@@ -419,7 +419,7 @@ def test_no_password_in_any_log_record_or_status_document(tmp_path, caplog):
         ann = {"podbgp.io/peers": f"[{{address: 192.168.60.1, asn: 65010, password: {SECRET}}}]"}
         sp.on_watch(Snapshot((labelled("node1", "192.168.50.11", annotations=ann),), "1"))
         await settle()
-        assert sp.sessions.peers[0].password == SECRET
+        assert sp.bgp.configured[0].password == SECRET
         docs.append(repr(status.status_doc(sp)))
         docs.append(repr(sp.node_errors))
         sp.condition.close()

@@ -2,15 +2,30 @@
 scrape time, served by the status endpoint on IPv4 and IPv6."""
 import asyncio
 import collections
+import ipaddress as ia
 import socket
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bgp.source import PeerStatus
 from bgp.types import SessionState
 from reconciler.types import Reason
 from speaker import status
+
+
+class FakeSource:
+    """A route source (bgp.source.RouteSource) with two peers whose state and path counts the test sets."""
+
+    def __init__(self, paths):
+        self.state, self.paths_of, self.converged = {}, paths, False
+
+    def peers(self):
+        return tuple(PeerStatus(key=k, address=ia.ip_address(k), asn=65000, local_address=ia.ip_address(k),
+                                local_asn=65001, families=frozenset({"ipv4"}), state=self.state.get(k, SessionState.IDLE),
+                                since=None, reason="", end_of_rib=frozenset(), paths=self.paths_of.get(k, 0))
+                     for k in ("192.168.50.1", "fd00:50::1"))
 
 
 class FakeSpeaker:
@@ -19,10 +34,8 @@ class FakeSpeaker:
     def __init__(self):
         self.paths = {}
         self.routes = []
-        self.sessions = SimpleNamespace(
-            peers=[SimpleNamespace(key="192.168.50.1", asn=65000), SimpleNamespace(key="fd00:50::1", asn=65000)],
-            state={}, announced=frozenset(), converged=False,
-            rib=SimpleNamespace(count=lambda peer: self.paths.get(peer, 0)))
+        self.source = FakeSource(self.paths)
+        self.announced = frozenset()
         self.reconciler = SimpleNamespace(installed=lambda: list(self.routes), rejected_count=collections.Counter(),
                                           blocked=set())
         self.api_up = False
@@ -66,11 +79,11 @@ def test_values_follow_the_state_at_each_scrape(attempt):
     registry = status.metrics_registry(sp)
     for _ in range(attempt):
         scrape(sp, registry)
-    sp.sessions.state["192.168.50.1"] = SessionState.UP
-    sp.sessions.state["fd00:50::1"] = SessionState.CONNECTED
+    sp.source.state["192.168.50.1"] = SessionState.UP
+    sp.source.state["fd00:50::1"] = SessionState.CONNECTED
     sp.paths["192.168.50.1"] = 4999
-    sp.sessions.announced = frozenset({"10.42.1.0/24", "fd00:42:0:1::/64"})
-    sp.sessions.converged = True
+    sp.announced = frozenset({"10.42.1.0/24", "fd00:42:0:1::/64"})
+    sp.source.converged = True
     sp.api_up = True
     sp.routes = ["r"] * 4998
     sp.reconciler.rejected_count.update({Reason.NEXT_HOP_MISMATCH: 2, Reason.DEFAULT_ROUTE: 1})
@@ -87,7 +100,7 @@ def test_values_follow_the_state_at_each_scrape(attempt):
     assert rejected["foreign-route-present"] == 1 and rejected["own-cidr"] == 0
     assert got[("podbgp_events_total", (("event", "decode_errors"),))] == 3
     assert got[("podbgp_events_total", (("event", "routes_replaced"),))] == 4998
-    sp.sessions.state["192.168.50.1"] = SessionState.IDLE  # the session drops
+    sp.source.state["192.168.50.1"] = SessionState.IDLE  # the session drops
     sp.counters["decode_errors"] += 1
     got = scrape(sp, registry)
     assert got[("podbgp_peer_up", (("asn", "65000"), ("peer", "192.168.50.1")))] == 0

@@ -1,0 +1,83 @@
+"""What a route source is: the one seam between where paths come from and who reads them.
+
+BGP sessions (bgp.sessions.Sessions: ExaBGP and its peers) and direct mode
+(speaker.direct.DirectSource: paths derived from the Node objects) are both route sources. The
+reconciler reads a source's paths (`paths_for`, `prefixes`: reconciler.types.RibReader is the
+part it needs); status, metrics and explain read its peers' status as frozen values and whether
+it has converged. Nobody outside the source reads its insides: ExaBGP, its RIB's dicts, its
+timers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from .types import IPAddress, IPNetwork, Path, SessionState
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One peer's session as a source reports it, at the moment it was asked.
+
+    since: the unix time the session entered `state` (None: not yet seen in any state).
+    reason: why it is in that state, in words (ExaBGP's reason, then what podbgp can tell about
+    TCP MD5 or GTSM when no TCP connection comes up). end_of_rib: the families whose End-of-RIB
+    arrived in the current session. paths: the paths from this peer now in the RIB (stale ones
+    of a graceful restart included)."""
+
+    key: str
+    address: IPAddress
+    asn: int
+    local_address: IPAddress
+    local_asn: int
+    families: frozenset[str]
+    state: SessionState
+    since: float | None
+    reason: str
+    end_of_rib: frozenset[str]
+    paths: int
+
+
+class RouteSource(Protocol):
+    """Where learned paths come from. Implemented by bgp.sessions.Sessions (mode: bgp) and
+    speaker.direct.DirectSource (mode: direct)."""
+
+    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
+        """Every path this source holds for `prefix` (one per peer at most)."""
+        ...
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        """Every prefix with at least one path."""
+        ...
+
+    def paths(self) -> Iterator[Path]:
+        """Every path, sorted by peer."""
+        ...
+
+    def peers(self) -> tuple[PeerStatus, ...]:
+        """Each configured peer's status, in configuration order (direct mode has none)."""
+        ...
+
+    def peer(self, key: str) -> PeerStatus | None:
+        """One peer's status; None for a peer that is not configured."""
+        ...
+
+    @property
+    def converged(self) -> bool:
+        """True once what the source holds is complete enough to prune by (sessions up and
+        End-of-RIB, or the grace timer; in direct mode, the first full Node list)."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """True while routes can flow: a BGP session is Established (direct mode: converged)."""
+        ...
+
+    @property
+    def pid(self) -> int | None:
+        """The engine's process id (ExaBGP's), None when there is no such process."""
+        ...
+
+    async def stop(self) -> None:
+        ...
