@@ -59,7 +59,10 @@ def _tokens(src: str) -> list[tuple[str, str]]:
     """Text and action tokens, with `{{- ` and ` -}}` trimming already applied."""
     out: list[tuple[str, str]] = []
     pos, trim_next = 0, False
-    for m in _ACTION.finditer(src):
+    actions = list(_ACTION.finditer(src))
+    if len(actions) != src.count("{{"):  # an action the pattern missed would pass through as text
+        raise TemplateError(f"{src.count('{{') - len(actions)} unclosed or unreadable {{{{ ... }}}}")
+    for m in actions:
         text = src[pos:m.start()]
         text = text.lstrip(" \t\r\n") if trim_next else text
         out.append(("text", text.rstrip(" \t\r\n") if m.group(1) else text))
@@ -353,9 +356,23 @@ def test_schema_accepts_what_the_speaker_accepts(overrides):
 
 # --- templates against values.yaml ---------------------------------------------------------------
 
-def _value_paths() -> set[tuple[str, ...]]:
-    return {tuple(m.split(".")[2:]) for src in _sources().values()
-            for m in re.findall(r"\.Values(?:\.[A-Za-z_][A-Za-z0-9_]*)+", src)}
+def _value_paths(sources: dict[str, str] | None = None) -> set[tuple[str, ...]]:
+    """Every `.Values.a.b` path the templates name. Each `.Values` in them must be one of those
+    paths, so a reference the scan cannot read (`index .Values "asn"`, a bare `.Values`) fails
+    here instead of going unchecked, and so does a scan that finds nothing at all."""
+    paths = set()
+    for name, src in (_sources() if sources is None else sources).items():
+        found = re.findall(r"\.Values(?:\.[A-Za-z_][A-Za-z0-9_]*)+", src)
+        assert len(found) == src.count(".Values"), f"{name}: a .Values reference that is not a plain path"
+        paths |= {tuple(m.split(".")[2:]) for m in found}
+    assert paths, "no .Values path found in the templates"
+    return paths
+
+
+@pytest.mark.parametrize("src", ['{{ index .Values "asn" }}', "{{ toYaml .Values }}", "no values at all"])
+def test_value_path_scan_fails_on_what_it_cannot_read(src):
+    with pytest.raises(AssertionError):
+        _value_paths({"t.yaml": src})
 
 
 def test_every_values_path_a_template_uses_is_in_values_yaml():
@@ -543,7 +560,7 @@ def test_evaluator(src, want):
 @pytest.mark.parametrize("src", ["{{ range .Values.l }}{{ end }}", "{{ .Values.l | upper }}",
                                  "{{ .Values.missing }}", "{{ .Values.l }}", "{{ if .Values.e }}",
                                  "{{ if .Values.e }}a{{ else }}b", '{{ define "x" }}a', "a{{ end }}",
-                                 "{{ if .Values.e }}a{{ else if .Values.l }}b{{ end }}"])
+                                 "{{ if .Values.e }}a{{ else if .Values.l }}b{{ end }}", "a {{ .Values.e"])
 def test_evaluator_refuses_what_it_does_not_know(src):
     with pytest.raises((TemplateError, KeyError)):
         Chart({"t": src}).render("t", {"Values": {"l": [1], "e": ""}})
