@@ -13,7 +13,6 @@ until it succeeds; the speaker's loop never waits for it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -96,12 +95,8 @@ class NetworkCondition:
 
 
 def _one_line(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):  # kubernetes ApiException: its str() spans many lines of headers
-        try:
-            message = json.loads(getattr(exc, "body", None) or "{}").get("message", "")
-        except (TypeError, ValueError, AttributeError):
-            message = ""
-        return f"HTTP {status}: {message or getattr(exc, 'reason', '')}".splitlines()[0][:200]
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0][:200]
+    """The failure in words (kubeclient.describe): what could not be reached and why, or what the
+    API answered, on one line."""
+    from .kubeclient import describe
+
+    return describe(exc)

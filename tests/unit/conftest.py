@@ -5,6 +5,7 @@ import shutil
 import pytest
 import yaml
 from kubernetes import config
+from kubernetes.config import incluster_config
 from kubernetes.config.incluster_config import InClusterConfigLoader
 
 from lab import pki
@@ -76,6 +77,7 @@ def in_cluster(secure_api, monkeypatch):
         InClusterConfigLoader(token_filename=f"{sa}/token", cert_filename=f"{sa}/ca.crt",
                               environ=env).load_and_set(client_configuration)
     monkeypatch.setattr(config, "load_incluster_config", load)
+    monkeypatch.setattr(incluster_config, "load_incluster_config", load)  # the name speaker.kubeclient calls
     yield env
 
 

@@ -14,7 +14,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from lab import pki
-from speaker.watch import KubeNodeClient
+from speaker.kubeclient import NODES, KubeClient
 
 NODE = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
         "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]},
@@ -58,7 +58,7 @@ def test_in_cluster_configuration_reaches_it_like_a_pod(in_cluster, admin):
     v1 = client.CoreV1Api(client.ApiClient(cfg))
     assert [n.metadata.name for n in v1.list_node().items] == ["n1"]
     # the speaker's own client, built with no kubeconfig, takes the same in-cluster path
-    names = [n["metadata"]["name"] for n in KubeNodeClient(None).list_nodes()]
+    names = [n["metadata"]["name"] for n in KubeClient(None).list(NODES)]
     assert names == ["n1"]
 
 

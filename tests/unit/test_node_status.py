@@ -7,12 +7,13 @@ import threading
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
 from speaker import node_status
 from speaker.node_status import NetworkCondition, condition_patch
 from speaker.nodes import parse_node
-from speaker.watch import Changed, KubeNodeClient, NodeWatcher
+from speaker.kubeclient import KubeClient, KubeError
+from speaker.listwatch import Changed
+from speaker.nodewatch import NodeWatcher
 
 N = ia.ip_network
 T0 = 1795420800.0  # 2026-11-23T08:00:00Z
@@ -79,7 +80,7 @@ def test_failures_are_retried_with_backoff_and_reported(caplog):
         c = condition(fake)
         c.announced((N("10.42.1.0/24"),))
         await until(lambda: fake.calls)
-        assert not c.patched and c.error == "ConnectionRefusedError: connection refused"
+        assert not c.patched and c.error == "cannot reach the Kubernetes API: connection refused"
         await until(lambda: c.patched)
         assert len(fake.calls) == 3 and c.error is None
         c.close()
@@ -121,7 +122,7 @@ def test_strategic_merge_of_conditions_by_type_through_the_real_client(api):
     unavailable = {**READY, "type": "NetworkUnavailable", "reason": "NoRouteCreated", "message": "not yet"}
     v1.patch_node_status("n1", {"status": {"conditions": [READY, unavailable]}})
     assert conditions(v1)["NetworkUnavailable"].status == "True"
-    kube = KubeNodeClient(api)
+    kube = KubeClient(api)
     kube.patch_node_status("n1", condition_patch(T0))
     got = conditions(v1)
     assert sorted(got) == ["NetworkUnavailable", "Ready"]
@@ -139,14 +140,14 @@ def test_strategic_merge_of_conditions_by_type_through_the_real_client(api):
 def test_a_node_without_conditions_gets_just_ours_and_a_missing_node_is_a_one_line_error(api):
     v1 = client.CoreV1Api(config.new_client_from_config(config_file=api))
     v1.create_node(NODE)
-    kube = KubeNodeClient(api)
+    kube = KubeClient(api)
     kube.patch_node_status("n1", condition_patch(T0))
     assert list(conditions(v1)) == ["NetworkUnavailable"]
-    with pytest.raises(ApiException) as err:
+    with pytest.raises(KubeError) as err:
         kube.patch_node_status("nope", condition_patch(T0))
     assert err.value.status == 404
     line = node_status._one_line(err.value)
-    assert line.startswith("HTTP 404: ") and "nope" in line and "\n" not in line
+    assert "answered HTTP 404 Not Found: " in line and "nope" in line and "\n" not in line
 
 
 def test_our_condition_patch_is_a_no_op_for_the_watcher():
@@ -170,9 +171,9 @@ def test_our_condition_patch_is_a_no_op_for_the_watcher():
 
 
 def test_in_cluster_configuration_patches_over_https_with_the_token(in_cluster, admin):
-    """KubeNodeClient(None), as the DaemonSet runs it: service host and port from the environment,
+    """KubeClient(None), as the DaemonSet runs it: service host and port from the environment,
     the service-account token and CA from files; the lab server refuses a request without them."""
     admin.create_node(NODE)
-    kube = KubeNodeClient(None)
+    kube = KubeClient(None)
     kube.patch_node_status("n1", condition_patch(T0))  # allowed by deploy/'s ClusterRole
     assert conditions(admin)["NetworkUnavailable"].reason == "PodbgpIsUp"

@@ -1,4 +1,5 @@
-"""The Node watcher: list decoded item by item, watch-list, no-op filtering, re-list diffs."""
+"""The list/watch machinery and the Node watch: list decoded item by item, watch-list, no-op
+filtering, re-list diffs; a second resource (Services) through the same machinery."""
 import json
 import time
 
@@ -7,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from speaker.nodes import NodeInfo
-from speaker.watch import ApiDown, Changed, ListStream, NodeWatcher, WatchListUnsupported
+from speaker.kubeclient import ListStream
+from speaker.listwatch import ApiDown, Changed, WatchListUnsupported
+from speaker.nodewatch import NodeWatcher
 
 
 def node(name, cidr="10.42.1.0/24", addr="192.168.50.11", heartbeat="t0", **ann):
@@ -39,16 +42,18 @@ def test_list_stream_refuses_a_truncated_document():
 
 
 class FakeClient:
-    """Serves a scripted cluster: watch-list (or 422), list, and watch streams."""
+    """Serves a scripted cluster of one resource: watch-list (or 422), list, and watch streams."""
 
-    def __init__(self, nodes, watch_list=True):
+    def __init__(self, nodes, watch_list=True, path="/api/v1/nodes"):
         self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.path = path
         self.rv = 10
         self.watch_list_ok = watch_list
         self.calls = []
         self.later: list[dict] = []  # events the next watch stream delivers
 
-    def watch_list(self, timeout, stop):
+    def watch_list(self, path, timeout, stop):
+        assert path == self.path
         self.calls.append("watch-list")
         if not self.watch_list_ok:
             raise WatchListUnsupported("HTTP 422: the WatchList feature is off")
@@ -57,12 +62,14 @@ class FakeClient:
                                                                   "annotations": {"k8s.io/initial-events-end": "true"}}}})
         return self._stream(events + self._take(), stop)
 
-    def list_nodes(self):
+    def list(self, path):
+        assert path == self.path
         self.calls.append("list")
         doc = {"metadata": {"resourceVersion": str(self.rv)}, "items": list(self.nodes.values())}
         return ListStream(chunks(json.dumps(doc).encode(), 100))
 
-    def watch_nodes(self, rv, timeout, stop):
+    def watch(self, path, rv, timeout, stop):
+        assert path == self.path
         self.calls.append(f"watch@{rv}")
         return self._stream(self._take(), stop)
 
@@ -151,7 +158,7 @@ def test_invalid_nodes_are_reported_once_by_name():
 
 def test_errors_report_api_down_once_and_retry():
     class Broken(FakeClient):
-        def watch_list(self, timeout, stop):
+        def watch_list(self, path, timeout, stop):
             self.calls.append("watch-list")
             raise ConnectionRefusedError("connection refused")
 
@@ -193,7 +200,7 @@ def test_watch_stop_is_prompt():
 
 from lab.apiserver import serve  # noqa: E402
 from lab.kubestore import Store  # noqa: E402
-from speaker.watch import KubeNodeClient  # noqa: E402
+from speaker.kubeclient import KubeClient  # noqa: E402
 
 
 def api_node(name, cidr, addr):
@@ -237,7 +244,7 @@ def test_real_client_lists_then_follows_changes(api):
     for i in range(1, 4):
         api.store.create(api_node(f"n{i}", f"10.42.{i}.0/24", f"192.168.50.1{i}"))
     got = []
-    w = NodeWatcher(KubeNodeClient(api.kubeconfig, read_timeout=5), got.append, watch_timeout=2, backoff_max=0.2)
+    w = NodeWatcher(KubeClient(api.kubeconfig, read_timeout=5), got.append, watch_timeout=2, backoff_max=0.2)
     w.start()
     try:
         wait_for(lambda: got)
@@ -259,7 +266,7 @@ def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
     api.store.create(api_node("n1", "10.42.1.0/24", "192.168.50.11"))
     api.store.create(api_node("n3", "10.42.3.0/24", "192.168.50.13"))
     got = []
-    w = NodeWatcher(KubeNodeClient(api.kubeconfig, read_timeout=2), got.append, watch_timeout=1, backoff_max=0.5)
+    w = NodeWatcher(KubeClient(api.kubeconfig, read_timeout=2), got.append, watch_timeout=1, backoff_max=0.5)
     w.start()
     try:
         wait_for(lambda: any(isinstance(e, Changed) and e.synced for e in got))
@@ -300,3 +307,64 @@ def test_other_nodes_keep_only_the_labels_a_selector_reads_and_the_own_node_all(
     mesh["metadata"]["labels"]["podbgp.io/mesh"] = "true"  # one the mesh's scope reads
     w._follow(iter([{"type": "MODIFIED", "object": mesh}]))
     assert len(got) == 1 and isinstance(got[0], Changed)
+
+
+# ---- the same machinery, a second resource ---------------------------------------------------
+
+from speaker.listwatch import ListWatch, object_key  # noqa: E402
+
+
+def service(ns, name, ips, heartbeat="t0", svc_type="ClusterIP"):
+    return {"metadata": {"namespace": ns, "name": name, "resourceVersion": "1", "annotations": {"x": heartbeat}},
+            "spec": {"type": svc_type, "clusterIPs": ips}}
+
+
+def parse_service(obj):
+    """What a Service announcer would keep: (namespace/name, (type, cluster IPs)), or why not."""
+    key = object_key(obj)
+    ips = (obj.get("spec") or {}).get("clusterIPs")
+    if not isinstance(ips, list):
+        return key, f"service {key}: spec.clusterIPs is not a list"
+    return key, ((obj.get("spec") or {}).get("type", "ClusterIP"), tuple(ips))
+
+
+class ServiceClient(FakeClient):
+    def __init__(self, services, watch_list=True):
+        super().__init__([], watch_list=watch_list, path="/api/v1/services")
+        self.nodes = {object_key(s): s for s in services}  # the fake serves whatever it holds
+
+
+@pytest.mark.parametrize("watch_list", [True, False])
+def test_the_same_machinery_lists_and_watches_services_with_another_parser(watch_list):
+    client = ServiceClient([service("default", "web", ["10.96.0.10"]), service("kube-system", "dns", ["10.96.0.53"]),
+                            {"metadata": {"namespace": "x", "name": "odd"}, "spec": {"clusterIPs": "nope"}}],
+                           watch_list=watch_list)
+    client.later = [
+        {"type": "MODIFIED", "object": service("default", "web", ["10.96.0.10"], heartbeat="t1")},  # a no-op
+        {"type": "MODIFIED", "object": service("default", "web", ["10.96.0.10"], svc_type="LoadBalancer")},
+        {"type": "ADDED", "object": service("other", "web", ["10.96.0.11"])},  # same name, other namespace
+        {"type": "DELETED", "object": service("kube-system", "dns", ["10.96.0.53"])},
+    ]
+    got = []
+    w = ListWatch(client, "/api/v1/services", parse_service, got.append, watch_timeout=1, backoff_max=0.05)
+    assert w.name == "services" and w.thread.name == "services-watch"
+    w.start()
+    try:
+        wait_for(lambda: any(isinstance(e, Changed) and e.deleted for e in got))
+    finally:
+        w.close()
+        w.thread.join(5)
+    first, *rest = got
+    assert first.synced and first.resource == "services"
+    assert sorted(first.values) == [("ClusterIP", ("10.96.0.10",)), ("ClusterIP", ("10.96.0.53",))]
+    assert first.invalid == (("x/odd", "service x/odd: spec.clusterIPs is not a list"),)
+    assert [c.values for c in rest if c.values] == [(("LoadBalancer", ("10.96.0.10",)),), (("ClusterIP", ("10.96.0.11",)),)]
+    assert rest[-1].deleted == ("kube-system/dns",) and w.dropped == 1
+    assert sorted(w.known) == ["default/web", "other/web", "x/odd"]
+    assert ("list" in client.calls) == (not watch_list)
+
+
+def test_object_keys_are_names_or_namespace_slash_name():
+    assert object_key({"metadata": {"name": "n1"}}) == "n1"
+    assert object_key({"metadata": {"name": "web", "namespace": "default"}}) == "default/web"
+    assert object_key({"metadata": {}}) is None and object_key({}) is None and object_key("x") is None
