@@ -33,9 +33,10 @@ def main() -> None:
     """podbgp: a BGP speaker for underlay Kubernetes Pod networks."""
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from . import logs
+
+    logs.setup(level, fmt)
 
 
 @main.command()
@@ -46,14 +47,18 @@ def _setup_logging(level: str) -> None:
 @click.option("--status-address", help="HOST:PORT of the local status endpoint")
 @click.option("--runtime-dir", help="directory for ExaBGP's config and API socket")
 @click.option("--log-level", default="info", show_default=True)
-def speaker(config_path, node_name, asn, kubeconfig, status_address, runtime_dir, log_level) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              help="text, or one JSON object per line for log collectors (default: the config's logFormat, else text)")
+def speaker(config_path, node_name, asn, kubeconfig, status_address, runtime_dir, log_level, log_format) -> None:
     """Run the speaker on this node."""
-    _setup_logging(log_level)
+    _setup_logging(log_level, log_format or "text")
     try:
         cfg = load(config_path, overrides={"nodeName": node_name, "asn": asn, "kubeconfig": kubeconfig,
                                            "statusAddress": status_address, "runtimeDir": runtime_dir})
     except ConfigError as exc:
         raise click.ClickException(f"config refused: {exc}") from None
+    if log_format is None and getattr(cfg, "log_format", "text") != "text":  # the flag overrides logFormat
+        _setup_logging(log_level, cfg.log_format)
     sys.exit(asyncio.run(_run_speaker(cfg)))
 
 
@@ -64,20 +69,22 @@ async def _run_speaker(cfg) -> int:
     from . import status
     from .app import Speaker
     from .cni import ConflistWriter
-    from .watch import KubeNodeClient, NodeWatcher
+    from .kubeclient import KubeClient
+    from .nodewatch import NodeWatcher
+
+    kube = KubeClient(cfg.kubeconfig)  # one connection pool for the watch and the status patch
 
     def start_watch(emit):
         # of the other Nodes only the labels the mesh's scope reads; the own Node's all (nodeSelector)
         keys = cfg.mesh_node_selector.keys if cfg.mesh else frozenset()
-        watcher = NodeWatcher(KubeNodeClient(cfg.kubeconfig), emit, backoff_max=cfg.api_backoff_max,
-                              label_keys=keys, own=cfg.node_name)
+        watcher = NodeWatcher(kube, emit, backoff_max=cfg.api_backoff_max, label_keys=keys, own=cfg.node_name)
         watcher.start()
         return watcher.close
 
     kernel = KernelTable(protocol=cfg.route_protocol, table=cfg.route_table)
     monitor = KernelMonitor(cfg.route_protocol, table=cfg.route_table)
     sp = Speaker(cfg, kernel, start_watch, monitor=monitor, cni=ConflistWriter(cfg.cni),
-                 node_client=KubeNodeClient(cfg.kubeconfig))
+                 node_client=kube)
     server = await status.serve(sp, cfg.status_address)
     logging.getLogger("speaker").info("speaker.start node=%s asn=%s status=%s", cfg.node_name,
                                       cfg.asn if cfg.asn is not None else "from-annotation", cfg.status_address)
