@@ -37,7 +37,9 @@ process already imported kubernetes): their submodules import as usual, and the 
 other name runs the real `__init__` into the same module, so code elsewhere in the process that
 does `from kubernetes import client, config` still gets the whole package.
 
-Measured on the whole speaker (idle, unreachable API, RSS 1 s after start): see the README.
+The whole speaker (`podbgp speaker`, API unreachable, VmRSS = VmHWM 4 s after start, two runs
+each): before 59.8 MiB with either loader; now 46.2 in-cluster (-13.6: less than the 20 of a bare
+interpreter because the speaker loads yaml, ssl and the like anyway) and 59.5 with --kubeconfig.
 """
 from __future__ import annotations
 
