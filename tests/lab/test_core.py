@@ -192,7 +192,9 @@ def test_pods_are_attached_with_the_conflist_their_node_speaker_wrote(lab):
     env = runner.tool_env({"PODBGP_LAB": lab.name})
     doc = json.loads(subprocess.run([sys.executable, "-m", "speaker.cli", "lab", "status", "--json"],
                                     capture_output=True, text=True, env=env, check=True).stdout)
-    for node in (n for n in doc["nodes"] if n["role"] == "node"):
+    nodes = [n for n in doc["nodes"] if n["role"] == "node"]
+    assert sorted(n["name"] for n in nodes) == list(NODES), doc["nodes"]  # no node, no check: fail instead
+    for node in nodes:
         with open(node["cniConf"]) as f:
             conf = json.load(f)
         types = [p["type"] for p in conf["plugins"]]
