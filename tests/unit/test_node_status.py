@@ -86,7 +86,7 @@ def test_failures_are_retried_with_backoff_and_reported(caplog):
         c.close()
     asyncio.run(body())
     assert [r.getMessage().split(" retry_in=")[0] for r in caplog.records if r.levelname == "WARNING"] == [
-        "node.condition.error type=NetworkUnavailable node=node1 error=ConnectionRefusedError: connection refused"] * 2
+        "node.condition.error type=NetworkUnavailable node=node1 error=cannot reach the Kubernetes API: connection refused"] * 2
     assert "node.condition type=NetworkUnavailable status=False reason=PodbgpIsUp node=node1" in caplog.messages
 
 
