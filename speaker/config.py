@@ -1,14 +1,14 @@
 """The speaker's configuration: a typed, validated model from YAML, environment and flags.
 
-Every refusal is a ConfigError with one line naming the field.
+Each default is stated once, as a field default of the dataclasses below; the loader reads it
+from there (config_values.defaults). The peers' keys are parsed in peer_config. Every refusal is
+a ConfigError with one line naming the field.
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,32 +18,15 @@ import yaml
 from bgp.types import IPAddress, IPNetwork
 
 from . import selector
+from .config_values import (ConfigError, SpeakerError, abspath, boolean, defaults, integer, ip, known_keys,
+                            label_selector, listed, mapping, net, one_of)
+from .peer_config import ANNOTATION_PEER_KEYS, Peer, parse_peer, parse_peers, peer_list
 from .selector import Selector
 
-
-class SpeakerError(Exception):
-    """Base of the speaker package's errors."""
-
-
-class ConfigError(SpeakerError):
-    """The configuration is refused; the message is one line naming the field."""
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A BGP peer from the config or a Node's podbgp.io/peers annotation. The password itself
-    is never here: `password_key` names a file in the mounted Secret (Config.secrets_dir)."""
-
-    address: IPAddress
-    asn: int
-    hold_time: int = 9
-    keepalive_time: int = 3  # holdTime/3 unless set; always < hold_time (0 when hold_time is 0)
-    port: int = 179
-    password_key: str | None = None
-    multihop: int | None = None
-    ttl_security: int | None = None
-    families: frozenset[str] = frozenset()  # empty: the family of the address
-    node_selector: Selector = selector.EVERYTHING  # the nodes this peer applies to
+# the names other modules import from here
+__all__ = ["ANNOTATION_PEER_KEYS", "CNIConfig", "Config", "ConfigError", "MODES", "LOG_FORMATS", "Peer",
+           "PodCIDRConfig", "SpeakerError", "check_pod_cidr", "load", "parse", "parse_address", "parse_peer",
+           "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +54,7 @@ class CNIConfig:
 
 
 MODES = ("bgp", "direct")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,25 +84,7 @@ class Config:
     mesh_node_selector: Selector = selector.EVERYTHING
     secrets_dir: str = "/etc/podbgp/secrets"  # the Secret podbgp-bgp-passwords, one file per passwordKey
     router_id: ipaddress.IPv4Address | None = None  # None: the Node's annotation, else its IPv4 address
-
-
-def _net(value: Any, where: str) -> IPNetwork:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a CIDR string, got {value!r}")
-    try:
-        return ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            raise ConfigError(f"{where}: {value} has host bits set (did you mean "
-                              f"{ipaddress.ip_network(value, strict=False)}?)") from None
-        raise ConfigError(f"{where}: {value!r} is not a valid CIDR") from None
-
-
-def _ip(value: Any, where: str) -> IPAddress:
-    try:
-        return ipaddress.ip_address(str(value))
-    except ValueError:
-        raise ConfigError(f"{where}: {value!r} is not a valid IP address") from None
+    log_format: str = "text"  # "json": one JSON object per log line (speaker.cli)
 
 
 def _address(value: Any, where: str) -> str:
@@ -129,60 +95,10 @@ def _address(value: Any, where: str) -> str:
     return str(value)
 
 
-def _int(value: Any, where: str, lo: int, hi: int) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {value!r} is not an integer") from None
-    if isinstance(value, bool) or not lo <= n <= hi:
-        raise ConfigError(f"{where}: {value!r} is out of range {lo}..{hi}")
-    return n
-
-
-def _list(raw: dict, key: str) -> list:
-    value = raw.get(key) or []
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
-        raise ConfigError(f"{key}: expected a list")
-    return value
-
-
-def _bool(value: Any, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise ConfigError(f"{where}: {value!r} is not true or false")
-
-
-def _mapping(raw: dict, key: str) -> dict:
-    value = raw.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{key}: expected a mapping")
-    return value
-
-
-def _known_keys(raw: Mapping, known: Iterable[str], where: str = "") -> None:
-    """Refuse the first unknown key (sorted), naming it with its place and the nearest known one."""
-    known = sorted(known)
-    for key in sorted(map(str, raw)):
-        if key in known:
-            continue
-        near = [k for k in known if k.lower() == key.lower()] or difflib.get_close_matches(key, known, n=1, cutoff=0.7)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        raise ConfigError(f"{where}{'.' if where else ''}{key}: unknown setting{hint}")
-
-
 _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR", "cni",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
           "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp",
-          "mode", "mesh", "meshNodeSelector", "secretsDir", "routerId"}
-# the keys of a peer in a Node's podbgp.io/peers annotation; the config adds families and nodeSelector
-ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey"}
-_PEER_KEYS = ANNOTATION_PEER_KEYS | {"families", "nodeSelector"}
+          "mode", "mesh", "meshNodeSelector", "secretsDir", "routerId", "logFormat"}
 _POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
 _CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
@@ -191,64 +107,62 @@ def parse(raw: dict) -> Config:
     """Build and validate a Config from a plain mapping (camelCase keys, as in the YAML file)."""
     if not isinstance(raw, dict):
         raise ConfigError("config: the top level must be a mapping")
-    _known_keys(raw, _KNOWN)
+    known_keys(raw, _KNOWN)
     name = raw.get("nodeName") or ""
     if not name:
         raise ConfigError("nodeName: required (set NODE_NAME, as a DaemonSet's downward API does)")
-    peers = raw.get("peers") or []
-    if not isinstance(peers, list):
-        raise ConfigError("peers: expected a list")
+    peers = peer_list(raw.get("peers"))
     asn = raw.get("asn")
-    mode = str(raw.get("mode", "bgp")).strip().lower()
-    if mode not in MODES:
-        raise ConfigError(f"mode: {raw.get('mode')!r} is not one of {', '.join(MODES)}")
+    d = defaults(Config)
+    mode = one_of(raw.get("mode", d.mode), MODES, "mode")
     cfg = Config(
         node_name=str(name),
-        asn=None if asn is None or asn == "" else _int(asn, "asn", 1, 4294967295),
-        peers=tuple(parse_peer(p, f"peers[{i}]") for i, p in enumerate(peers)),
-        cluster_cidrs=tuple(_net(c, f"clusterCIDRs[{i}]") for i, c in enumerate(_list(raw, "clusterCIDRs"))),
-        service_cidrs=tuple(_net(c, f"serviceCIDRs[{i}]") for i, c in enumerate(_list(raw, "serviceCIDRs"))),
-        node_addresses=tuple(_ip(a, f"nodeAddresses[{i}]") for i, a in enumerate(_list(raw, "nodeAddresses"))),
-        pod_cidr=_pod_cidr(_mapping(raw, "podCIDR")),
-        cni=_cni(_mapping(raw, "cni")),
-        kubeconfig=raw.get("kubeconfig") or None,
-        graceful_restart=_int(raw.get("gracefulRestart", 120), "gracefulRestart", 0, 4095),
-        convergence_timeout=float(raw.get("convergenceTimeout", 60.0)),
-        strict_next_hop=_bool(raw.get("strictNextHop", True), "strictNextHop"),
-        route_protocol=_int(raw.get("routeProtocol", 80), "routeProtocol", 5, 255),
-        route_metric=_int(raw.get("routeMetric", 20), "routeMetric", 0, 2**32 - 1),
-        route_table=_int(raw.get("routeTable", 254), "routeTable", 1, 2**32 - 1),
-        resync_interval=float(raw.get("resyncInterval", 30.0)),
-        api_backoff_max=float(raw.get("apiBackoffMax", 5.0)),
-        status_address=_address(raw.get("statusAddress", "127.0.0.1:9469"), "statusAddress"),
-        runtime_dir=str(raw.get("runtimeDir", "/run/podbgp")),
-        exabgp=str(raw.get("exabgp", "exabgp")),
+        asn=None if asn is None or asn == "" else integer(asn, "asn", 1, 4294967295),
+        peers=parse_peers(peers),
+        cluster_cidrs=tuple(net(c, f"clusterCIDRs[{i}]") for i, c in enumerate(listed(raw, "clusterCIDRs"))),
+        service_cidrs=tuple(net(c, f"serviceCIDRs[{i}]") for i, c in enumerate(listed(raw, "serviceCIDRs"))),
+        node_addresses=tuple(ip(a, f"nodeAddresses[{i}]") for i, a in enumerate(listed(raw, "nodeAddresses"))),
+        pod_cidr=_pod_cidr(mapping(raw, "podCIDR")),
+        cni=_cni(mapping(raw, "cni")),
+        kubeconfig=raw.get("kubeconfig") or d.kubeconfig,
+        graceful_restart=integer(raw.get("gracefulRestart", d.graceful_restart), "gracefulRestart", 0, 4095),
+        convergence_timeout=float(raw.get("convergenceTimeout", d.convergence_timeout)),
+        strict_next_hop=boolean(raw.get("strictNextHop", d.strict_next_hop), "strictNextHop"),
+        route_protocol=integer(raw.get("routeProtocol", d.route_protocol), "routeProtocol", 5, 255),
+        route_metric=integer(raw.get("routeMetric", d.route_metric), "routeMetric", 0, 2**32 - 1),
+        route_table=integer(raw.get("routeTable", d.route_table), "routeTable", 1, 2**32 - 1),
+        resync_interval=float(raw.get("resyncInterval", d.resync_interval)),
+        api_backoff_max=float(raw.get("apiBackoffMax", d.api_backoff_max)),
+        status_address=_address(raw.get("statusAddress", d.status_address), "statusAddress"),
+        runtime_dir=str(raw.get("runtimeDir", d.runtime_dir)),
+        exabgp=str(raw.get("exabgp", d.exabgp)),
         mode=mode,
-        mesh=_bool(raw.get("mesh", False), "mesh"),
-        mesh_node_selector=_selector(raw.get("meshNodeSelector"), "meshNodeSelector"),
-        secrets_dir=_abspath(raw.get("secretsDir", "/etc/podbgp/secrets"), "secretsDir"),
-        router_id=None if raw.get("routerId") in (None, "") else _ipv4(raw["routerId"], "routerId"),
+        mesh=boolean(raw.get("mesh", d.mesh), "mesh"),
+        mesh_node_selector=label_selector(raw.get("meshNodeSelector"), "meshNodeSelector"),
+        secrets_dir=abspath(raw.get("secretsDir", d.secrets_dir), "secretsDir"),
+        router_id=d.router_id if raw.get("routerId") in (None, "") else _ipv4(raw["routerId"], "routerId"),
+        log_format=one_of(raw.get("logFormat", d.log_format), LOG_FORMATS, "logFormat"),
     )
     validate(cfg)
     return cfg
 
 
 def _pod_cidr(pc: dict) -> PodCIDRConfig:
-    _known_keys(pc, _POD_CIDR_KEYS, "podCIDR")
-    dflt = PodCIDRConfig()
+    known_keys(pc, _POD_CIDR_KEYS, "podCIDR")
+    d = defaults(PodCIDRConfig)
     return PodCIDRConfig(
-        node_local=tuple(_net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(_list(pc, "nodeLocal"))),
-        kubelet_config=str(pc.get("kubeletConfig", dflt.kubelet_config)),
-        k3s_file=str(pc.get("k3sFile", dflt.k3s_file)),
-        derive=_bool(pc.get("deriveFromClusterCIDR", False), "podCIDR.deriveFromClusterCIDR"),
-        node_mask_v4=_int(pc.get("nodeMaskV4", 24), "podCIDR.nodeMaskV4", 1, 32),
-        node_mask_v6=_int(pc.get("nodeMaskV6", 64), "podCIDR.nodeMaskV6", 1, 128),
+        node_local=tuple(net(c, f"podCIDR.nodeLocal[{i}]") for i, c in enumerate(listed(pc, "nodeLocal"))),
+        kubelet_config=str(pc.get("kubeletConfig", d.kubelet_config)),
+        k3s_file=str(pc.get("k3sFile", d.k3s_file)),
+        derive=boolean(pc.get("deriveFromClusterCIDR", d.derive), "podCIDR.deriveFromClusterCIDR"),
+        node_mask_v4=integer(pc.get("nodeMaskV4", d.node_mask_v4), "podCIDR.nodeMaskV4", 1, 32),
+        node_mask_v6=integer(pc.get("nodeMaskV6", d.node_mask_v6), "podCIDR.nodeMaskV6", 1, 128),
     )
 
 
 def _cni(raw: dict) -> CNIConfig:
-    _known_keys(raw, _CNI_KEYS, "cni")
-    d = CNIConfig()
+    known_keys(raw, _CNI_KEYS, "cni")
+    d = defaults(CNIConfig)
     path = str(raw.get("confPath", d.conf_path))
     if not os.path.isabs(path) or not path.endswith(".conflist"):
         raise ConfigError(f"cni.confPath: {path!r} must be an absolute path ending in .conflist "
@@ -256,82 +170,17 @@ def _cni(raw: dict) -> CNIConfig:
     bridge = str(raw.get("bridge", d.bridge))
     if not 1 <= len(bridge) <= 15 or any(c in bridge for c in "/: \t\n") or bridge in (".", ".."):
         raise ConfigError(f"cni.bridge: {bridge!r} is not an interface name (1..15 characters, no '/', ':' or spaces)")
-    mtu = _int(raw.get("mtu", 0), "cni.mtu", 0, 65535)
+    mtu = integer(raw.get("mtu", d.mtu), "cni.mtu", 0, 65535)
     if 0 < mtu < 576:
         raise ConfigError(f"cni.mtu: {mtu} is too small (0 for the plugin's default, else at least 576)")
-    data_dir = str(raw.get("dataDir") or "")
+    data_dir = str(raw.get("dataDir") or d.data_dir)
     if data_dir and not os.path.isabs(data_dir):
         raise ConfigError(f"cni.dataDir: {data_dir!r} must be an absolute path")
     return CNIConfig(
-        enabled=_bool(raw.get("enabled", d.enabled), "cni.enabled"), conf_path=path, bridge=bridge, mtu=mtu,
-        hairpin_mode=_bool(raw.get("hairpinMode", d.hairpin_mode), "cni.hairpinMode"),
-        ip_masq=_bool(raw.get("ipMasq", d.ip_masq), "cni.ipMasq"),
-        portmap=_bool(raw.get("portmap", d.portmap), "cni.portmap"), data_dir=data_dir)
-
-
-def parse_peer(raw: Any, where: str, keys: Iterable[str] = _PEER_KEYS) -> Peer:
-    """One peer from the config (`keys` all of them) or from a Node's podbgp.io/peers annotation
-    (`keys` ANNOTATION_PEER_KEYS); ConfigError naming `where` and the field."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with address and asn")
-    if "password" in raw:  # before the unknown-key check, which would suggest passwordKey less clearly
-        raise ConfigError(f"{where}.password: a password must not sit in a ConfigMap or annotation; put it in "
-                          "the Secret podbgp-bgp-passwords and name its key with passwordKey")
-    _known_keys(raw, keys, where)
-    fams = frozenset(_list(raw, "families"))
-    bad = sorted(fams - {"ipv4", "ipv6"})
-    if bad:
-        raise ConfigError(f"{where}.families: unknown family {bad[0]!r} (ipv4, ipv6)")
-    hold = _hold(raw.get("holdTime", 9), f"{where}.holdTime")
-    if raw.get("multihop") and raw.get("ttlSecurity"):
-        raise ConfigError(f"{where}.ttlSecurity: multihop and ttlSecurity exclude each other (GTSM sends with "
-                          "TTL 255; give ttlSecurity the hop count instead)")
-    return Peer(
-        address=_ip(raw.get("address"), f"{where}.address"),
-        asn=_int(raw.get("asn"), f"{where}.asn", 1, 4294967295),
-        hold_time=hold,
-        keepalive_time=_keepalive(raw.get("keepaliveTime"), hold, f"{where}.keepaliveTime"),
-        port=_int(raw.get("port", 179), f"{where}.port", 1, 65535),
-        password_key=_secret_key(raw.get("passwordKey"), f"{where}.passwordKey"),
-        multihop=_int(raw["multihop"], f"{where}.multihop", 1, 255) if raw.get("multihop") else None,
-        ttl_security=_int(raw["ttlSecurity"], f"{where}.ttlSecurity", 1, 254) if raw.get("ttlSecurity") else None,
-        families=fams,
-        node_selector=_selector(raw.get("nodeSelector"), f"{where}.nodeSelector"),
-    )
-
-
-def _keepalive(value: Any, hold: int, where: str) -> int:
-    if value is None or value == "":
-        return hold // 3
-    n = _int(value, where, 0, 65535)
-    if hold == 0 and n != 0:
-        raise ConfigError(f"{where}: {n} with holdTime 0 (no keepalives without a hold time); leave it unset or 0")
-    if hold and not 1 <= n < hold:
-        raise ConfigError(f"{where}: {n} must be at least 1 and less than holdTime {hold}")
-    if n != hold // 3:
-        raise ConfigError(f"{where}: {n} cannot be honoured: ExaBGP sends a keepalive every holdTime/3 "
-                          f"({hold // 3} with holdTime {hold}); leave it unset or set holdTime to {3 * n}")
-    return n
-
-
-_SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
-
-
-def _secret_key(value: Any, where: str) -> str | None:
-    """A Secret's data key (what kubectl create secret accepts): also a plain file name."""
-    if value is None or value == "":
-        return None
-    text = str(value)
-    if not _SECRET_KEY_RE.match(text) or text in (".", ".."):
-        raise ConfigError(f"{where}: {text!r} is not a Secret key (letters, digits, '-', '_', '.')")
-    return text
-
-
-def _selector(value: Any, where: str) -> Selector:
-    try:
-        return selector.parse(value, where)
-    except selector.SelectorError as exc:
-        raise ConfigError(str(exc)) from None
+        enabled=boolean(raw.get("enabled", d.enabled), "cni.enabled"), conf_path=path, bridge=bridge, mtu=mtu,
+        hairpin_mode=boolean(raw.get("hairpinMode", d.hairpin_mode), "cni.hairpinMode"),
+        ip_masq=boolean(raw.get("ipMasq", d.ip_masq), "cni.ipMasq"),
+        portmap=boolean(raw.get("portmap", d.portmap), "cni.portmap"), data_dir=data_dir)
 
 
 def _ipv4(value: Any, where: str) -> ipaddress.IPv4Address:
@@ -342,20 +191,6 @@ def _ipv4(value: Any, where: str) -> ipaddress.IPv4Address:
     if int(rid) == 0:
         raise ConfigError(f"{where}: 0.0.0.0 is not a router ID (it must be non-zero)")
     return rid
-
-
-def _abspath(value: Any, where: str) -> str:
-    text = str(value)
-    if not os.path.isabs(text):
-        raise ConfigError(f"{where}: {text!r} must be an absolute path")
-    return text
-
-
-def _hold(value: Any, where: str) -> int:
-    n = _int(value, where, 0, 65535)
-    if n in (1, 2):
-        raise ConfigError(f"{where}: {n} is not allowed (0 or at least 3 seconds, RFC 4271)")
-    return n
 
 
 def validate(cfg: Config) -> None:

@@ -206,3 +206,21 @@ def test_one_address_twice_only_with_node_selectors():
     c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "nodeSelector": "rack=r1"},
                    {"address": "192.168.50.1", "asn": 65001, "nodeSelector": "rack=r2"}])
     assert [p.asn for p in c.peers] == [65000, 65001]
+
+
+def test_log_format_is_text_by_default_json_when_asked_and_nothing_else():
+    assert cfg().log_format == "text"
+    assert cfg(logFormat="json").log_format == "json"
+    assert cfg(logFormat=" JSON ").log_format == "json"  # spelled as mode may be
+    assert cfg(logFormat="text").log_format == "text"
+    assert refused(logFormat="xml") == "logFormat: 'xml' is not one of text, json"
+    assert refused(logFormat=None) == "logFormat: None is not one of text, json"
+    assert refused(logformat="json") == "logformat: unknown setting (did you mean logFormat?)"
+
+
+def test_a_peer_keeps_alive_every_third_of_its_hold_time_unless_told():
+    peers = cfg(peers=[{"address": "192.168.50.1", "asn": 65000, "holdTime": 90},
+                       {"address": "192.168.50.2", "asn": 65000},
+                       {"address": "192.168.50.3", "asn": 65000, "holdTime": 0}]).peers
+    assert [(p.hold_time, p.keepalive_time, p.port) for p in peers] == [(90, 30, 179), (9, 3, 179), (0, 0, 179)]
+    assert cfgmod.Peer(peers[0].address, 65000, hold_time=30).keepalive_time == 10

@@ -23,6 +23,7 @@ through int64: Helm reads values.yaml numbers as float64 and prints 4200000000 a
 # The node's name comes from NODE_NAME; its AS from the Node annotation podbgp.io/asn, else asn.
 # Passwords are never here: a peer's passwordKey names a key of the mounted Secret.
 mode: {{ .Values.mode | quote }}
+logFormat: {{ .Values.logFormat | quote }}
 peers:
   {{- toYaml .Values.peers | nindent 2 }}
 asn: {{ .Values.asn | int64 }}
