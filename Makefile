@@ -29,9 +29,12 @@ system:
 
 venv: $(VENV)/.installed
 
+# The wheel ships no lab/: the checkout's root on the venv's path gives `podbgp lab` (and lab,
+# bench, tests to the venv's python wherever it runs).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/podbgp-checkout.pth"
 	touch $@
 
 demo: setup

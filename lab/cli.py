@@ -1,4 +1,8 @@
-"""`podbgp lab ...`: the network-namespace lab (registered as a podbgp.commands entry point)."""
+"""`podbgp lab ...`: the network-namespace lab (registered as a podbgp.commands entry point).
+
+The lab runs from a checkout only: the wheel and the image ship no lab/. `make venv` puts the
+checkout on its venv's path, which makes `podbgp lab` appear; `python -m lab.cli` from the
+checkout's root does the same without it."""
 from __future__ import annotations
 
 import json
@@ -109,3 +113,7 @@ def demo(topology: str, name: str | None, keep: bool) -> None:
     from .demo import run_demo
 
     sys.exit(run_demo(topology, name, keep))
+
+
+if __name__ == "__main__":
+    lab(prog_name="podbgp lab")

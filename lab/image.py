@@ -74,6 +74,71 @@ ALL_CAPABILITIES = (
     "audit_write audit_control setfcap mac_override mac_admin syslog wake_alarm block_suspend audit_read "
     "perfmon bpf checkpoint_restore").split()
 NOT_PINNED = {"podbgp", "setuptools", "wheel"}
+# Run in the image after the Containerfile's cuts (as check/runtime.py of the build context): every
+# module podbgp ships, and the Kubernetes client's calls the speaker makes (in-cluster and
+# kubeconfig loading, a GET and a PATCH through ApiClient to a closed port, ApiException from a
+# response, iter_resp_lines). A missing module or name anywhere on that path fails the build.
+RUNTIME_CHECK = r'''
+import importlib, os, pkgutil, shutil, tempfile
+
+import certifi
+
+from importlib.metadata import distribution
+
+for top in distribution("podbgp").read_text("top_level.txt").split():  # the packages the wheel ships
+    for info in pkgutil.walk_packages(importlib.import_module(top).__path__, top + "."):
+        importlib.import_module(info.name)
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import incluster_config
+from kubernetes.watch.watch import iter_resp_lines
+
+from speaker.watch import KubeNodeClient
+
+d = tempfile.mkdtemp()
+shutil.copy(certifi.where(), os.path.join(d, "ca.crt"))
+for name, text in (("token", "t"), ("kubeconfig", """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")):
+    with open(os.path.join(d, name), "w") as f:
+        f.write(text)
+incluster_config.SERVICE_TOKEN_FILENAME = os.path.join(d, "token")
+incluster_config.SERVICE_CERT_FILENAME = os.path.join(d, "ca.crt")
+os.environ.update(KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT="1")
+
+
+def refused(call) -> None:
+    """call() may fail by the refused connection only, never by a missing module or name."""
+    try:
+        call()
+    except Exception as exc:
+        while exc is not None:
+            if isinstance(exc, (ImportError, AttributeError, NameError)):
+                raise exc
+            exc = exc.__cause__ or exc.__context__
+
+
+try:
+    refused(lambda: list(KubeNodeClient(None, read_timeout=1).list_nodes()))
+    refused(lambda: KubeNodeClient(os.path.join(d, "kubeconfig"), read_timeout=1).patch_node_status("n", {"status": {}}))
+finally:
+    shutil.rmtree(d)
+
+
+class Response:
+    status, reason, data, headers = 403, "Forbidden", b"{}", {}
+
+
+try:
+    ApiException.from_response(http_resp=Response(), body="{}", data=None)
+except ApiException as exc:
+    assert exc.status == 403, exc
+assert callable(iter_resp_lines)
+print("runtime check: ok")
+'''
 TRIM = ("var/lib/apt/lists", "var/cache/apt", "var/log", "usr/share/man", "usr/share/info", "usr/share/locale")
 
 
@@ -112,6 +177,26 @@ def deb_packages() -> list[str]:
     return m.group(1).split()
 
 
+def pruned() -> list[str]:
+    """The paths under site-packages the Containerfile deletes after the install (its `rm -rf`
+    list, comment lines left out)."""
+    with open(CONTAINERFILE) as f:
+        m = re.search(r"^\s*rm -rf \\\n(.*?)^\s*; \\$", f.read(), re.M | re.S)
+    if not m:
+        raise ImageError(f"{CONTAINERFILE} has no `rm -rf \\ ... ; \\` list")
+    return [p for line in m.group(1).splitlines() if not line.lstrip().startswith("#")
+            for p in line.replace("\\", " ").split()]
+
+
+def size_bytes(image: str) -> int:
+    """The image's size as `buildah images` reports it (decimal units)."""
+    text = _run(["buildah", "images", "--format", "{{.Size}}", image]).stdout.split("\n")[0].strip()
+    m = re.fullmatch(r"([\d.]+)\s*([kMGT]?B)", text)
+    if not m:
+        raise ImageError(f"buildah images: cannot read the size {text!r} of {image}")
+    return int(float(m.group(1)) * 1000 ** "BkMGT".index(m.group(2)[0]))
+
+
 def source_files() -> list[str]:
     """Files the package is built from, relative to the checkout (tracked or new, not ignored)."""
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
@@ -138,7 +223,7 @@ def pins() -> str:
 
 def inputs_hash(base_id: str, pinned: str, files: list[str]) -> str:
     h = hashlib.sha256()
-    for label, data in (("base", base_id.encode()), ("pins", pinned.encode())):
+    for label, data in (("base", base_id.encode()), ("pins", pinned.encode()), ("check", RUNTIME_CHECK.encode())):
         h.update(f"{label}\0{len(data)}\0".encode() + data)
     for name in ["Containerfile", *files]:
         with open(os.path.join(ROOT, name), "rb") as f:
@@ -277,6 +362,9 @@ def _build(image: str, base_image: str | None, force: bool) -> bool:
     start = time.monotonic()
     context = os.path.join(CACHE_DIR, "context")
     build_wheelhouse(files, pinned, os.path.join(context, "wheels"))
+    os.makedirs(os.path.join(context, "check"), exist_ok=True)
+    with open(os.path.join(context, "check", "runtime.py"), "w") as f:
+        f.write(RUNTIME_CHECK)
     _run(["buildah", "build", "--isolation", "chroot", "--pull=never", "--layers=false", "--quiet",
           "-f", CONTAINERFILE, "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"DEB_PACKAGES={' '.join(packages)}",
           "--label", f"{INPUTS_LABEL}={digest}", "-t", image, context], timeout=1800)

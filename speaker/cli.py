@@ -13,10 +13,11 @@ from .config import ConfigError, load
 
 
 class _Group(click.Group):
-    """Adds the command groups other packages register under the `podbgp.commands` entry point."""
+    """Adds the command groups other packages register under the `podbgp.commands` entry point,
+    those whose package is there: the wheel registers `lab` but ships no lab/ (a checkout has it)."""
 
     def _plugins(self) -> dict:
-        return {ep.name: ep for ep in entry_points(group="podbgp.commands")}
+        return {ep.name: ep for ep in entry_points(group="podbgp.commands") if _importable(ep.module)}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
@@ -26,6 +27,13 @@ class _Group(click.Group):
         if cmd is None and name in self._plugins():
             cmd = self._plugins()[name].load()
         return cmd
+
+
+def _importable(module: str) -> bool:
+    """Whether module's top-level package can be found, without importing anything."""
+    from importlib.util import find_spec
+
+    return find_spec(module.partition(".")[0]) is not None
 
 
 @click.group(cls=_Group)

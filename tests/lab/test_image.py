@@ -55,6 +55,27 @@ def test_image_holds_no_compiler_pip_or_apt_lists(container):
     assert found.returncode == 0 and found.stdout.split() == ["/var/lib/apt/lists:"], found.stdout
 
 
+def test_image_ships_no_lab_and_nothing_the_speaker_never_imports(container):
+    site = container(["sh", "-c", "echo /opt/podbgp/lib/python3*/site-packages"]).stdout.strip()
+    cut = image_mod.pruned()
+    assert "kubernetes/aio" in cut and "kubernetes/client/api" in cut
+    present = container(["sh", "-c", f"cd {site} && for p in lab {' '.join(cut)}; do [ ! -e $p ] || echo $p; done"])
+    assert present.returncode == 0 and present.stdout == "", present.stdout  # cut, or never shipped
+    kept = container(["sh", "-c", f"cd {site} && ls -d speaker bgp reconciler hostroute kubernetes/config "
+                                  "kubernetes/client/models/__init__.py pydantic"])
+    assert kept.returncode == 0, kept.stderr
+    helptext = container(["podbgp", "--help"])
+    commands = helptext.stdout.split("Commands:")[1].split()
+    assert helptext.returncode == 0 and "host-route" in commands and "speaker" in commands and "lab" not in commands
+    # what the speaker imports and calls at run time still works after the cuts (the build ran it too)
+    check = container(["python3", "-c", image_mod.RUNTIME_CHECK])
+    assert check.returncode == 0 and check.stdout == "runtime check: ok\n", check.stderr[-2000:]
+
+
+def test_image_is_at_most_200_mb(image):
+    assert image_mod.size_bytes(image) <= 200_000_000
+
+
 def test_unchanged_inputs_build_nothing(image):
     assert image_mod.build(image) is False
 
