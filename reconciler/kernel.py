@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -11,7 +12,7 @@ from bgp.types import IPNetwork
 
 from .links import Links, connected_subnets
 from .rtnl import Rtnl
-from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, Plan, Route
+from .types import DEFAULT_PROTOCOL, MAIN_TABLE, KernelRoute, NetlinkError, Plan, ReconcilerError, Route, ident_of
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +20,23 @@ log = logging.getLogger(__name__)
 class RouteTable(Protocol):
     """What the reconciler needs from the kernel (a fake in unit tests)."""
 
-    def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]: ...
-    def connected(self) -> frozenset[IPNetwork]: ...
-    def apply(self, plan: Plan) -> "ApplyResult": ...
+    def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
+        """(ours, foreign): every unicast route of the table, ours by the protocol number."""
+        ...
+
+    def connected(self) -> frozenset[IPNetwork]:
+        """The subnets of this host's addresses."""
+        ...
+
+    def apply(self, plan: Plan) -> "ApplyResult":
+        """Replace, then delete; what the kernel refused comes back in ApplyResult.failed."""
+        ...
+
+    def routes_at(self, prefix: IPNetwork) -> list[KernelRoute]:
+        """Every route of the table at exactly `prefix`, ours and foreign, any protocol and
+        metric, read now. Blocking and safe off the loop's thread: call it in a worker thread.
+        A failed read raises ReconcilerError with a one-line reason."""
+        ...
 
 
 @dataclass
@@ -49,17 +64,12 @@ class KernelTable:
         self.rtnl.close()
         self.links.close()
 
-    def monitor(self):
-        from .monitor import KernelMonitor
-
-        return KernelMonitor(self.protocol, self.netns)
-
     def snapshot(self) -> tuple[list[KernelRoute], list[KernelRoute]]:
         """(ours, foreign) unicast routes of our table; ours with a split IPv6 ECMP route merged.
 
         Only our table is dumped (the kernel filters it), and the routes come back as
         `KernelRoute.dumped`: `plan` and `apply` work on their plain `.ident`/`.hops`, and the
-        `ipaddress` objects of `.prefix`/`.gateways`/`.key` are built only for the routes whose
+        `ipaddress` objects of `.prefix`/`.gateways` are built only for the routes whose
         caller asks for them.
         """
         ours: list[KernelRoute] = []
@@ -69,6 +79,28 @@ class KernelTable:
             if route.table == table:
                 (ours if route.protocol == protocol else foreign).append(route)
         return _merge_split(ours), foreign
+
+    def routes_at(self, prefix: IPNetwork) -> list[KernelRoute]:
+        """Every route of our table at `prefix` (ours first, a split IPv6 ECMP route of ours
+        merged, then foreign ones), from a dump of the prefix's family filtered here by
+        destination and length (the kernel filters a route dump by table, not by destination).
+
+        It opens a netlink socket of its own, so a worker thread may run it while the loop writes
+        on the table's socket. Raises ReconcilerError naming the prefix when the read fails.
+        """
+        family = socket.AF_INET if prefix.version == 4 else socket.AF_INET6
+        want = ident_of(prefix, 0)[:3]
+        try:
+            rtnl = Rtnl(self.netns)
+            try:
+                dumped = rtnl.routes(self.table, families=(family,))
+            finally:
+                rtnl.close()
+        except (OSError, NetlinkError) as exc:
+            raise ReconcilerError(f"route dump of table {self.table} at {prefix} failed: {exc}") from None
+        at = [r for r in dumped if r.ident[:3] == want and r.table == self.table]
+        ours = [r for r in at if r.protocol == self.protocol]
+        return _merge_split(ours) + [r for r in at if r.protocol != self.protocol]
 
     def connected(self) -> frozenset[IPNetwork]:
         """Subnets of the addresses configured on this host (link-local and loopback left out)."""

@@ -9,6 +9,11 @@ overrun) dumps the table, rebuilds the model and plans over everything.
 
 Gates: nothing is installed before the Nodes are listed (`synced`), nothing pruned before the
 RIB has converged (`converged`); before that, routes adopted from a previous run are kept.
+
+Its seams: it reads learned paths through a `RibReader` (reconciler.types) and the kernel through
+a `RouteTable` (reconciler.kernel), both handed to it; what to write is decided by
+`reconciler.plan.diff`, in both passes; others see its state only as the frozen values of
+reconciler.report (`counts()`, `report()`, `report_at(prefix)`).
 """
 from __future__ import annotations
 
@@ -16,28 +21,32 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network
 
-from bgp.types import IPNetwork, Path
+from bgp.types import IPNetwork
 
 from .kernel import ApplyResult, RouteTable
-from .plan import plan
+from .plan import diff
 from .policy import Policy, evaluate
-from .types import Ident, KernelRoute, Plan, Reason, Rejection, Route, ident_of
+from .report import PrefixReport, ReconcilerCounts, ReconcilerReport, net_key
+from .types import Ident, KernelRoute, Owner, Plan, Reason, Rejection, RibReader, Route, ident_of
 
 log = logging.getLogger(__name__)
 RETRY_DELAY = 1.0  # a route the kernel refused (e.g. gateway not reachable yet) is tried again
 
 
 class Reconciler:
-    def __init__(self, kernel: RouteTable, paths_for: Callable[[IPNetwork], Iterable[Path]],
-                 learned: Callable[[], Iterable[IPNetwork]], owners: Mapping, disputed: Container,
-                 cluster: Iterable[IPNetwork], service: Iterable[IPNetwork], strict_next_hop: bool = True,
-                 metric: int = 20, counters: collections.Counter | None = None) -> None:
+    """`kernel` is written and read, `rib` only read; `owners` and `disputed` are the live
+    verdicts of the Node view (kept current by the caller, who marks what changed)."""
+
+    def __init__(self, kernel: RouteTable, rib: RibReader, owners: Mapping[IPNetwork, Owner],
+                 disputed: Container[IPNetwork], cluster: Iterable[IPNetwork], service: Iterable[IPNetwork],
+                 strict_next_hop: bool = True, metric: int = 20,
+                 counters: collections.Counter | None = None) -> None:
         self.kernel = kernel
-        self.paths_for, self.learned = paths_for, learned
+        self.rib = rib
         self.counters = counters if counters is not None else collections.Counter()
         self.policy = Policy(own=frozenset(), cluster=frozenset(cluster), service=frozenset(service),
                              connected=frozenset(), owners=owners, disputed=disputed,
@@ -139,7 +148,7 @@ class Reconciler:
 
     # ---- desired state -----------------------------------------------------------------------
     def _evaluate(self, prefix: IPNetwork) -> None:
-        route, rejected = evaluate(self.policy, prefix, self.paths_for(prefix))
+        route, rejected = evaluate(self.policy, prefix, self.rib.paths_for(prefix))
         if route is None:
             self.desired.pop(prefix, None)
         else:
@@ -156,7 +165,7 @@ class Reconciler:
                 log.info("route.rejected prefix=%s peer=%s via=%s reason=%s", r.prefix, r.peer, r.next_hop, r.reason.value)
 
     def _evaluate_all(self) -> set[IPNetwork]:
-        prefixes = set(self.learned()) | set(self.desired) | set(self.rejected)
+        prefixes = set(self.rib.prefixes()) | set(self.desired) | set(self.rejected)
         for prefix in prefixes:
             self._evaluate(prefix)
         self._all = False
@@ -171,23 +180,24 @@ class Reconciler:
             for prefix in dirty:
                 self._evaluate(prefix)
         self.dirty = set()
-        replace, delete, metric = [], [], self.policy.metric
+        # the plan over the marked prefixes alone: desired and ours restricted to them (the
+        # foreign keys are only looked up, for the wanted ones)
+        metric = self.policy.metric
+        wanted: dict[Ident, Route] = {}
+        ours: dict[Ident, Route | KernelRoute] = {}
         for prefix in dirty:
-            self.blocked.discard(prefix)
-            self.failed.discard(prefix)
-            want = self.desired.get(prefix)
             key = ident_of(prefix, metric)
-            have = self.ours.get(key)
-            if want is not None:
-                if key in self.foreign:
-                    self.blocked.add(prefix)
-                elif have is None or have.hops != want.hops:
-                    replace.append(want)
-            elif have is not None and self.converged:
-                delete.append(have)
+            if (route := self.desired.get(prefix)) is not None:
+                wanted[key] = route
+            if (have := self.ours.get(key)) is not None:
+                ours[key] = have
+        p = diff(wanted, ours, self.foreign, prune=self.converged)
+        self.blocked.difference_update(dirty)
+        self.blocked.update(r.prefix for r in p.blocked)
+        self.failed.difference_update(dirty)
         self.counters["reconciles"] += 1
-        if replace or delete:
-            self._apply(Plan(replace=tuple(replace), delete=tuple(delete), blocked=()))
+        if not p.empty:
+            self._apply(p)
 
     def _full_pass(self) -> None:
         connected = self.kernel.connected()
@@ -205,7 +215,8 @@ class Reconciler:
             log.info("routes.adopted count=%d kept until convergence, then unconfirmed ones are swept", len(ours))
         self.ours = {r.ident: r for r in ours}
         self.foreign = {r.ident for r in foreign}
-        p = plan(self.desired, ours, foreign, prune=self.converged)
+        wanted = {route.ident: route for route in self.desired.values()}
+        p = diff(wanted, self.ours, self.foreign, prune=self.converged)
         self.blocked = {r.prefix for r in p.blocked}
         self.failed = set()
         self._full = False
@@ -231,10 +242,34 @@ class Reconciler:
         self.counters["routes_deleted"] += result.deleted
         self.counters["route_failures"] += len(failed)
 
-    # ---- what status shows -------------------------------------------------------------------
-    def installed(self) -> list[KernelRoute]:
-        """Our routes in the kernel, as last written or dumped."""
-        return list(self.ours.values())
+    # ---- what others see ---------------------------------------------------------------------
+    def counts(self) -> ReconcilerCounts:
+        """Sizes only (for a metrics scrape): O(reasons), not O(routes)."""
+        by_reason = {reason: n for reason, n in self.rejected_count.items() if n > 0}
+        if self.blocked:
+            by_reason[Reason.FOREIGN_ROUTE] = len(self.blocked)
+        return ReconcilerCounts(installed=len(self.ours),
+                                rejected_by_reason=tuple(sorted(by_reason.items(), key=lambda kv: kv[0].value)),
+                                blocked=len(self.blocked), failed=len(self.failed), pending=len(self.dirty))
 
-    def rejections(self) -> list[Rejection]:
-        return [r for rs in self.rejected.values() for r in rs]
+    def report(self) -> ReconcilerReport:
+        """The whole state, sorted (for /status): O(routes)."""
+        return ReconcilerReport(
+            counts=self.counts(), installed=tuple(self.ours[k] for k in sorted(self.ours)),
+            rejected=self.rejections(), blocked=tuple(sorted(self.blocked, key=net_key)),
+            failed=tuple(sorted(self.failed, key=net_key)), pending=tuple(sorted(self.dirty, key=net_key)),
+            synced=self.synced, converged=self.converged, last_pass=self.last_pass)
+
+    def report_at(self, prefix: IPNetwork) -> PrefixReport:
+        """The state at one prefix (for explain): O(1) but for the foreign keys, which are few."""
+        key = ident_of(prefix, self.policy.metric)
+        return PrefixReport(
+            prefix=prefix, policy=self.policy, desired=self.desired.get(prefix),
+            rejected=self.rejected.get(prefix, ()), installed=self.ours.get(key),
+            foreign_metrics=tuple(sorted(i[3] for i in self.foreign if i[:3] == key[:3])),
+            blocked=prefix in self.blocked, failed=prefix in self.failed, pending=prefix in self.dirty,
+            synced=self.synced, converged=self.converged, last_pass=self.last_pass)
+
+    def rejections(self) -> tuple[Rejection, ...]:
+        """Every refused path, sorted by prefix, then peer (as in `report().rejected`)."""
+        return tuple(r for prefix in sorted(self.rejected, key=net_key) for r in self.rejected[prefix])

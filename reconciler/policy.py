@@ -21,7 +21,7 @@ class Policy:
     cluster: frozenset[IPNetwork]
     service: frozenset[IPNetwork]
     connected: frozenset[IPNetwork]
-    owners: Mapping[IPNetwork, Owner]  # vouched PodCIDRs (anything with .addresses), kept live by the caller
+    owners: Mapping[IPNetwork, Owner]  # vouched PodCIDRs, kept live by the caller (speaker.nodes.NodeView)
     disputed: Container[IPNetwork] = frozenset()
     strict_next_hop: bool = True
     metric: int = 20
@@ -77,23 +77,6 @@ def check(policy: Policy, path: Path) -> Reason | None:
     if policy.strict_next_hop and path.next_hop not in owner.addresses:
         return Reason.NEXT_HOP_MISMATCH
     return None
-
-
-def desired_routes(policy: Policy, paths: Iterable[Path]) -> tuple[dict[IPNetwork, Route], list[Rejection]]:
-    """Kernel routes wanted for these paths (ECMP where several next hops pass) and the rejections."""
-    gateways: dict[IPNetwork, set] = {}
-    rejected: list[Rejection] = []
-    for path in paths:
-        reason = check(policy, path)
-        if reason is None:
-            gateways.setdefault(path.prefix, set()).add(path.next_hop)
-        else:
-            rejected.append(Rejection(path.prefix, path.peer, path.next_hop, reason))
-    routes = {
-        prefix: Route(prefix=prefix, gateways=tuple(sorted(gws)), metric=policy.metric)
-        for prefix, gws in gateways.items()
-    }
-    return routes, rejected
 
 
 def evaluate(policy: Policy, prefix: IPNetwork, paths: Iterable[Path]) -> tuple[Route | None, tuple[Rejection, ...]]:

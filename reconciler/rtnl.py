@@ -133,16 +133,6 @@ def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
         off += _align(length)
 
 
-def iter_attrs(payload: memoryview, start: int) -> Iterator[tuple[int, memoryview]]:
-    off = start
-    while off + _RTA.size <= len(payload):
-        length, kind = _RTA.unpack_from(payload, off)
-        if length < _RTA.size:
-            break
-        yield kind & 0x3FFF, payload[off + _RTA.size: off + length]
-        off += _align(length)
-
-
 _U32 = struct.Struct("=I")
 _NLH_HEAD = struct.Struct("=IH")
 # the usual IPv4 route of a dump, in one unpack: rtmsg, then RTA_TABLE, RTA_DST, RTA_PRIORITY,
@@ -316,14 +306,15 @@ class Rtnl:
         n = self.sock.recv_into(self._dbuf)
         return bytes(memoryview(self._dbuf)[:n])
 
-    def routes(self, table: int = 0) -> list[KernelRoute]:
-        """The unicast routes of the kernel (cached clones left out), IPv4 then IPv6; with
-        `table`, only that table's (the kernel filters them under strict checking, else we do)."""
+    def routes(self, table: int = 0,
+               families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -> list[KernelRoute]:
+        """The unicast routes of the kernel (cached clones left out), of `families` in that order;
+        with `table`, only that table's (the kernel filters them under strict checking, else we do)."""
         out: list[KernelRoute] = []
         collecting = gc.isenabled()
         gc.disable()  # a dump makes ~1 object per route: the collector would run ~1000 times per 100k
         try:
-            for family in (socket.AF_INET, socket.AF_INET6):
+            for family in families:
                 self.sock.send(pack_dump(family, table if self.strict else 0))
                 err = None
                 while err is None:

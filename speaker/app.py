@@ -69,24 +69,27 @@ class Speaker:
         self.synced = False
         self.api_up = False
         self.own: Discovered | None = None
-        self.reconciler = Reconciler(
-            kernel, paths_for=lambda p: self.source.paths_for(p), learned=lambda: self.source.prefixes(),
-            owners=self.view.owners, disputed=self.view.disputed, cluster=cfg.cluster_cidrs,
-            service=cfg.service_cidrs, strict_next_hop=cfg.strict_next_hop, metric=cfg.route_metric,
-            counters=self.counters)
-        # where the learned paths come from: BGP sessions, or in mode direct the Node objects
+        # where the learned paths come from: BGP sessions, or in mode direct the Node objects; what
+        # they learn goes on to the reconciler, which reads their paths (a reconciler.types.RibReader)
         self.direct: DirectSource | None = None
         self.bgp: Sessions | None = None
         self.source: RouteSource
         self.announced: frozenset[Announcement] = frozenset()  # what this node asks its peers to carry
         if cfg.mode == "direct":
             self.source = self.direct = DirectSource(
-                cfg.node_name, self.view.nodes, kernel.connected(), on_converged=self.reconciler.set_converged,
+                cfg.node_name, self.view.nodes, kernel.connected(),
+                on_converged=lambda why: self.reconciler.set_converged(why),
                 on_offlink=lambda name, why: self._report(f"offlink:{name}", why), counters=self.counters)
         else:
             self.source = self.bgp = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
-                                     on_paths=self.reconciler.mark, on_converged=self.reconciler.set_converged,
+                                     on_paths=lambda prefixes: self.reconciler.mark(prefixes),
+                                     on_converged=lambda why: self.reconciler.set_converged(why),
                                      counters=self.counters, factory=bgp_factory)
+        self.kernel = kernel  # the route table, also read by explain (routes_at)
+        self.reconciler = Reconciler(
+            kernel, rib=self.source, owners=self.view.owners, disputed=self.view.disputed,
+            cluster=cfg.cluster_cidrs, service=cfg.service_cidrs, strict_next_hop=cfg.strict_next_hop,
+            metric=cfg.route_metric, counters=self.counters)
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.exit_code = 0

@@ -3,9 +3,11 @@
 `explain(sp, prefix)` is pure over the speaker's state: the Node view (who holds the PodCIDR),
 the RIB (who offers it, via which next hop), the import policy's verdicts (reconciler.policy's
 `evaluate`, the very function the reconcile loop calls: nothing is re-derived here) and the
-reconciler's model of the kernel. The status endpoint may also hand it the routes of our table
-at that prefix, read fresh by `read_kernel` in a worker thread: the model keeps only the keys of
-foreign routes, the fresh read also their protocol and next hops.
+reconciler's report at that prefix (`Reconciler.report_at`: its model of the kernel, and whether
+the prefix is blocked, failed or pending). The status endpoint may also hand it the routes of our
+table at that prefix, read fresh through the speaker's route table (`RouteTable.routes_at`) in a
+worker thread: the model keeps only the keys of foreign routes, the fresh read also their
+protocol and next hops.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import urllib.parse
 from typing import Any
 
 from bgp.types import IPNetwork, Path, SessionState
-from reconciler.policy import evaluate
-from reconciler.types import KernelRoute, Reason, ident_of
+from reconciler.policy import Policy, evaluate
+from reconciler.report import PrefixReport
+from reconciler.types import KernelRoute, Reason, ReconcilerError
 
 from .config import SpeakerError
 
@@ -54,7 +57,7 @@ def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
             kernel_error: str | None = None) -> dict:
     """Everything `podbgp explain` shows about `prefix`. `kernel`: the routes of our table at
     this prefix read just now (None: what the reconciler's model holds)."""
-    rec = sp.reconciler
+    rec = sp.reconciler.report_at(prefix)
     policy = rec.policy
     paths = sorted(sp.source.paths_for(prefix), key=lambda p: p.peer)
     route, rejected = evaluate(policy, prefix, paths)
@@ -65,12 +68,12 @@ def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
         "prefix": str(prefix),
         "owner": owner,
         "own": {"own": prefix in policy.own, "announced": announced},
-        "paths": [_path(sp, p, refused.get(p.peer)) for p in paths],
+        "paths": [_path(sp, p, refused.get(p.peer), policy) for p in paths],
         "desired": None if route is None else {"via": [str(g) for g in route.gateways], "metric": route.metric,
                                                 "ecmp": len(route.gateways) > 1},
-        "kernel": _kernel(sp, prefix, kernel, kernel_error),
+        "kernel": _kernel(sp, rec, kernel, kernel_error),
     }
-    doc["verdict"], doc["summary"] = _verdict(sp, doc)
+    doc["verdict"], doc["summary"] = _verdict(rec, doc)
     return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel")}
 
 
@@ -114,26 +117,26 @@ def _holder(view: Any, cidr: IPNetwork) -> str | None:
     return None
 
 
-def _path(sp: Any, path: Path, reason: Reason | None) -> dict:
+def _path(sp: Any, path: Path, reason: Reason | None, policy: Policy) -> dict:
     peer = sp.source.peer(path.peer)  # None in direct mode: the path's "peer" is the Node
     return {"peer": path.peer, "nextHop": str(path.next_hop), "asPath": list(path.as_path), "stale": path.stale,
             "peerState": (peer.state if peer else SessionState.IDLE).value, "peerSince": peer.since if peer else None,
             "verdict": "accepted" if reason is None else "rejected",
             "reason": None if reason is None else reason.value,
-            "why": _accepted(sp, path) if reason is None else why(sp, path, reason)}
+            "why": _accepted(sp, path, policy) if reason is None else why(sp, path, reason, policy)}
 
 
-def _accepted(sp: Any, path: Path) -> str:
+def _accepted(sp: Any, path: Path, policy: Policy) -> str:
     owner = sp.view.owners.get(path.prefix)
     node = owner.node if owner else "?"
-    if not sp.reconciler.policy.strict_next_hop:
+    if not policy.strict_next_hop:
         return f"{path.prefix} is {node}'s PodCIDR (next hop not checked: strictNextHop is off)"
     return f"{path.prefix} is {node}'s PodCIDR and {path.next_hop} is its InternalIP"
 
 
-def why(sp: Any, path: Path, reason: Reason) -> str:
+def why(sp: Any, path: Path, reason: Reason, policy: Policy) -> str:
     """The policy's reason for refusing `path`, as a sentence naming what it collided with."""
-    policy, prefix, hop = sp.reconciler.policy, path.prefix, path.next_hop
+    prefix, hop = path.prefix, path.next_hop
     if reason is Reason.DEFAULT_ROUTE:
         return "a default route is never installed"
     if reason is Reason.OWN_CIDR:
@@ -168,21 +171,19 @@ def _net_key(n: IPNetwork) -> tuple:
     return (n.version, int(n.network_address), n.prefixlen)
 
 
-def _kernel(sp: Any, prefix: IPNetwork, routes: list[KernelRoute] | None, error: str | None) -> dict:
-    rec = sp.reconciler
+def _kernel(sp: Any, rec: PrefixReport, routes: list[KernelRoute] | None, error: str | None) -> dict:
     metric = rec.policy.metric
     protocol = sp.cfg.route_protocol
-    key = ident_of(prefix, metric)
     if routes is not None:
         held = [_held(r.protocol == protocol, r.protocol, r.metric, r.gateways) for r in routes]
     else:  # the model: our routes at our metric; of foreign ones only where they sit
-        ours = rec.ours.get(key)
+        ours = rec.installed
         held = [_held(True, protocol, metric, ours.gateways)] if ours is not None else []
-        held += [_held(False, None, i[3], None) for i in rec.foreign if i[:3] == key[:3]]
+        held += [_held(False, None, m, None) for m in rec.foreign_metrics]
     held.sort(key=lambda h: (h["metric"], h["owner"] != "podbgp"))
     doc = {"source": "netlink" if routes is not None else "model", "table": sp.cfg.route_table,
            "protocol": protocol, "metric": metric, "routes": held,
-           "blocked": prefix in rec.blocked, "failed": prefix in rec.failed, "pending": prefix in rec.dirty,
+           "blocked": rec.blocked, "failed": rec.failed, "pending": rec.pending,
            "lastReconcile": rec.last_pass}
     if error:
         doc["error"] = error
@@ -197,7 +198,7 @@ def _held(ours: bool, protocol: int | None, metric: int, gateways) -> dict:
             "metric": metric, "via": None if gateways is None else [str(g) for g in gateways]}
 
 
-def _verdict(sp: Any, doc: dict) -> tuple[str, str]:
+def _verdict(rec: PrefixReport, doc: dict) -> tuple[str, str]:
     """(verdict, one-line summary): own, installed, blocked, failed, pending, rejected, absent."""
     k, want, owner = doc["kernel"], doc["desired"], doc["owner"]
     ours = next((h for h in k["routes"] if h["owner"] == "podbgp" and h["metric"] == k["metric"]), None)
@@ -208,7 +209,7 @@ def _verdict(sp: Any, doc: dict) -> tuple[str, str]:
         return "own", f"this node's own PodCIDR: {state}, never installed"
     if want is not None:
         via = ", ".join(want["via"]) + (" (ECMP)" if want["ecmp"] else "")
-        if not sp.reconciler.synced:
+        if not rec.synced:
             return "pending", f"wanted via {via}; waiting for the first full list of Nodes"
         if in_way is not None or k["blocked"]:
             return "blocked", f"blocked by a foreign route{_proto(in_way)} at metric {k['metric']}"
@@ -222,7 +223,7 @@ def _verdict(sp: Any, doc: dict) -> tuple[str, str]:
         return "pending", f"wanted via {via}; {have}"
     stays = ""
     if ours is not None:
-        stays = ("; our route is still in the kernel, to be removed" if sp.reconciler.converged
+        stays = ("; our route is still in the kernel, to be removed" if rec.converged
                  else "; our old route stays until the RIB has converged")
     refused = [p for p in doc["paths"] if p["verdict"] == "rejected"]
     if refused:
@@ -244,29 +245,6 @@ def _proto_name(held: dict) -> str:
 
 # ---- the shell: a fresh kernel read, the HTTP answer, the CLI's rendering --------------------
 
-def read_kernel(kernel: Any, prefix: IPNetwork) -> tuple[list[KernelRoute] | None, str | None]:
-    """The routes of our table at `prefix`, dumped on a netlink socket of its own (run it in a
-    worker thread). (None, None) when the kernel is not a real table (tests); (None, reason)
-    when the read failed: explain then falls back on the reconciler's model."""
-    from reconciler.kernel import KernelTable
-    from reconciler.rtnl import Rtnl
-    from reconciler.types import ReconcilerError
-
-    if not isinstance(kernel, KernelTable):
-        return None, None
-    want = ident_of(prefix, 0)[:3]
-    try:
-        rtnl = Rtnl(kernel.netns)
-        try:
-            routes = rtnl.routes(kernel.table)
-        finally:
-            rtnl.close()
-    except (OSError, ReconcilerError) as exc:
-        log.warning("explain.kernel.failed prefix=%s error=%s", prefix, exc)
-        return None, f"kernel read failed: {exc}"
-    return [r for r in routes if r.ident[:3] == want], None
-
-
 async def respond(sp: Any, query: str) -> tuple[str, str, bytes]:
     """The answer to GET /explain?prefix=CIDR: the document, or a 400 with one line."""
     values = urllib.parse.parse_qs(query).get("prefix", [])
@@ -276,7 +254,11 @@ async def respond(sp: Any, query: str) -> tuple[str, str, bytes]:
         prefix = parse_prefix(values[0])
     except BadPrefix as exc:
         return "400 Bad Request", "text/plain", f"{exc}\n".encode()
-    routes, error = await asyncio.to_thread(read_kernel, sp.reconciler.kernel, prefix)
+    try:  # the routes at the prefix now, protocols and next hops included; else the model
+        routes, error = await asyncio.to_thread(sp.kernel.routes_at, prefix), None
+    except ReconcilerError as exc:
+        log.warning("explain.kernel.failed prefix=%s error=%s", prefix, exc)
+        routes, error = None, str(exc)
     return "200 OK", "application/json", json.dumps(explain(sp, prefix, routes, error), indent=1).encode()
 
 

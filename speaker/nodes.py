@@ -8,11 +8,11 @@ import bisect
 import collections
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bgp.types import IPAddress, IPNetwork
+from reconciler.types import Owner
 
 from .config import SpeakerError
 
@@ -89,54 +89,6 @@ def parse_node(obj: Any, label_keys: frozenset[str] | None = None, own: str = ""
     return NodeInfo(name=name, pod_cidrs=tuple(cidrs), addresses=tuple(addrs), annotations=annotations, labels=labels)
 
 
-@dataclass(frozen=True, slots=True)
-class Ownership:
-    """Who the API says owns each PodCIDR, with the CIDRs that no node may be trusted with."""
-
-    owners: Mapping[IPNetwork, tuple[str, frozenset[IPAddress]]]
-    disputed: Mapping[IPNetwork, tuple[str, ...]]  # CIDR -> the nodes claiming overlapping ranges
-    unusable: Mapping[str, str]  # node name -> reason it is not trusted
-
-
-def ownership(nodes: Iterable[NodeInfo]) -> Ownership:
-    """Map each PodCIDR to its node; overlapping claims trust neither side."""
-    claims: list[tuple[IPNetwork, NodeInfo]] = [(c, n) for n in nodes for c in n.pod_cidrs]
-    claims.sort(key=lambda cn: (cn[0].version, int(cn[0].network_address), cn[0].prefixlen, cn[1].name))
-    disputed: dict[IPNetwork, set[str]] = {}
-    by_version: dict[int, list[tuple[IPNetwork, NodeInfo]]] = {4: [], 6: []}
-    for c, n in claims:
-        by_version[c.version].append((c, n))
-    for group in by_version.values():
-        # sorted by start address: an overlap can only be with a range that started earlier and
-        # has not ended yet, so track the furthest end seen so far
-        active: list[tuple[IPNetwork, NodeInfo]] = []
-        for c, n in group:
-            active = [(a, m) for a, m in active if a.broadcast_address >= c.network_address]
-            for a, m in active:
-                if m.name != n.name:
-                    disputed.setdefault(a, set()).update({m.name, n.name})
-                    disputed.setdefault(c, set()).update({m.name, n.name})
-            active.append((c, n))
-    owners: dict[IPNetwork, tuple[str, frozenset[IPAddress]]] = {}
-    unusable: dict[str, str] = {}
-    for c, n in claims:
-        if c in disputed:
-            continue
-        if n.address(c.version) is None:
-            unusable[n.name] = f"node {n.name}: no InternalIP of IPv{c.version} for podCIDR {c}"
-            continue
-        owners[c] = (n.name, frozenset(a for a in n.addresses if a.version == c.version))
-    return Ownership(owners=owners, disputed={c: tuple(sorted(v)) for c, v in disputed.items()}, unusable=unusable)
-
-
-@dataclass(frozen=True, slots=True)
-class Owned:
-    """The API's verdict on one claimed PodCIDR: its owner's name and addresses of that family."""
-
-    node: str
-    addresses: tuple[IPAddress, ...]  # a tuple, not a set: 5,000 Nodes hold 10,000 of these
-
-
 def _span(net: IPNetwork) -> tuple[int, int]:
     return int(net.network_address), int(net.broadcast_address)
 
@@ -146,12 +98,13 @@ class NodeView:
 
     `upsert` and `delete` return the PodCIDRs whose verdict (owner, disputed, unusable) changed,
     at a cost proportional to the Node's CIDRs and the claims overlapping them, never to the
-    number of Nodes. `ownership()` above is the same verdict computed from scratch.
+    number of Nodes. Overlapping claims trust neither Node (`disputed`); a PodCIDR whose Node
+    has no InternalIP of its family is `unusable`; every other claimed PodCIDR has an `Owner`.
     """
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInfo] = {}
-        self.owners: dict[IPNetwork, Owned] = {}
+        self.owners: dict[IPNetwork, Owner] = {}
         self.disputed: dict[IPNetwork, tuple[str, ...]] = {}
         self.unusable_at: dict[IPNetwork, tuple[str, str]] = {}  # CIDR -> (node, reason)
         self._claims: dict[IPNetwork, tuple[str, ...]] = {}  # CIDR -> the Nodes claiming exactly it
@@ -255,7 +208,7 @@ class NodeView:
                 node = self.nodes[names.pop()]
                 addrs = tuple(a for a in node.addresses if a.version == c.version)
                 if addrs:
-                    self.owners[c] = Owned(node.name, addrs)
+                    self.owners[c] = Owner(node.name, addrs)
                 else:
                     self.unusable_at[c] = (node.name, f"node {node.name}: no InternalIP of IPv{c.version} for podCIDR {c}")
         after = (self.owners.get(c), self.disputed.get(c), self.unusable_at.get(c))

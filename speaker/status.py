@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def status_doc(sp: Any) -> dict:
     """Everything `podbgp status` shows, as plain JSON values (sorted, deterministic)."""
-    src, rec = sp.source, sp.reconciler
+    src, rec = sp.source, sp.reconciler.report()
     peers = [{"address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
               "state": p.state.value, "since": p.since, "reason": p.reason, "families": sorted(p.families),
               "endOfRib": sorted(p.end_of_rib), "paths": p.paths} for p in src.peers()]
@@ -46,13 +46,12 @@ def status_doc(sp: Any) -> dict:
         "announced": sorted((str(a.prefix) for a in sp.announced), key=_net_key),
         "learned": sorted(({"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
                            for x in src.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
-        "installed": sorted(({"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]}
-                             for r in rec.installed()), key=lambda d: _net_key(d["prefix"])),
-        "rejected": sorted(({"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop),
-                             "reason": r.reason.value} for r in rec.rejections()),
-                           key=lambda d: (_net_key(d["prefix"]), d["peer"])),
-        "rejectedByReason": {k.value: v for k, v in sorted(_by_reason(rec).items(), key=lambda kv: kv[0].value)},
-        "blocked": sorted((str(p) for p in rec.blocked), key=_net_key),
+        # the reconciler's report comes sorted (prefixes by family, address, length; then peers)
+        "installed": [{"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]} for r in rec.installed],
+        "rejected": [{"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop), "reason": r.reason.value}
+                     for r in rec.rejected],
+        "rejectedByReason": {k.value: v for k, v in rec.counts.rejected_by_reason},
+        "blocked": [str(p) for p in rec.blocked],
         "nodeErrors": dict(sorted(errors.items())),
         "counters": dict(sorted(sp.counters.items())),
         "exabgpPid": src.pid,
@@ -60,13 +59,6 @@ def status_doc(sp: Any) -> dict:
         "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
     }
-
-
-def _by_reason(rec: Any) -> dict:
-    counts = {k: v for k, v in rec.rejected_count.items() if v > 0}
-    if rec.blocked:
-        counts[Reason.FOREIGN_ROUTE] = len(rec.blocked)
-    return counts
 
 
 def _net_key(text: str) -> tuple:
@@ -86,7 +78,7 @@ class SpeakerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         sp = self.sp
-        src, rec = sp.source, sp.reconciler
+        src, rec = sp.source, sp.reconciler.counts()
         up = GaugeMetricFamily("podbgp_peer_up", "1 if the BGP session is Established.", labels=("peer", "asn"))
         paths = GaugeMetricFamily("podbgp_peer_received_paths", "Paths learned from the peer and held in the RIB.",
                                   labels=("peer",))
@@ -98,13 +90,13 @@ class SpeakerCollector(Collector):
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
                                 value=len(sp.announced))
         yield GaugeMetricFamily("podbgp_installed_routes", "Our routes in the kernel table.",
-                                value=len(rec.installed()))
+                                value=rec.installed)
         yield GaugeMetricFamily("podbgp_converged", "1 once the RIB has converged (End-of-RIB or the grace timer).",
                                 value=int(src.converged))
         yield GaugeMetricFamily("podbgp_api_reachable", "1 while the Kubernetes API answers.", value=int(sp.api_up))
         rejected = GaugeMetricFamily("podbgp_rejected_routes", "Learned paths currently refused, by reason.",
                                      labels=("reason",))
-        counts = _by_reason(rec)
+        counts = dict(rec.rejected_by_reason)  # a foreign route holding our key counts as foreign-route-present
         for reason in Reason:  # every reason, zeros included, so that no series comes and goes
             rejected.add_metric((reason.value,), counts.get(reason, 0))
         yield rejected

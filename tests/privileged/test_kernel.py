@@ -12,7 +12,7 @@ from reconciler.kernel import KernelTable
 from reconciler.links import Links
 from reconciler.plan import plan
 from reconciler.rtnl import Rtnl
-from reconciler.types import Plan, Route
+from reconciler.types import Plan, ReconcilerError, Route
 
 N = ia.ip_network
 A = ia.ip_address
@@ -219,3 +219,40 @@ def test_deletes_name_routes_by_key_whatever_they_carry(netns, kernel):
     gone = (r("10.42.2.0/24", "192.168.77.99"), r("fd00:42:0:2::/64"))  # next hops play no part
     res = kernel.apply(Plan(replace=(), delete=gone, blocked=()))
     assert (res.deleted, res.failed) == (2, {}) and kernel.snapshot()[0] == []
+
+
+def test_routes_at_reads_ours_and_foreign_at_one_prefix_only(netns, kernel):
+    """What `podbgp explain` shows of the kernel: every route of our table at exactly that prefix,
+    any protocol or metric; neighbours, more and less specific prefixes and other tables left out."""
+    converge(kernel, [r("10.42.2.0/24", "192.168.77.12"), r("10.42.3.0/24", "192.168.77.13"),
+                      r("fd00:42:0:2::/64", "fd00:77::12", "fd00:77::13")])
+    for cmd in (["10.42.2.0/24", "via", "192.168.77.50", "proto", "static", "metric", "10"],
+                ["10.42.2.0/24", "via", "192.168.77.51", "proto", "static", "metric", "20", "table", "100"],
+                ["10.42.2.0/25", "via", "192.168.77.52", "proto", "static"],
+                ["10.42.2.0/23", "via", "192.168.77.53", "proto", "static"],
+                ["fd00:42:0:2::/64", "via", "fd00:77::50", "proto", "static", "metric", "30"]):
+        ip(netns, "route", "add", *cmd)
+
+    def held(prefix):
+        return [(x.protocol, x.metric, tuple(map(str, x.gateways)), x.table) for x in kernel.routes_at(N(prefix))]
+
+    for _attempt in range(2):  # a read changes nothing
+        assert held("10.42.2.0/24") == [(80, 20, ("192.168.77.12",), 254), (4, 10, ("192.168.77.50",), 254)]
+        assert held("fd00:42:0:2::/64") == [(80, 20, ("fd00:77::12", "fd00:77::13"), 254),
+                                            (4, 30, ("fd00:77::50",), 254)]
+        assert held("10.42.3.0/24") == [(80, 20, ("192.168.77.13",), 254)]
+        assert held("10.42.9.0/24") == [] and held("10.42.2.0/26") == []
+    assert len(kernel.snapshot()[0]) == 3
+
+
+def test_routes_at_says_in_one_line_why_it_could_not_read(netns, kernel):
+    kernel.netns = f"{netns}-missing"  # the table's own socket stays; a fresh read cannot enter the namespace
+    try:
+        with pytest.raises(ReconcilerError) as err:
+            kernel.routes_at(N("10.42.2.0/24"))
+    finally:
+        kernel.netns = netns
+    text = str(err.value)
+    assert text.startswith("route dump of table 254 at 10.42.2.0/24 failed: ") and "\n" not in text
+    assert "No such file" in text and not os.path.exists(f"/run/netns/{netns}-missing")
+    assert kernel.routes_at(N("10.42.2.0/24")) == []

@@ -31,6 +31,9 @@ class FakeKernel:
             self.routes[r.prefix] = KernelRoute(r.prefix, r.gateways, r.metric, 80, 254)
         return ApplyResult(replaced=len(plan.replace), deleted=len(plan.delete))
 
+    def routes_at(self, prefix):
+        return [r for r in list(self.routes.values()) + self.snapshot()[1] if r.prefix == prefix]
+
 
 class FakeExaBGP:
     instances = []
@@ -160,7 +163,8 @@ def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence
             sp.bgp.on_line(announce(prefix, nh))
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
-        assert {r.value: n for r, n in sp.reconciler.rejected_count.items()} == {"own-cidr": 1, "default-route": 1, "no-such-node": 1}
+        assert {r.value: n for r, n in sp.reconciler.counts().rejected_by_reason} == {
+            "own-cidr": 1, "default-route": 1, "no-such-node": 1}
         sp.on_watch(NodeEvent("DELETED", NODES[2]))
         await settle()
         assert "10.42.3.0/24" in map(str, kernel.routes), "pruned before convergence"

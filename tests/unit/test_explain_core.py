@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from bgp.types import EorEvent, OpenEvent, Path, SessionState, StateEvent, UpdateEvent
 from reconciler.kernel import ApplyResult
-from reconciler.types import KernelRoute
+from reconciler.types import KernelRoute, ReconcilerError
 from speaker import config as cfgmod
 from speaker import explain as ex
 from speaker import status
@@ -32,12 +32,15 @@ NODES = [node("node1", ["10.42.1.0/24", "fd00:42:0:1::/64"], ["192.168.50.11", "
 
 
 class Kernel:
-    """Our routes as written; foreign routes as given; refuses the prefixes in `refuse`."""
+    """Our routes as written; foreign routes as given; refuses the prefixes in `refuse`; a read
+    at a prefix fails with `unreadable` if set."""
 
     def __init__(self, foreign=(), ours=(), refuse=()):
         self.routes = {r.prefix: r for r in ours}
         self.foreign = list(foreign)
         self.refuse = {N(p) for p in refuse}
+        self.unreadable = None
+        self.reads = []
 
     def snapshot(self):
         return list(self.routes.values()), list(self.foreign)
@@ -55,6 +58,12 @@ class Kernel:
             else:
                 self.routes[r.prefix] = KernelRoute(r.prefix, r.gateways, r.metric, 80, 254)
         return ApplyResult(replaced=len(plan.replace) - len(failed), deleted=len(plan.delete), failed=failed)
+
+    def routes_at(self, prefix):
+        self.reads.append(prefix)
+        if self.unreadable:
+            raise ReconcilerError(self.unreadable)
+        return [r for r in list(self.routes.values()) + self.foreign if r.prefix == prefix]
 
 
 def static(prefix, via, metric=20):
@@ -323,9 +332,29 @@ def test_respond_400s_and_the_document(tmp_path):
                             ("prefix=10.42.2.1%2F24", "explain: 10.42.2.1/24 has host bits set; did you mean 10.42.2.0/24?")]:
             code, ctype, data = await ex.respond(sp, query)
             assert (code, ctype, data.decode()) == ("400 Bad Request", "text/plain", line + "\n")
-        code, ctype, data = await ex.respond(sp, "prefix=10.42.2.0/24")  # a fake kernel: the model is read
+        code, ctype, data = await ex.respond(sp, "prefix=10.42.2.0/24")  # the table read at that prefix
         assert (code, ctype) == ("200 OK", "application/json")
-        assert json.loads(data)["summary"] == "installed via 192.168.50.12"
+        doc = json.loads(data)
+        assert doc["summary"] == "installed via 192.168.50.12" and doc["kernel"]["source"] == "netlink"
+        assert doc["kernel"]["routes"] == [
+            {"owner": "podbgp", "protocol": 80, "protocolName": "podbgp", "metric": 20, "via": ["192.168.50.12"]}]
+    run(body())
+
+
+def test_a_failed_kernel_read_falls_back_on_the_model_and_says_why(tmp_path, caplog):
+    async def body():
+        sp, kernel = make(tmp_path, Kernel(foreign=[static("10.42.3.0/24", TOR)]))
+        await up(sp, ("10.42.3.0/24", "192.168.50.13"))
+        kernel.unreadable = "route dump of table 254 at 10.42.3.0/24 failed: [Errno 1] Operation not permitted"
+        code, _, data = await ex.respond(sp, "prefix=10.42.3.0/24")
+        doc = json.loads(data)
+        assert code == "200 OK" and kernel.reads == [N("10.42.3.0/24")]
+        assert doc["kernel"]["source"] == "model" and doc["kernel"]["error"] == kernel.unreadable
+        assert doc["summary"] == "blocked by a foreign route at metric 20"  # the model knows the key, not the protocol
+        text = ex.render(doc, now=doc["kernel"]["lastReconcile"] + 3)
+        assert text.splitlines()[-1] == f"           (the reconciler's model; last reconcile 3s ago) {kernel.unreadable}"
+        assert [r.message for r in caplog.records if r.name == "speaker.explain"] == [
+            f"explain.kernel.failed prefix=10.42.3.0/24 error={kernel.unreadable}"]
     run(body())
 
 
@@ -393,8 +422,8 @@ def test_the_command_prints_the_verdict_first_and_json(served):
     assert res.output.splitlines()[0] == ("10.42.2.128/25: rejected: 10.42.2.128/25 is more specific than node2's "
                                           "PodCIDR 10.42.2.0/24; no Node holds it (a hijack?)")
     res = cli.invoke(main, ["explain", "10.42.3.0/24", "--json", "--address", served])
-    doc = json.loads(res.output)
-    assert (doc["verdict"], doc["summary"]) == ("blocked", "blocked by a foreign route at metric 20")
+    doc = json.loads(res.output)  # the route table is read at the prefix: the foreign route's protocol is known
+    assert (doc["verdict"], doc["summary"]) == ("blocked", "blocked by a foreign route (proto static) at metric 20")
     res = cli.invoke(main, ["explain", "10.42.2.1/24", "--address", served])
     assert res.exit_code == 1
     assert res.output == "Error: explain: 10.42.2.1/24 has host bits set; did you mean 10.42.2.0/24?\n"

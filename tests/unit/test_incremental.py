@@ -11,9 +11,9 @@ from bgp.types import Path, UpdateEvent
 from reconciler.kernel import ApplyResult
 from reconciler.loop import Reconciler
 from reconciler.plan import plan
-from reconciler.policy import Policy, desired_routes
-from reconciler.types import KernelRoute, Owner, RouteKey, ident_of
-from speaker.nodes import NodeInfo, NodeView, ownership
+from reconciler.policy import Policy, check
+from reconciler.types import KernelRoute, Owner, Rejection, Route, ident_of
+from speaker.nodes import NodeInfo, NodeView
 
 N, A = ia.ip_network, ia.ip_address
 CLUSTER = (N("10.42.0.0/16"), N("fd00:42::/48"))
@@ -28,10 +28,47 @@ NAMES = ["n1", "n2", "n3", "n4"]
 PEERS = ["192.168.50.1", "fd00:50::1"]
 
 
+# ---- the from-scratch oracles: each verdict computed over everything at once -----------------
+
+def ownership(nodes):
+    """(owners {CIDR: (node, addresses)}, disputed {CIDR: nodes}, unusable {node: reason}) of
+    these Nodes: overlapping claims trust neither side; a claim without an InternalIP of its
+    family is unusable."""
+    claims = sorted(((c, n) for n in nodes for c in n.pod_cidrs),
+                    key=lambda cn: (cn[0].version, int(cn[0].network_address), cn[0].prefixlen, cn[1].name))
+    disputed = {}
+    for i, (c, n) in enumerate(claims):
+        for d, m in claims[:i]:
+            if d.version == c.version and d.overlaps(c) and m.name != n.name:
+                disputed.setdefault(d, set()).update({m.name, n.name})
+                disputed.setdefault(c, set()).update({m.name, n.name})
+    owners, unusable = {}, {}
+    for c, n in claims:
+        if c in disputed:
+            continue
+        if n.address(c.version) is None:
+            unusable[n.name] = f"node {n.name}: no InternalIP of IPv{c.version} for podCIDR {c}"
+            continue
+        owners[c] = (n.name, frozenset(a for a in n.addresses if a.version == c.version))
+    return owners, {c: tuple(sorted(v)) for c, v in disputed.items()}, unusable
+
+
+def desired_routes(policy, paths):
+    """Kernel routes wanted for all these paths (ECMP where several next hops pass), and the rejections."""
+    gateways, rejected = {}, []
+    for path in paths:
+        reason = check(policy, path)
+        if reason is None:
+            gateways.setdefault(path.prefix, set()).add(path.next_hop)
+        else:
+            rejected.append(Rejection(path.prefix, path.peer, path.next_hop, reason))
+    return {p: Route(p, tuple(sorted(g)), policy.metric) for p, g in gateways.items()}, rejected
+
+
 class FakeKernel:
     def __init__(self):
-        self.ours: dict[RouteKey, KernelRoute] = {}
-        self.foreign: dict[RouteKey, KernelRoute] = {}
+        self.ours: dict[tuple, KernelRoute] = {}  # by ident
+        self.foreign: dict[tuple, KernelRoute] = {}
         self.connected_nets = frozenset({N("192.168.50.0/24")})
 
     def snapshot(self):
@@ -42,11 +79,14 @@ class FakeKernel:
 
     def apply(self, p):
         for r in p.replace:
-            assert r.key not in self.foreign, f"replaced the foreign route on {r.key}"
-            self.ours[r.key] = KernelRoute(r.prefix, r.gateways, r.metric, 80, 254)
+            assert r.ident not in self.foreign, f"replaced the foreign route on {r.prefix}"
+            self.ours[r.ident] = KernelRoute(r.prefix, r.gateways, r.metric, 80, 254)
         for r in p.delete:
-            self.ours.pop(r.key, None)
+            self.ours.pop(r.ident, None)
         return ApplyResult(replaced=len(p.replace), deleted=len(p.delete))
+
+    def routes_at(self, prefix):
+        return [r for r in list(self.ours.values()) + list(self.foreign.values()) if r.prefix == prefix]
 
 
 class World:
@@ -55,8 +95,8 @@ class World:
         self.view = NodeView()
         self.rib = Rib()
         self.own: frozenset = frozenset()
-        self.rec = Reconciler(self.kernel, self.rib.paths_for, self.rib.prefixes, self.view.owners,
-                              self.view.disputed, CLUSTER, SERVICE, metric=METRIC)
+        self.rec = Reconciler(self.kernel, self.rib, self.view.owners, self.view.disputed, CLUSTER, SERVICE,
+                              metric=METRIC)
         self.rec.set_synced()
 
     # -- the events ----------------------------------------------------------------------------
@@ -83,21 +123,21 @@ class World:
             rec.mark(self.rib.sweep_stale(args[0]))
         elif kind == "foreign":
             prefix, present = args
-            key = RouteKey(prefix, METRIC)
+            key = ident_of(prefix, METRIC)
             if present and key not in self.kernel.foreign:
                 self.kernel.ours.pop(key, None)  # another daemon's replace takes the key
                 self.kernel.foreign[key] = KernelRoute(prefix, (A("192.168.50.99") if prefix.version == 4 else
                                                                 A("fd00:50::99"),), METRIC, 4, 254)
-                rec.kernel_route_event(ident_of(prefix, METRIC), ours=False, deleted=False)
+                rec.kernel_route_event(key, ours=False, deleted=False)
             elif not present and key in self.kernel.foreign:
                 del self.kernel.foreign[key]
-                rec.kernel_route_event(ident_of(prefix, METRIC), ours=False, deleted=True)
+                rec.kernel_route_event(key, ours=False, deleted=True)
         elif kind == "zap":  # someone deletes one of our routes
-            keys = sorted(self.kernel.ours, key=RouteKey.sort_key)
+            keys = sorted(self.kernel.ours)
             if keys:
                 key = keys[args[0] % len(keys)]
                 del self.kernel.ours[key]
-                rec.kernel_route_event(ident_of(key.prefix, key.metric), ours=True, deleted=True)
+                rec.kernel_route_event(key, ours=True, deleted=True)
         elif kind == "own":
             self.own = frozenset(args[0])
             rec.set_own(self.own)
@@ -113,13 +153,13 @@ class World:
 
     # -- the same, from scratch ----------------------------------------------------------------
     def check(self):
-        scratch = ownership(self.view.nodes.values())
-        assert {c: (o.node, frozenset(o.addresses)) for c, o in self.view.owners.items()} == dict(scratch.owners)
-        assert dict(self.view.disputed) == dict(scratch.disputed)
-        assert self.view.unusable == dict(scratch.unusable)
+        owners, disputed, unusable = ownership(self.view.nodes.values())
+        assert {c: (o.node, frozenset(o.addresses)) for c, o in self.view.owners.items()} == owners
+        assert dict(self.view.disputed) == disputed
+        assert self.view.unusable == unusable
         policy = Policy(own=self.own, cluster=frozenset(CLUSTER), service=frozenset(SERVICE),
-                        connected=self.kernel.connected_nets, owners={c: Owner(n, a) for c, (n, a) in scratch.owners.items()},
-                        disputed=frozenset(scratch.disputed), metric=METRIC)
+                        connected=self.kernel.connected_nets, disputed=frozenset(disputed), metric=METRIC,
+                        owners={c: Owner(n, tuple(a)) for c, (n, a) in owners.items()})
         desired, rejected = desired_routes(policy, self.rib.paths())
         assert self.rec.desired == desired
         assert sorted(self.rec.rejections(), key=repr) == sorted(rejected, key=repr)
@@ -127,6 +167,10 @@ class World:
         left = plan(desired, ours, foreign, prune=self.rec.converged)
         assert not left.replace and not left.delete, left
         assert {r.prefix for r in left.blocked} == self.rec.blocked
+        report = self.rec.report()
+        net_key = lambda p: (p.version, int(p.network_address), p.prefixlen)  # noqa: E731
+        assert report.blocked == tuple(sorted(self.rec.blocked, key=net_key))
+        assert len(report.installed) == report.counts.installed == len(self.kernel.ours)
         assert {k: r.hops for k, r in self.rec.ours.items()} == {r.ident: r.hops for r in self.kernel.ours.values()}
 
 

@@ -4,12 +4,15 @@ import struct
 
 import pytest
 
-from bgp.types import Path
+from bgp.rib import Rib
+from bgp.types import Path, UpdateEvent
 from reconciler import rtnl
 from reconciler.kernel import ApplyResult, KernelTable
-from reconciler.plan import plan
-from reconciler.policy import Policy, check, desired_routes
-from reconciler.types import KernelRoute, Owner, Plan, Reason, Route
+from reconciler.loop import Reconciler
+from reconciler.plan import diff, plan
+from reconciler.policy import Policy, check, evaluate
+from reconciler.report import PrefixReport, ReconcilerCounts
+from reconciler.types import KernelRoute, Owner, Plan, Reason, Rejection, Route
 
 N = ia.ip_network
 A = ia.ip_address
@@ -19,9 +22,9 @@ POLICY = Policy(
     cluster=frozenset({N("10.42.0.0/16"), N("fd00:42::/48")}),
     service=frozenset({N("10.43.0.0/16"), N("10.42.250.0/24"), N("fd00:43::/108")}),
     connected=frozenset({N("192.168.50.0/24"), N("10.42.77.0/24")}),
-    owners={N("10.42.2.0/24"): Owner("node2", frozenset({A("192.168.50.12")})),
-            N("10.42.3.0/24"): Owner("node3", frozenset({A("192.168.50.13")})),
-            N("fd00:42:0:2::/64"): Owner("node2", frozenset({A("fd00:50::12")}))},
+    owners={N("10.42.2.0/24"): Owner("node2", (A("192.168.50.12"),)),
+            N("10.42.3.0/24"): Owner("node3", (A("192.168.50.13"),)),
+            N("fd00:42:0:2::/64"): Owner("node2", (A("fd00:50::12"),))},
     disputed=frozenset({N("10.42.9.0/24")}),
 )
 
@@ -55,14 +58,16 @@ def test_relaxed_next_hop_allows_tor_rewrite():
     assert check(relaxed, Path("p", N("10.42.2.0/24"), A("192.168.50.1"))) is None
 
 
-def test_desired_routes_merge_peers_into_ecmp_and_list_rejections():
+def test_evaluate_merges_peers_into_ecmp_and_lists_rejections():
     from dataclasses import replace
     relaxed = replace(POLICY, strict_next_hop=False)
-    paths = [Path("tor1", N("10.42.2.0/24"), A("192.168.50.1")), Path("tor2", N("10.42.2.0/24"), A("192.168.50.2")),
-             Path("tor1", N("0.0.0.0/0"), A("192.168.50.1"))]
-    routes, rejected = desired_routes(relaxed, paths)
-    assert routes == {N("10.42.2.0/24"): Route(N("10.42.2.0/24"), (A("192.168.50.1"), A("192.168.50.2")), 20)}
-    assert [(str(r.prefix), r.reason) for r in rejected] == [("0.0.0.0/0", Reason.DEFAULT_ROUTE)]
+    paths = [Path("tor2", N("10.42.2.0/24"), A("192.168.50.2")), Path("tor1", N("10.42.2.0/24"), A("192.168.50.1")),
+             Path("tor3", N("10.42.2.0/24"), A("fe80::1"))]
+    route, rejected = evaluate(relaxed, N("10.42.2.0/24"), paths)
+    assert route == Route(N("10.42.2.0/24"), (A("192.168.50.1"), A("192.168.50.2")), 20)
+    assert rejected == (Rejection(N("10.42.2.0/24"), "tor3", A("fe80::1"), Reason.LINK_LOCAL_NEXT_HOP),)
+    assert evaluate(relaxed, N("0.0.0.0/0"), [Path("tor1", N("0.0.0.0/0"), A("192.168.50.1"))]) == (
+        None, (Rejection(N("0.0.0.0/0"), "tor1", A("192.168.50.1"), Reason.DEFAULT_ROUTE),))
 
 
 def kr(prefix, gws, proto=80, metric=20):
@@ -100,6 +105,115 @@ def test_plan_before_convergence_never_deletes():
     assert len(plan({}, kernel, [], prune=True).delete) == 1
 
 
+class Recorded(set):
+    """A set of keys that records what it was asked about."""
+
+    def __init__(self, keys):
+        super().__init__(keys)
+        self.asked = []
+
+    def __contains__(self, key):
+        self.asked.append(key)
+        return super().__contains__(key)
+
+
+def test_diff_of_the_model_is_plans_rule_and_a_subset_touches_only_its_prefixes():
+    ours = {x.ident: x for x in [kr("10.42.2.0/24", ["192.168.50.99"]), kr("10.42.8.0/24", ["192.168.50.18"]),
+                                 kr("10.42.3.0/24", ["192.168.50.13"])]}
+    foreign = [kr("10.42.5.0/24", ["192.168.50.1"], proto=4)]
+    wanted = {x.ident: x for x in [r("10.42.2.0/24", "192.168.50.12"), r("10.42.3.0/24", "192.168.50.13"),
+                                   r("10.42.5.0/24", "192.168.50.15")]}
+    taken = Recorded(f.ident for f in foreign)
+    whole = diff(wanted, ours, taken)
+    assert whole == plan({x.prefix: x for x in wanted.values()}, ours.values(), foreign)
+    assert ([str(x.prefix) for x in whole.replace], [str(x.prefix) for x in whole.delete],
+            [str(x.prefix) for x in whole.blocked]) == (["10.42.2.0/24"], ["10.42.8.0/24"], ["10.42.5.0/24"])
+    assert sorted(taken.asked) == sorted(wanted)  # only wanted keys are looked up
+    # one prefix marked: the same rule over its share of desired and ours, nothing else planned
+    for marked, want in [("10.42.8.0/24", ([], ["10.42.8.0/24"], [])), ("10.42.2.0/24", (["10.42.2.0/24"], [], [])),
+                         ("10.42.5.0/24", ([], [], ["10.42.5.0/24"])), ("10.42.3.0/24", ([], [], []))]:
+        taken.asked.clear()
+        some = diff({k: v for k, v in wanted.items() if v.prefix == N(marked)},
+                    {k: v for k, v in ours.items() if v.prefix == N(marked)}, taken)
+        assert ([str(x.prefix) for x in some.replace], [str(x.prefix) for x in some.delete],
+                [str(x.prefix) for x in some.blocked]) == want, marked
+        assert len(taken.asked) <= 1
+    assert diff({}, ours, taken, prune=False).empty
+
+
+class Table:
+    """A RouteTable: our routes as written, foreign ones as given; refuses the prefixes in `refuse`."""
+
+    def __init__(self, foreign=(), refuse=()):
+        self.ours, self.foreign, self.refuse = {}, list(foreign), {N(p) for p in refuse}
+
+    def snapshot(self):
+        return list(self.ours.values()), list(self.foreign)
+
+    def connected(self):
+        return frozenset({N("192.168.50.0/24")})
+
+    def apply(self, p):
+        failed = {x: 101 for x in p.replace if x.prefix in self.refuse}
+        for x in p.delete:
+            self.ours.pop(x.ident, None)
+        for x in p.replace:
+            if x not in failed:
+                self.ours[x.ident] = KernelRoute(x.prefix, x.gateways, x.metric, 80, 254)
+        return ApplyResult(replaced=len(p.replace) - len(failed), deleted=len(p.delete), failed=failed)
+
+    def routes_at(self, prefix):
+        return [x for x in list(self.ours.values()) + self.foreign if x.prefix == prefix]
+
+
+def learned(*paths):
+    rib = Rib()
+    for peer, prefix, hop in paths:
+        rib.apply(UpdateEvent(peer, announced=(Path(peer, N(prefix), A(hop)),)))
+    return rib
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_the_reconciler_reports_frozen_values_of_its_state(passes):
+    rib = learned(("tor1", "10.42.2.0/24", "192.168.50.12"), ("tor2", "10.42.2.0/24", "192.168.50.66"),
+                  ("tor1", "10.42.3.0/24", "192.168.50.13"), ("tor1", "fd00:42:0:2::/64", "fd00:50::12"),
+                  ("tor1", "0.0.0.0/0", "192.168.50.1"))
+    table = Table(foreign=[kr("10.42.3.0/24", ["192.168.50.1"], proto=4)], refuse=["fd00:42:0:2::/64"])
+    rec = Reconciler(table, rib, POLICY.owners, POLICY.disputed, POLICY.cluster, POLICY.service)
+    rec.set_own(POLICY.own)
+    rec.set_synced()
+    rec.set_converged("test")
+    for _ in range(passes):
+        rec.run_pass()
+    rep = rec.report()
+    def held(routes):
+        return [(x.prefix, x.gateways, x.metric) for x in routes]
+
+    assert held(rep.installed) == held(table.ours.values()) == [(N("10.42.2.0/24"), (A("192.168.50.12"),), 20)]
+    assert [(str(x.prefix), x.peer, x.reason) for x in rep.rejected] == [
+        ("0.0.0.0/0", "tor1", Reason.DEFAULT_ROUTE), ("10.42.2.0/24", "tor2", Reason.NEXT_HOP_MISMATCH)]
+    assert (rep.blocked, rep.failed, rep.pending) == ((N("10.42.3.0/24"),), (N("fd00:42:0:2::/64"),),
+                                                      (N("fd00:42:0:2::/64"),))  # a refused route is retried
+    assert rep.synced and rep.converged and rep.last_pass is not None
+    assert rep.counts == rec.counts() == ReconcilerCounts(
+        installed=1, rejected_by_reason=((Reason.DEFAULT_ROUTE, 1), (Reason.FOREIGN_ROUTE, 1),
+                                         (Reason.NEXT_HOP_MISMATCH, 1)), blocked=1, failed=1, pending=1)
+    assert rec.report_at(N("10.42.3.0/24")) == PrefixReport(
+        prefix=N("10.42.3.0/24"), policy=rec.report_at(N("10.42.3.0/24")).policy,
+        desired=r("10.42.3.0/24", "192.168.50.13"), rejected=(), installed=None, foreign_metrics=(20,), blocked=True,
+        failed=False, pending=False, synced=True, converged=True, last_pass=rep.last_pass)
+    at = rec.report_at(N("10.42.2.0/24"))
+    assert (held([at.installed]), at.foreign_metrics, at.blocked, at.policy.own) == (
+        held(rep.installed), (), False, POLICY.own)
+    assert [x.peer for x in at.rejected] == ["tor2"]
+    with pytest.raises(AttributeError):
+        rep.blocked = ()
+    # a value, not a view: later passes leave it as it was
+    rec.mark(rib.apply(UpdateEvent("tor1", withdrawn=(N("10.42.2.0/24"),))))
+    rec.run_pass()
+    assert held(rep.installed) == [(N("10.42.2.0/24"), (A("192.168.50.12"),), 20)] and rec.report().installed == ()
+
+
 # ---- the kernel side, pure: rtnetlink parsing and packing ------------------------------------
 
 # RTM_NEWROUTE payloads (rtmsg + attributes) as Linux 6.18 dumped them, and what they hold
@@ -133,13 +247,24 @@ REAL_ROUTES = [
 ]
 
 
+def attrs(payload, start):
+    """(type, value) of each rtnetlink attribute from `start` on (the oracles' own walk)."""
+    off = start
+    while off + 4 <= len(payload):
+        length, kind = struct.unpack_from("=HH", payload, off)
+        if length < 4:
+            break
+        yield kind & 0x3FFF, payload[off + 4: off + length]
+        off += (length + 3) & ~3
+
+
 def reference_parse(payload):
     """The parser podbgp used before: every field through ipaddress (the oracle)."""
     family, dst_len, _s, _t, table, proto, _sc, rtype, flags = struct.unpack_from("=BBBBBBBBI", payload)
     if rtype != 1 or family not in (2, 10) or flags & 0x200:
         return None
     dst, gws, metric, oif = 0, [], 0, 0
-    for kind, value in rtnl.iter_attrs(memoryview(payload), 12):
+    for kind, value in attrs(memoryview(payload), 12):
         if kind == 1:
             dst = int.from_bytes(value, "big")
         elif kind == 15:
@@ -154,7 +279,7 @@ def reference_parse(payload):
             off = 0
             while off + 8 <= len(value):
                 length = struct.unpack_from("=H", value, off)[0]
-                gws += [ia.ip_address(bytes(v)) for k, v in rtnl.iter_attrs(value[off: off + length], 8) if k == 5]
+                gws += [ia.ip_address(bytes(v)) for k, v in attrs(value[off: off + length], 8) if k == 5]
                 off += (length + 3) & ~3
     net = (ia.IPv4Network if family == 2 else ia.IPv6Network)((dst, dst_len))
     return KernelRoute(net, tuple(sorted(gws)), metric, proto, table, oif)
@@ -177,7 +302,7 @@ def test_parse_real_dumped_routes(hexed, want):
     assert got == KernelRoute(N(prefix), tuple(A(g) for g in gws), metric, proto, table, oif)
     assert (got.prefix, got.gateways, got.metric, got.protocol, got.table, got.oif) == (
         N(prefix), tuple(A(g) for g in gws), metric, proto, table, oif)
-    assert got.key.prefix == N(prefix) and got.key.metric == metric
+    assert got.ident == (got.prefix.version, int(got.prefix.network_address), got.prefix.prefixlen, metric)
     out = []  # the same message inside a dump datagram (the hot path: a single unpack for usual IPv4)
     assert rtnl.parse_route_dump(datagram(payload, payload), out) == 0
     assert out == [got, got]
@@ -212,10 +337,10 @@ def test_pack_delete_sends_only_what_identifies_the_route():
     msg = rtnl.pack_delete(r("10.42.3.0/24").ident, 9, 80, 254)
     assert len(msg) == 44
     assert msg[16:28] == bytes.fromhex("02180000fe50ff0000000000")  # AF_INET /24, main, proto 80, scope nowhere
-    assert sorted(rtnl.iter_attrs(memoryview(msg), 28)) == [(1, bytes.fromhex("0a2a0300")), (6, struct.pack("=I", 20))]
+    assert sorted(attrs(memoryview(msg), 28)) == [(1, bytes.fromhex("0a2a0300")), (6, struct.pack("=I", 20))]
     six = rtnl.pack_delete(r("fd00:42:0:3::/64").ident, 9, 80, 1000)
-    attrs = dict((k, bytes(v)) for k, v in rtnl.iter_attrs(memoryview(six), 28))
-    assert six[16:18] == b"\x0a\x40" and six[20] == 0 and attrs == {
+    found = dict((k, bytes(v)) for k, v in attrs(memoryview(six), 28))
+    assert six[16:18] == b"\x0a\x40" and six[20] == 0 and found == {
         1: N("fd00:42:0:3::").network_address.packed, 6: struct.pack("=I", 20), 15: struct.pack("=I", 1000)}
     assert rtnl.pack_route(r("10.42.3.0/24"), 9, 80, 254, delete=True) == msg
 

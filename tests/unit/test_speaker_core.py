@@ -6,13 +6,14 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reconciler.types import Owner
 from speaker import config as cfgmod
 from speaker.cli import main
 from speaker.config import ConfigError
-from speaker.nodes import NodeError, ownership, parse_node
+from speaker.nodes import NodeError, NodeView, parse_node
 from speaker.podcidr import derive, discover
 
-N = ia.ip_network
+N, A = ia.ip_network, ia.ip_address
 BASE = {"nodeName": "node1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
         "clusterCIDRs": ["10.42.0.0/16", "fd00:42::/48"], "serviceCIDRs": ["10.43.0.0/16", "fd00:43::/108"]}
 
@@ -97,12 +98,19 @@ def test_parse_node_and_errors():
 def test_ownership_overlaps_trust_neither_and_nodes_without_address():
     nodes = [parse_node(node("a", ["10.42.1.0/24"], ["192.168.50.11"])),
              parse_node(node("b", ["10.42.1.0/25"], ["192.168.50.12"])),
-             parse_node(node("c", ["10.42.3.0/24"], ["192.168.50.13"])),
+             parse_node(node("c", ["10.42.3.0/24"], ["192.168.50.13", "fd00:50::13", "192.168.60.13"])),
              parse_node(node("d", ["10.42.4.0/24", "fd00:42:0:4::/64"], ["192.168.50.14"]))]
-    own = ownership(nodes)
-    assert set(own.owners) == {N("10.42.3.0/24"), N("10.42.4.0/24")}
-    assert own.disputed[N("10.42.1.0/24")] == ("a", "b")
-    assert "d" in own.unusable
+    view = NodeView()
+    for attempt in range(2):  # the same Nodes again change nothing
+        changed = set().union(*(view.upsert(n) for n in nodes))
+        assert changed == (set() if attempt else {N(c) for c in (
+            "10.42.1.0/24", "10.42.1.0/25", "10.42.3.0/24", "10.42.4.0/24", "fd00:42:0:4::/64")})
+        assert view.owners == {N("10.42.3.0/24"): Owner("c", (A("192.168.50.13"), A("192.168.60.13"))),
+                               N("10.42.4.0/24"): Owner("d", (A("192.168.50.14"),))}
+        assert view.disputed == {N("10.42.1.0/24"): ("a", "b"), N("10.42.1.0/25"): ("a", "b")}
+        assert view.unusable == {"d": "node d: no InternalIP of IPv6 for podCIDR fd00:42:0:4::/64"}
+    assert view.delete("b") == {N("10.42.1.0/24"), N("10.42.1.0/25")}
+    assert view.owners[N("10.42.1.0/24")] == Owner("a", (A("192.168.50.11"),)) and not view.disputed
 
 
 node_values = st.recursive(st.none() | st.integers() | st.text(max_size=12) | st.sampled_from(

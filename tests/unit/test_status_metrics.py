@@ -4,13 +4,13 @@ import asyncio
 import collections
 import ipaddress as ia
 import socket
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bgp.source import PeerStatus
 from bgp.types import SessionState
+from reconciler.report import ReconcilerCounts
 from reconciler.types import Reason
 from speaker import status
 
@@ -28,16 +28,25 @@ class FakeSource:
                      for k in ("192.168.50.1", "fd00:50::1"))
 
 
+class FakeReconciler:
+    """What the collector reads of the reconciler: its counts, as the test sets them."""
+
+    def __init__(self):
+        self.installed, self.rejected = 0, collections.Counter()
+
+    def counts(self):
+        return ReconcilerCounts(installed=self.installed, rejected_by_reason=tuple(sorted(self.rejected.items())),
+                                blocked=self.rejected[Reason.FOREIGN_ROUTE], failed=0, pending=0)
+
+
 class FakeSpeaker:
     """The state the collector reads, and nothing else (tests/unit/test_app.py scrapes a real Speaker)."""
 
     def __init__(self):
         self.paths = {}
-        self.routes = []
         self.source = FakeSource(self.paths)
         self.announced = frozenset()
-        self.reconciler = SimpleNamespace(installed=lambda: list(self.routes), rejected_count=collections.Counter(),
-                                          blocked=set())
+        self.reconciler = FakeReconciler()
         self.api_up = False
         self.synced = False
         self.counters = collections.Counter()
@@ -85,9 +94,8 @@ def test_values_follow_the_state_at_each_scrape(attempt):
     sp.announced = frozenset({"10.42.1.0/24", "fd00:42:0:1::/64"})
     sp.source.converged = True
     sp.api_up = True
-    sp.routes = ["r"] * 4998
-    sp.reconciler.rejected_count.update({Reason.NEXT_HOP_MISMATCH: 2, Reason.DEFAULT_ROUTE: 1})
-    sp.reconciler.blocked = {"10.42.9.0/24"}
+    sp.reconciler.installed = 4998
+    sp.reconciler.rejected.update({Reason.NEXT_HOP_MISMATCH: 2, Reason.DEFAULT_ROUTE: 1, Reason.FOREIGN_ROUTE: 1})
     sp.counters.update({"decode_errors": 3, "routes_replaced": 4998})
     got = scrape(sp, registry)
     assert got[("podbgp_peer_up", (("asn", "65000"), ("peer", "192.168.50.1")))] == 1
