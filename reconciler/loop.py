@@ -28,7 +28,7 @@ from ipaddress import IPv4Network, IPv6Network
 from bgp.types import IPNetwork
 
 from .kernel import ApplyResult, RouteTable
-from .plan import diff
+from .plan import NOTHING, diff
 from .policy import Policy, evaluate
 from .report import PrefixReport, ReconcilerCounts, ReconcilerReport, net_key
 from .types import Ident, KernelRoute, Owner, Plan, Reason, Rejection, RibReader, Route, ident_of
@@ -193,9 +193,11 @@ class Reconciler:
                 ours[key] = have
         p = diff(wanted, ours, self.foreign, prune=self.converged)
         self.blocked.difference_update(dirty)
-        self.blocked.update(r.prefix for r in p.blocked)
         self.failed.difference_update(dirty)
         self.counters["reconciles"] += 1
+        if p is NOTHING:
+            return
+        self.blocked.update(r.prefix for r in p.blocked)
         if not p.empty:
             self._apply(p)
 

@@ -28,7 +28,7 @@ def plan(
     return diff({r.ident: r for r in desired.values()}, {r.ident: r for r in ours}, {r.ident for r in foreign}, prune)
 
 
-NOTHING = Plan(replace=(), delete=(), blocked=())
+NOTHING = Plan(replace=(), delete=(), blocked=())  # what diff returns, this very value, when nothing differs
 
 
 def diff(
