@@ -63,10 +63,10 @@ def _desired(routes, summarize: bool, strict: bool) -> list:
 def _list_nodes(kubeconfig: str) -> list:
     """The Nodes, one list (for --once and --remove); Nodes podbgp cannot parse are reported."""
     from speaker.nodes import NodeError, parse_node
-    from speaker.watch import KubeNodeClient
+    from speaker.kubeclient import NODES, KubeClient
 
     nodes = []
-    for obj in KubeNodeClient(kubeconfig).list_nodes():
+    for obj in KubeClient(kubeconfig).list(NODES):
         try:
             nodes.append(parse_node(obj))
         except NodeError as exc:
@@ -76,9 +76,10 @@ def _list_nodes(kubeconfig: str) -> list:
 
 def _watch_nodes(kubeconfig: str, emit):
     """Start following the Nodes (list, then watch); returns the function that stops it."""
-    from speaker.watch import KubeNodeClient, NodeWatcher
+    from speaker.kubeclient import KubeClient
+    from speaker.nodewatch import NodeWatcher
 
-    watcher = NodeWatcher(KubeNodeClient(kubeconfig), emit, label_keys=frozenset())  # no label is read here
+    watcher = NodeWatcher(KubeClient(kubeconfig), emit, label_keys=frozenset())  # no label is read here
     watcher.start()
     return watcher.close
 
@@ -221,7 +222,7 @@ async def _follow_nodes(call, router, events: asyncio.Queue, stop: asyncio.Event
                         summarize: bool) -> None:
     """Route the Nodes' PodCIDRs from the first full list on, re-applied after every change (new
     Nodes get routes, deleted ones lose them), until `stop`. An API outage leaves the routes."""
-    from speaker.watch import ApiDown, Changed
+    from speaker.listwatch import ApiDown, Changed
 
     nodes: dict = {}
     listed = applied = False

@@ -92,7 +92,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 from kubernetes.watch.watch import iter_resp_lines
 
-from speaker.watch import KubeNodeClient
+from speaker.kubeclient import KubeClient
 
 d = tempfile.mkdtemp()
 shutil.copy(certifi.where(), os.path.join(d, "ca.crt"))
@@ -122,8 +122,8 @@ def refused(call) -> None:
 
 
 try:
-    refused(lambda: list(KubeNodeClient(None, read_timeout=1).list_nodes()))
-    refused(lambda: KubeNodeClient(os.path.join(d, "kubeconfig"), read_timeout=1).patch_node_status("n", {"status": {}}))
+    refused(lambda: list(KubeClient(None, read_timeout=1).list("/api/v1/nodes")))
+    refused(lambda: KubeClient(os.path.join(d, "kubeconfig"), read_timeout=1).patch_node_status("n", {"status": {}}))
 finally:
     shutil.rmtree(d)
 

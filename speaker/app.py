@@ -37,7 +37,7 @@ from .node_status import NetworkCondition, StatusClient
 from .nodes import NodeInfo, NodeView
 from .peers import Mesh, event_of, plan as plan_peers, secret_files
 from .podcidr import Discovered, discover
-from .watch import ApiDown, Changed
+from .listwatch import ApiDown, Changed
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bgp.types import IPNetwork, Path, SessionState
 from reconciler.policy import Policy, evaluate
@@ -25,6 +25,10 @@ from reconciler.report import PrefixReport
 from reconciler.types import KernelRoute, Reason, ReconcilerError
 
 from .config import SpeakerError
+
+if TYPE_CHECKING:  # the speaker's state, read through its typed parts (bgp.source, reconciler.report)
+    from .app import Speaker
+    from .nodes import NodeView
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ def parse_prefix(text: str) -> IPNetwork:
 
 # ---- the document ----------------------------------------------------------------------------
 
-def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
+def explain(sp: Speaker, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
             kernel_error: str | None = None) -> dict:
     """Everything `podbgp explain` shows about `prefix`. `kernel`: the routes of our table at
     this prefix read just now (None: what the reconciler's model holds)."""
@@ -77,7 +81,7 @@ def explain(sp: Any, prefix: IPNetwork, kernel: list[KernelRoute] | None = None,
     return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel")}
 
 
-def _owner(view: Any, prefix: IPNetwork) -> dict:
+def _owner(view: NodeView, prefix: IPNetwork) -> dict:
     """Who holds `prefix` by the Kubernetes view: exactly, inside a larger PodCIDR, or nobody."""
     if prefix in view.owners:
         name = view.owners[prefix].node
@@ -107,7 +111,7 @@ def _owner(view: Any, prefix: IPNetwork) -> dict:
     return {"state": "none", "node": None, "cidr": None, "reason": "no Node holds it"}
 
 
-def _holder(view: Any, cidr: IPNetwork) -> str | None:
+def _holder(view: NodeView, cidr: IPNetwork) -> str | None:
     if cidr in view.owners:
         return view.owners[cidr].node
     if cidr in view.disputed:
@@ -117,7 +121,7 @@ def _holder(view: Any, cidr: IPNetwork) -> str | None:
     return None
 
 
-def _path(sp: Any, path: Path, reason: Reason | None, policy: Policy) -> dict:
+def _path(sp: Speaker, path: Path, reason: Reason | None, policy: Policy) -> dict:
     peer = sp.source.peer(path.peer)  # None in direct mode: the path's "peer" is the Node
     return {"peer": path.peer, "nextHop": str(path.next_hop), "asPath": list(path.as_path), "stale": path.stale,
             "peerState": (peer.state if peer else SessionState.IDLE).value, "peerSince": peer.since if peer else None,
@@ -126,7 +130,7 @@ def _path(sp: Any, path: Path, reason: Reason | None, policy: Policy) -> dict:
             "why": _accepted(sp, path, policy) if reason is None else why(sp, path, reason, policy)}
 
 
-def _accepted(sp: Any, path: Path, policy: Policy) -> str:
+def _accepted(sp: Speaker, path: Path, policy: Policy) -> str:
     owner = sp.view.owners.get(path.prefix)
     node = owner.node if owner else "?"
     if not policy.strict_next_hop:
@@ -134,7 +138,7 @@ def _accepted(sp: Any, path: Path, policy: Policy) -> str:
     return f"{path.prefix} is {node}'s PodCIDR and {path.next_hop} is its InternalIP"
 
 
-def why(sp: Any, path: Path, reason: Reason, policy: Policy) -> str:
+def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
     """The policy's reason for refusing `path`, as a sentence naming what it collided with."""
     prefix, hop = path.prefix, path.next_hop
     if reason is Reason.DEFAULT_ROUTE:
@@ -171,7 +175,7 @@ def _net_key(n: IPNetwork) -> tuple:
     return (n.version, int(n.network_address), n.prefixlen)
 
 
-def _kernel(sp: Any, rec: PrefixReport, routes: list[KernelRoute] | None, error: str | None) -> dict:
+def _kernel(sp: Speaker, rec: PrefixReport, routes: list[KernelRoute] | None, error: str | None) -> dict:
     metric = rec.policy.metric
     protocol = sp.cfg.route_protocol
     if routes is not None:
@@ -245,7 +249,7 @@ def _proto_name(held: dict) -> str:
 
 # ---- the shell: a fresh kernel read, the HTTP answer, the CLI's rendering --------------------
 
-async def respond(sp: Any, query: str) -> tuple[str, str, bytes]:
+async def respond(sp: Speaker, query: str) -> tuple[str, str, bytes]:
     """The answer to GET /explain?prefix=CIDR: the document, or a 400 with one line."""
     values = urllib.parse.parse_qs(query).get("prefix", [])
     try:

@@ -7,7 +7,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -20,10 +20,13 @@ from reconciler.types import Reason
 from . import explain
 from .config import parse_address
 
+if TYPE_CHECKING:  # the speaker's state, read through its typed parts (bgp.source, reconciler.report)
+    from .app import Speaker
+
 log = logging.getLogger(__name__)
 
 
-def status_doc(sp: Any) -> dict:
+def status_doc(sp: Speaker) -> dict:
     """Everything `podbgp status` shows, as plain JSON values (sorted, deterministic)."""
     src, rec = sp.source, sp.reconciler.report()
     peers = [{"address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
@@ -73,7 +76,7 @@ class SpeakerCollector(Collector):
     state the speaker keeps anyway (peer states, RIB sizes, `counters`), and only its sizes, not
     the sorted and formatted routes of /status."""
 
-    def __init__(self, sp: Any) -> None:
+    def __init__(self, sp: Speaker) -> None:
         self.sp = sp
 
     def collect(self) -> Iterator[Metric]:
@@ -106,7 +109,7 @@ class SpeakerCollector(Collector):
         yield events
 
 
-def metrics_registry(sp: Any) -> CollectorRegistry:
+def metrics_registry(sp: Speaker) -> CollectorRegistry:
     """One registry per speaker: its own families, and the process (resident memory, CPU
     seconds, open fds) and platform (Python version) collectors."""
     registry = CollectorRegistry()
@@ -118,7 +121,7 @@ def metrics_registry(sp: Any) -> CollectorRegistry:
 
 # ---- the HTTP endpoint ---------------------------------------------------------------------
 
-async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
+async def serve(sp: Speaker, address: str) -> asyncio.AbstractServer:
     """/status, /metrics, /healthz, /readyz, /explain?prefix=CIDR on `address` (see parse_address)."""
     host, port = parse_address(address)
     registry = metrics_registry(sp)
@@ -148,7 +151,7 @@ async def serve(sp: Any, address: str) -> asyncio.AbstractServer:
     return await asyncio.start_server(handle, host, port, reuse_address=True)
 
 
-def _respond(sp: Any, path: str, registry: CollectorRegistry | None = None, accept: str = "") -> tuple[str, str, bytes]:
+def _respond(sp: Speaker, path: str, registry: CollectorRegistry | None = None, accept: str = "") -> tuple[str, str, bytes]:
     if path == "/status":
         return "200 OK", "application/json", json.dumps(status_doc(sp), indent=1).encode()
     if path == "/metrics":

@@ -7,7 +7,8 @@ from reconciler.kernel import ApplyResult
 from reconciler.types import KernelRoute
 from speaker import config as cfgmod
 from speaker.app import Speaker
-from speaker.watch import ApiDown, _changes, _parse
+from speaker.listwatch import ApiDown, changes as _changes
+from speaker.nodewatch import parse as _parse
 
 N = ia.ip_network
 

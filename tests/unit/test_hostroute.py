@@ -16,7 +16,7 @@ from hostroute import routes as hostroute
 from hostroute.routes import HostRoute, HostRouteError, HostRouter, LinuxBackend, MacBackend, NeedsPrivilege
 from speaker.cli import main
 from speaker.nodes import NodeInfo
-from speaker.watch import ApiDown, Changed
+from speaker.listwatch import ApiDown, Changed
 
 
 def R(dst, via):
