@@ -126,7 +126,7 @@ class Speaker:
 
     def _connected_changed(self) -> None:
         if self.direct is not None:
-            self.reconciler.mark(self.direct.set_connected(self.reconciler.kernel.connected()))
+            self.reconciler.mark(self.direct.set_connected(self.kernel.connected()))
 
     async def _resync_loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ from bgp.types import IPAddress, IPNetwork
 
 from . import selector
 from .config_values import (ConfigError, SpeakerError, abspath, boolean, defaults, integer, ip, known_keys,
-                            label_selector, listed, mapping, net, one_of)
+                            label_selector, listed, mapping, net, one_of, seconds)
 from .peer_config import ANNOTATION_PEER_KEYS, Peer, parse_peer, parse_peers, peer_list
 from .selector import Selector
 
@@ -126,13 +126,13 @@ def parse(raw: dict) -> Config:
         cni=_cni(mapping(raw, "cni")),
         kubeconfig=raw.get("kubeconfig") or d.kubeconfig,
         graceful_restart=integer(raw.get("gracefulRestart", d.graceful_restart), "gracefulRestart", 0, 4095),
-        convergence_timeout=float(raw.get("convergenceTimeout", d.convergence_timeout)),
+        convergence_timeout=seconds(raw.get("convergenceTimeout", d.convergence_timeout), "convergenceTimeout"),
         strict_next_hop=boolean(raw.get("strictNextHop", d.strict_next_hop), "strictNextHop"),
         route_protocol=integer(raw.get("routeProtocol", d.route_protocol), "routeProtocol", 5, 255),
         route_metric=integer(raw.get("routeMetric", d.route_metric), "routeMetric", 0, 2**32 - 1),
         route_table=integer(raw.get("routeTable", d.route_table), "routeTable", 1, 2**32 - 1),
-        resync_interval=float(raw.get("resyncInterval", d.resync_interval)),
-        api_backoff_max=float(raw.get("apiBackoffMax", d.api_backoff_max)),
+        resync_interval=seconds(raw.get("resyncInterval", d.resync_interval), "resyncInterval"),
+        api_backoff_max=seconds(raw.get("apiBackoffMax", d.api_backoff_max), "apiBackoffMax"),
         status_address=_address(raw.get("statusAddress", d.status_address), "statusAddress"),
         runtime_dir=str(raw.get("runtimeDir", d.runtime_dir)),
         exabgp=str(raw.get("exabgp", d.exabgp)),

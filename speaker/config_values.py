@@ -63,6 +63,17 @@ def integer(value: Any, where: str, lo: int, hi: int) -> int:
     return n
 
 
+def seconds(value: Any, where: str, hi: float = 86400.0) -> float:
+    """A duration in seconds: a number above 0 and at most `hi` (a day unless said otherwise)."""
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds") from None
+    if isinstance(value, bool) or not 0 < n <= hi:
+        raise ConfigError(f"{where}: {value!r} is out of range (0, {hi:g}] seconds")
+    return n
+
+
 def listed(raw: dict, key: str) -> list:
     """raw[key] as a list (a comma-separated string is one too); absent or empty: []."""
     value = raw.get(key) or []

@@ -74,6 +74,11 @@ def test_unknown_keys_at_any_depth_are_named_with_a_suggestion(change, message):
     ({"asn": 0}, "asn"),
     ({"asn": 4294967296}, "asn"),
     ({"peers": {"address": "192.168.50.1"}}, "peers"),
+    ({"convergenceTimeout": "soon"}, "convergenceTimeout"),
+    ({"convergenceTimeout": 0}, "convergenceTimeout"),
+    ({"resyncInterval": -5}, "resyncInterval"),
+    ({"resyncInterval": True}, "resyncInterval"),
+    ({"apiBackoffMax": [1]}, "apiBackoffMax"),
 ])
 def test_refusals_name_the_field(change, field):
     assert refused(**change).startswith(field + ":")
@@ -224,3 +229,8 @@ def test_a_peer_keeps_alive_every_third_of_its_hold_time_unless_told():
                        {"address": "192.168.50.3", "asn": 65000, "holdTime": 0}]).peers
     assert [(p.hold_time, p.keepalive_time, p.port) for p in peers] == [(90, 30, 179), (9, 3, 179), (0, 0, 179)]
     assert cfgmod.Peer(peers[0].address, 65000, hold_time=30).keepalive_time == 10
+
+
+def test_durations_are_refused_in_one_line_not_a_traceback():
+    assert refused(convergenceTimeout="soon") == "convergenceTimeout: 'soon' is not a number of seconds"
+    assert refused(resyncInterval=0) == "resyncInterval: 0 is out of range (0, 86400] seconds"
