@@ -25,7 +25,7 @@ from dataclasses import replace
 from bgp.process import ExaBGP
 from bgp.sessions import Sessions
 from bgp.source import RouteSource
-from bgp.types import Announcement
+from bgp.types import Announcement, IPNetwork
 from reconciler.kernel import RouteTable
 from reconciler.loop import Reconciler
 
@@ -225,15 +225,29 @@ class Speaker:
             self.own = found
         cidrs = found.cidrs if found else ()
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
+        for _name, step in self.own_steps:
+            step(me, cidrs)
+
+    # ---- what follows from this node's own facts, step by step --------------------------------
+    @property
+    def own_steps(self) -> tuple[tuple[str, Callable[[NodeInfo | None, tuple[IPNetwork, ...]], None]], ...]:
+        """In this order: the CNI conflist (Pods can start on the PodCIDR), the announcement (the
+        network learns it), the NetworkUnavailable condition (only once announced)."""
+        return (("conflist", self._sync_conflist), ("announce", self._announce), ("condition", self._set_condition))
+
+    def _sync_conflist(self, _me: NodeInfo | None, cidrs: tuple[IPNetwork, ...]) -> None:
         self.cni.sync(cidrs)
         self._report(f"cni:{self.cfg.cni.conf_path}", self.cni.error)
+
+    def _announce(self, me: NodeInfo | None, cidrs: tuple[IPNetwork, ...]) -> None:
         if self.bgp is None:  # no BGP: nothing to announce; the Node's PodCIDR is the announcement
-            self.condition.announced(cidrs)
             return
         self._configure_peers(me)
         self.announced = announce.announcements(cidrs)
         self.bgp.announce(self.announced)
-        if self.bgp.running:
+
+    def _set_condition(self, _me: NodeInfo | None, cidrs: tuple[IPNetwork, ...]) -> None:
+        if self.bgp is None or self.bgp.running:
             self.condition.announced(cidrs)
 
     def _configure_peers(self, me: NodeInfo | None) -> None:
