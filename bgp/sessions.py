@@ -18,14 +18,14 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import encode, render, security
 from .decode import decode_line
 from .process import ExaBGP, api_command
 from .rib import Rib
-from .source import PeerStatus
+from .source import PeerStatus, RibPaths
 from .types import (
     AckEvent,
     Announcement,
@@ -34,7 +34,6 @@ from .types import (
     Event,
     IPNetwork,
     OpenEvent,
-    Path,
     PeerConfig,
     SessionState,
     ShutdownEvent,
@@ -71,7 +70,7 @@ class _Peer:
             self.stale_timer = None
 
 
-class Sessions:
+class Sessions(RibPaths):
     """The BGP route source (bgp.source.RouteSource): ExaBGP, one record per configured peer, the RIB."""
 
     def __init__(self, runtime_dir: str, exabgp: str, graceful_restart: int, convergence_timeout: float,
@@ -95,15 +94,6 @@ class Sessions:
         self.removed: set[str] = set()  # peers taken out of the configuration (until they return)
 
     # ---- the route source --------------------------------------------------------------------
-    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
-        return self.rib.paths_for(prefix)
-
-    def prefixes(self) -> Iterable[IPNetwork]:
-        return self.rib.prefixes()
-
-    def paths(self) -> Iterator[Path]:
-        return self.rib.paths()
-
     def peers(self) -> tuple[PeerStatus, ...]:
         return tuple(self._status(rec) for rec in self._peers.values())
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from .rib import Rib
 from .types import IPAddress, IPNetwork, Path, SessionState
 
 
@@ -81,3 +82,18 @@ class RouteSource(Protocol):
 
     async def stop(self) -> None:
         ...
+
+
+class RibPaths:
+    """The path half of a route source that keeps its paths in a bgp.rib.Rib (`self.rib`)."""
+
+    rib: Rib
+
+    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
+        return self.rib.paths_for(prefix)
+
+    def prefixes(self) -> Iterable[IPNetwork]:
+        return self.rib.prefixes()
+
+    def paths(self) -> Iterator[Path]:
+        return self.rib.paths()

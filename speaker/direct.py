@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from bgp.rib import Rib
-from bgp.source import PeerStatus
+from bgp.source import PeerStatus, RibPaths
 from bgp.types import IPAddress, IPNetwork, Path, UpdateEvent
 
 from .nodes import NodeInfo
@@ -51,7 +51,7 @@ def node_paths(info: NodeInfo, connected: frozenset[IPNetwork]) -> tuple[dict[IP
     return paths, f"{subject} on no connected subnet of this node;{what} not routed in direct mode"
 
 
-class DirectSource:
+class DirectSource(RibPaths):
     """The route source of direct mode (bgp.source.RouteSource): the paths kept per Node.
 
     `nodes` is the NodeView's live mapping of Nodes by name; `node_changed(name)` and
@@ -74,15 +74,6 @@ class DirectSource:
         self._converged = False  # set once the first full Node list is in (set_synced)
 
     # ---- the route source --------------------------------------------------------------------
-    def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
-        return self.rib.paths_for(prefix)
-
-    def prefixes(self) -> Iterable[IPNetwork]:
-        return self.rib.prefixes()
-
-    def paths(self) -> Iterator[Path]:
-        return self.rib.paths()
-
     def peers(self) -> tuple[PeerStatus, ...]:
         return ()
 

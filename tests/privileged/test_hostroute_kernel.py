@@ -7,12 +7,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from pyroute2 import IPRoute
 
 from hostroute.routes import HostRoute, HostRouter, LinuxBackend, RouteExists
+from tests.waiting import poll
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROTO = 81
@@ -34,14 +34,6 @@ def routes(ns, proto=None):
         for r in json.loads(ip(ns, "-j", fam, "route", "show", "table", "main", *extra) or "[]"):
             out.add((r["dst"], r.get("gateway"), r.get("protocol", str(proto))))
     return out
-
-
-def poll(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 FOREIGN = [("10.42.3.0/24", "192.168.77.3", "static", []),

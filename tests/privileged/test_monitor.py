@@ -6,6 +6,7 @@ import time
 import pytest
 
 from reconciler.monitor import KernelMonitor
+from tests.waiting import poll
 
 pytestmark = pytest.mark.privileged
 
@@ -53,14 +54,6 @@ def settled(ns):
             return False
     local = {r["dev"] for r in ip_json(ns, "-6", "route", "show", "table", "main", "fe80::/64")}
     return local >= set(VETH)
-
-
-def poll(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def barrier(mon, ns, octet):
