@@ -75,7 +75,7 @@ class Sessions(RibPaths):
 
     def __init__(self, runtime_dir: str, exabgp: str, graceful_restart: int, convergence_timeout: float,
                  on_paths: Callable[[set[IPNetwork]], None], on_converged: Callable[[str], None],
-                 counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] = ExaBGP,
+                 counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] | None = None,
                  read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
@@ -83,7 +83,7 @@ class Sessions(RibPaths):
         self.convergence_timeout = convergence_timeout
         self.on_paths, self.on_converged = on_paths, on_converged
         self.counters = counters if counters is not None else collections.Counter()
-        self.factory = factory
+        self.factory = factory or ExaBGP  # tests hand in a fake engine
         self.rib = Rib()
         self.exabgp: ExaBGP | None = None
         self._peers: dict[str, _Peer] = {}  # in configuration order

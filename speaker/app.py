@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from bgp.process import ExaBGP
 from bgp.sessions import Sessions
 from bgp.source import RouteSource
 from bgp.types import Announcement, IPNetwork
@@ -52,7 +51,7 @@ def _read_file(path: str) -> str | None:
 
 class Speaker:
     def __init__(self, cfg: Config, kernel: RouteTable, start_watch: Callable[[Callable[[object], None]], Callable[[], None]],
-                 env: dict[str, str] | None = None, bgp_factory: Callable[..., ExaBGP] = ExaBGP, monitor=None,
+                 env: dict[str, str] | None = None, bgp_factory: Callable[..., object] | None = None, monitor=None,
                  cni: ConflistWriter | None = None, node_client: StatusClient | None = None) -> None:
         """`cni` writes the conflist and `node_client` patches the Node's status; without them
         (tests) neither is written, and status says so."""
