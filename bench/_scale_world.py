@@ -16,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from lab import daemonset, pki
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ROOT = os.environ.get("PODBGP_BENCH_RUN_DIR", "/run/podbgp-bench")
 
@@ -176,19 +178,59 @@ def bird_rx_config(log: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def speaker_config(kubeconfig: str, runtime_dir: str, status: str) -> str:
+def speaker_config(runtime_dir: str, status: str, kubeconfig: str | None = None) -> str:
+    """The speaker's configuration; without kubeconfig it reads the in-cluster one, as in a Pod."""
     return (f"peers:\n  - {{address: {TOR[0]}, asn: {TOR_ASN}, holdTime: 9}}\n"
             f"  - {{address: \"{TOR[1]}\", asn: {TOR_ASN}, holdTime: 9}}\n"
             f"clusterCIDRs: [{CLUSTER[0]}, \"{CLUSTER[1]}\"]\n"
             f"serviceCIDRs: [{SERVICE[0]}, \"{SERVICE[1]}\"]\n"
             "gracefulRestart: 120\nconvergenceTimeout: 30\n"
-            f"kubeconfig: {kubeconfig}\nruntimeDir: {runtime_dir}\nstatusAddress: {status}\n")
+            + (f"kubeconfig: {kubeconfig}\n" if kubeconfig else "")
+            + f"runtimeDir: {runtime_dir}\nstatusAddress: {status}\n")
 
 
-def kubeconfig(server: str) -> str:
-    return ("apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n"
-            f"    server: {server}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\n"
-            "current-context: lab\nusers:\n- name: lab\n  user:\n    token: lab\n")
+# ---- the API's credentials and the speaker as its DaemonSet Pod ---------------------------------
+
+API_PORT_IN_POD = 6443  # where the receiver's namespace reaches the API server (KUBERNETES_SERVICE_PORT)
+
+
+def api_credentials(run: "Run", objects: list[dict]) -> dict:
+    """The lab's CA, a serving certificate, an administrator's token (the bench's own client) and a
+    service-account token the API allows only what deploy/'s RBAC grants the DaemonSet; the rules
+    file for the API server is written next to them. Returns lab.pki's paths plus `rules_file`."""
+    creds = pki.make(run.path("pki"))
+    user, rules = daemonset.rbac(objects)
+    creds["rules_file"] = run.path("pki", "serviceaccount-rules.json")
+    with open(creds["rules_file"], "w") as f:
+        json.dump({"user": user, "rules": rules}, f)
+    return creds
+
+
+def deploy_objects() -> list[dict]:
+    """deploy/ rendered as `kubectl apply -k deploy` would send it."""
+    return daemonset.render(os.path.join(REPO, "deploy"))
+
+
+def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, node: str, host_ip: str) -> daemonset.Launch:
+    """The speaker started as deploy/'s DaemonSet Pod is (lab.daemonset.plan): the in-cluster
+    Service variables, the service-account token and CA at their mount, the DaemonSet's bounding
+    set and no_new_privs; but the bench's own argv (configuration, node name) and a writable root
+    (the run directory holds the runtime dir). The environment adds this tree's PYTHONPATH, as
+    Run.spawn gives every process."""
+    facts = daemonset.NodeFacts(name=node, host_dir="/nonexistent", pod_dir="/nonexistent", host_ip=host_ip,
+                                serviceaccount_dir=serviceaccount_dir, api_host="127.0.0.1",
+                                api_port=API_PORT_IN_POD, path=os.path.dirname(sys.executable) + os.pathsep + daemonset.BASE_PATH)
+    pod = daemonset.plan(objects, facts)
+    env = {k: v for k, v in pod.env if k.startswith("KUBERNETES_") or k == "PATH"}
+    env["PYTHONPATH"] = REPO
+    return daemonset.Launch(argv=tuple(argv), env=tuple(sorted(env.items())),
+                            mounts=tuple(m for m in pod.mounts if m.target == daemonset.SA_MOUNT),
+                            files=(), dirs=(), capabilities=pod.capabilities, no_new_privs=pod.no_new_privs,
+                            read_only_root=False, uid=pod.uid, image="")
+
+
+def kubeconfig(server: str, ca: str, token: str) -> str:
+    return pki.kubeconfig(server, ca, token)
 
 
 # ---- processes ---------------------------------------------------------------------------------

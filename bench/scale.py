@@ -1,6 +1,7 @@
 """One node of an N-node dual-stack cluster: podbgp against BIRD 2, same ToR, same run.
 
     sudo .venv/bin/python -m bench.scale --nodes 5000 [--json] [--repeat 3] [--bird-repeat 5] [--keep] [--skip-bird]
+                                          [--kubeconfig]
 
 The world: N Node objects of ~6 KB (30 images, 4 conditions, 10 labels) in the lab API server;
 a BIRD 2 ToR in its own namespace with every other node's two PodCIDRs as static routes whose
@@ -9,6 +10,12 @@ so the ToR sends each node's address as a third-party next hop: one UPDATE per n
 The ToR and both receivers share one L2 (a bridge in the ToR's namespace), so every node address
 is on-link for the receivers. Receiver 1 is `podbgp speaker` as node0; receiver 2 is BIRD 2
 exporting into the kernel. They run one after the other, never together.
+
+The speaker runs as deploy/'s DaemonSet Pod does (lab.daemonset): in-cluster configuration from
+KUBERNETES_SERVICE_HOST/PORT and the service-account token and CA bound at their mount in a
+private mount namespace, the DaemonSet's capabilities; the API serves HTTPS and allows that token
+only what deploy/'s RBAC grants. --kubeconfig runs it the developer's way instead (an
+administrator's kubeconfig: the loader imports more, about +13 MiB).
 
 Measured (medians over --repeat runs where repeated):
 - established_to_kernel_s: both of the receiver's sessions established, as the ToR's kernel sees
@@ -41,11 +48,14 @@ import random
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+
+from lab import daemonset
 
 from . import _scale_nl as nl
 from . import _scale_world as w
@@ -139,13 +149,17 @@ def cpu_pct(root: int, seconds: float, during=None) -> tuple[float, float]:
 # ---- the API over HTTP (keep-alive) --------------------------------------------------------------
 
 class Api:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, ca: str, token: str) -> None:
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        self.token = token
+        self.conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30,
+                                                context=ssl.create_default_context(cafile=ca))
 
     def call(self, method: str, path: str, body: dict | None = None, ctype: str = "application/json") -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": ctype, "Authorization": "Bearer lab"} if data else {"Authorization": "Bearer lab"}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if data:
+            headers["Content-Type"] = ctype
         for attempt in (1, 2):
             try:
                 self.conn.request(method, path, body=data, headers=headers)
@@ -298,7 +312,8 @@ class Bench:
         self.api: Api | None = None
         self.result: dict = {"nodes": args.nodes, "routes": len(self.expected), "repeat": args.repeat,
                              "bird_repeat": 0 if args.skip_bird else args.bird_repeat,
-                             "run_id": rid, "podbgp": {}, "bird": {}}
+                             "run_id": rid, "podbgp": {}, "bird": {},
+                             "speaker_api_config": "kubeconfig" if args.kubeconfig else "in-cluster"}
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -314,17 +329,23 @@ class Bench:
         self.start_tor()
 
     def start_api(self) -> None:
+        """The lab API server over HTTPS, as a cluster's: the bench's client holds an
+        administrator's token; the speaker the service account's, allowed what deploy/ grants."""
         run = self.run
         port = w.free_port()
-        with open(run.path("kubeconfig"), "w") as f:
-            f.write(w.kubeconfig("http://127.0.0.1:6443"))  # as the speaker sees it, in its namespace
+        self.deploy = w.deploy_objects()
+        self.creds = creds = w.api_credentials(run, self.deploy)
+        with open(run.path("kubeconfig"), "w") as f:  # as the speaker sees the API in its namespace
+            f.write(w.kubeconfig(f"https://127.0.0.1:{w.API_PORT_IN_POD}", creds["ca"], creds["token"]))
         argv = [sys.executable, "-m", "lab.apiserver", "--state", run.path("nodes.json"),
-                "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:6443@{self.pod_ns}"]
+                "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],
+                "--account", f"{creds['sa_token_file']}={creds['rules_file']}",
+                "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{w.API_PORT_IN_POD}@{self.pod_ns}"]
         proc = run.spawn("apiserver", argv, run.path("apiserver.log"), stdout=subprocess.PIPE)
         line = proc.popen.stdout.readline()
         if line.strip() != b"ready":
             raise BenchError(f"the API server did not start; see {run.path('apiserver.log')}")
-        self.api = Api(port)
+        self.api = Api(port, creds["ca"], creds["token"])
         t = time.monotonic()
         n = len(self.api.call("GET", "/api/v1/nodes")["items"])
         say(f"API server up ({n} Nodes, a list over HTTP takes {time.monotonic() - t:.2f}s)")
@@ -411,7 +432,8 @@ class Bench:
         conf, log = os.path.join(rt, "podbgp.yaml"), os.path.join(rt, "speaker.log")
         with open(conf, "w") as f:
             self.status_address = f"127.0.0.1:{w.free_port()}"
-            f.write(w.speaker_config(run.path("kubeconfig"), os.path.join(rt, "run"), self.status_address))
+            f.write(w.speaker_config(os.path.join(rt, "run"), self.status_address,
+                                     kubeconfig=run.path("kubeconfig") if self.args.kubeconfig else None))
         self.speaker_log = log
         conv = Converge(self.tor, self.pod_ns, POD_PROTO, w.POD_RX, self.expected)
         synced: list[float] = []
@@ -438,7 +460,12 @@ class Bench:
             argv = [sys.executable, "-m", "speaker.cli", "speaker", "--config", conf, "--node-name", "node0",
                     "--asn", str(w.POD_ASN), "--log-level", "info"]
             t0 = time.monotonic()
-            sp = run.spawn("speaker", argv, log, netns=self.pod_ns)
+            if self.args.kubeconfig:
+                sp = run.spawn("speaker", argv, log, netns=self.pod_ns)
+            else:  # in-cluster, as the DaemonSet's Pod: token and CA mounted, KUBERNETES_SERVICE_*
+                launch = w.pod_launch(self.deploy, argv, self.creds["serviceaccount"], "node0", str(w.POD_RX[0]))
+                daemonset.prepare(launch)
+                sp = run.spawn("speaker", daemonset.shell_argv(launch, self.pod_ns), log)
             conv.run(sp.alive, timeout=120 + len(self.nodes) / 50, on_tick=tail)
             while not synced and time.monotonic() < conv.done + 5:
                 tail(time.monotonic())
@@ -664,9 +691,9 @@ def table(r: dict) -> str:
 def _preflight(args) -> None:
     if os.geteuid() != 0:
         raise BenchError("needs root (network namespaces): sudo .venv/bin/python -m bench.scale")
-    for tool in ("bird", "birdc", "ip"):
+    for tool in ("bird", "birdc", "ip", "kubectl", "openssl", "setpriv", "unshare"):
         if not shutil.which(tool):
-            raise BenchError(f"{tool} not found: install bird2 and iproute2 (make bench does)")
+            raise BenchError(f"{tool} not found: install bird2, iproute2, util-linux, openssl and kubectl (make bench does)")
     if not 20 <= args.nodes <= w.MAX_NODES:
         raise BenchError(f"--nodes must be within 20..{w.MAX_NODES}")
 
@@ -687,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-seconds", type=float, default=5.0)
     ap.add_argument("--skip-bird", action="store_true")
     ap.add_argument("--keep", action="store_true", help="leave the run directory for inspection")
+    ap.add_argument("--kubeconfig", action="store_true",
+                    help="run the speaker with --kubeconfig (a developer's way) instead of in-cluster as the DaemonSet")
     args = ap.parse_args(argv)
     try:
         _preflight(args)
