@@ -25,6 +25,14 @@ def family_of(net: IPNetwork | IPAddress) -> str:
     return "ipv4" if net.version == 4 else "ipv6"
 
 
+def span(net: IPNetwork) -> tuple[int, int]:
+    """The first and the last address of net as ints. Unlike `broadcast_address`, `overlaps` and
+    `subnet_of` this caches nothing on net: those store a hostmask and a broadcast address in the
+    network's __dict__ (~400 bytes), which on 10,000 long-lived PodCIDRs is 4 MiB."""
+    start = int(net.network_address)
+    return start, start | ((1 << (net.max_prefixlen - net.prefixlen)) - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """One prefix this node originates, with the next hop it wants (None = next-hop self)."""

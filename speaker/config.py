@@ -15,7 +15,7 @@ from typing import Any
 import netaddr
 import yaml
 
-from bgp.types import IPAddress, IPNetwork
+from bgp.types import IPAddress, IPNetwork, span
 
 from . import selector
 from .config_values import (ConfigError, SpeakerError, abspath, boolean, defaults, integer, ip, known_keys,
@@ -254,13 +254,14 @@ def _disjoint(a_name: str, a: Sequence[IPNetwork], b_name: str, b: Sequence[IPNe
 
 def check_pod_cidr(cfg: Config, net: IPNetwork, where: str) -> None:
     """A PodCIDR must sit inside the cluster CIDR of its family and outside every Service CIDR."""
+    start, end = span(net)  # not net.overlaps/subnet_of: they cache on net, which the NodeView keeps
     for s in cfg.service_cidrs:
-        if s.version == net.version and s.overlaps(net):
+        if s.version == net.version and span(s)[0] <= end and start <= span(s)[1]:
             raise ConfigError(f"{where}: {net} overlaps the Service CIDR {s}")
     cluster = [c for c in cfg.cluster_cidrs if c.version == net.version]
     if not cluster:
         raise ConfigError(f"{where}: {net} is IPv{net.version} but clusterCIDRs has no such family")
-    if not any(net.subnet_of(c) for c in cluster):
+    if not any(span(c)[0] <= start and end <= span(c)[1] for c in cluster):
         raise ConfigError(f"{where}: {net} is outside the cluster CIDR {cluster[0]}")
 
 

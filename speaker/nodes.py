@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bgp.types import IPAddress, IPNetwork
+from bgp.types import IPAddress, IPNetwork, span
 from reconciler.types import Owner
 
 from .config import SpeakerError
@@ -87,10 +87,6 @@ def parse_node(obj: Any, label_keys: frozenset[str] | None = None, own: str = ""
         ((k, v) for k, v in raw_labels.items() if k in label_keys)
     labels = tuple(sorted((str(k), str(v)) for k, v in kept))
     return NodeInfo(name=name, pod_cidrs=tuple(cidrs), addresses=tuple(addrs), annotations=annotations, labels=labels)
-
-
-def _span(net: IPNetwork) -> tuple[int, int]:
-    return int(net.network_address), int(net.broadcast_address)
 
 
 class NodeView:
@@ -171,7 +167,7 @@ class NodeView:
                 sup = net.supernet(new_prefix=length)
                 if sup in self._claims:
                     out.append(sup)
-        start, end = _span(net)
+        start, end = span(net)
         starts = self._starts[net.version]
         cls = type(net)
         for i in range(bisect.bisect_left(starts, (start, net.prefixlen + 1)), len(starts)):
