@@ -104,7 +104,7 @@ def test_large_batch_round_trip(netns, kernel):
 
 
 def test_addresses_as_ip_shows_them_and_their_connected_subnets(netns, ipr, kernel):
-    """pyroute2's address dump (reconciler.links) against `ip -j addr`; a point-to-point address
+    """The address dump (reconciler.links) against `ip -j addr`; a point-to-point address
     counts by its local end; link-local and loopback subnets are left out."""
     (eth0p,) = ipr.link_lookup(ifname="eth0p")
     ipr.addr("add", index=eth0p, local="10.99.0.1", address="10.99.0.2", prefixlen=32)
@@ -130,7 +130,7 @@ def shown(ns):
 
 
 def test_connected_is_read_on_a_running_event_loop(netns, kernel):
-    """The speaker asks from its asyncio loop; pyroute2's synchronous IPRoute runs a loop of its own."""
+    """The speaker asks from its asyncio loop (pyroute2's synchronous IPRoute, used before, could not)."""
     async def body():
         return kernel.connected()
 

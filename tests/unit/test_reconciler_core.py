@@ -319,6 +319,26 @@ def test_parse_route_dump_goes_on_ends_and_reports_errors():
     assert rtnl.parse_route_dump(datagram(bytes(clone)), out) == 0 and len(out) == 1
 
 
+def test_parse_addr_dump_prefers_the_local_end_and_keeps_to_its_own_dump():
+    def addr(family, prefixlen, *attrs, seq=5):
+        body = struct.pack("=BBBBI", family, prefixlen, 0, 0, 2)
+        for kind, raw in attrs:
+            body += struct.pack("=HH", 4 + len(raw), kind) + raw + bytes(-len(raw) % 4)
+        return struct.pack("=IHHII", 16 + len(body), rtnl.RTM_NEWADDR, 2, seq, 0) + body
+
+    v4, peer, v6 = ia.ip_address("10.99.0.1"), ia.ip_address("10.99.0.2"), ia.ip_address("fd00:77::1")
+    buf = (addr(2, 32, (rtnl.IFA_ADDRESS, peer.packed), (rtnl.IFA_LOCAL, v4.packed))  # point-to-point
+           + addr(10, 64, (rtnl.IFA_ADDRESS, v6.packed)) + addr(17, 0, (rtnl.IFA_ADDRESS, b"\0" * 6))
+           + addr(2, 24, (rtnl.IFA_ADDRESS, peer.packed), seq=4))  # another dump's leftover
+    out = []
+    assert rtnl.parse_addr_dump(buf, out, 5) is None
+    assert out == [(2, v4.packed, 32), (10, v6.packed, 64)]
+    done = struct.pack("=IHHIIi", 20, rtnl.NLMSG_DONE, 2, 5, 0, 0)
+    assert rtnl.parse_addr_dump(done, out, 5) == 0
+    assert rtnl.parse_addr_dump(struct.pack("=IHHIIi", 20, rtnl.NLMSG_ERROR, 0, 5, 0, -1), out, 5) == 1
+    assert rtnl.pack_addr_dump(5)[4:8] == struct.pack("=HH", rtnl.RTM_GETADDR, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP)
+
+
 @pytest.mark.parametrize("route,table", [
     (r("10.42.3.0/24", "192.168.77.13", "192.168.77.14"), 254),
     (r("fd00:42:0:3::/64", "fd00:77::13", "fd00:77::14"), 254),
