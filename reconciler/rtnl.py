@@ -337,8 +337,10 @@ class Rtnl:
         except OSError:
             self.strict = False
         self._seq = 1000
-        self._rbuf = bytearray(1 << 18)
-        self._dbuf = bytearray(1 << 20)
+        # a dump's datagrams are at most 32 KiB (netlink_recvmsg caps max_recvmsg_len) and an ack
+        # is a datagram of its own: CHUNK each is enough (1 MiB + 256 KiB of RSS before)
+        self._rbuf = bytearray(CHUNK)
+        self._dbuf = bytearray(CHUNK)
 
     def close(self) -> None:
         self.sock.close()
