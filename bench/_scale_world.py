@@ -194,7 +194,7 @@ def speaker_config(runtime_dir: str, status: str, kubeconfig: str | None = None)
 API_PORT_IN_POD = 6443  # where the receiver's namespace reaches the API server (KUBERNETES_SERVICE_PORT)
 
 
-def api_credentials(run: "Run", objects: list[dict]) -> dict:
+def api_credentials(run: Run, objects: list[dict]) -> dict:
     """The lab's CA, a serving certificate, an administrator's token (the bench's own client) and a
     service-account token the API allows only what deploy/'s RBAC grants the DaemonSet; the rules
     file for the API server is written next to them. Returns lab.pki's paths plus `rules_file`."""

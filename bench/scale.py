@@ -29,7 +29,8 @@ Measured (medians over --repeat runs where repeated):
   the window open, nothing unsent), a BIRD-to-BIRD effect not seen towards podbgp; hence
   --bird-repeat 5, the medians and every run listed.
 - podbgp.list_s: speaker process start -> its `nodes.synced` log line seen.
-- rss: after convergence, the speaker and every descendant (ExaBGP, its API child), from /proc.
+- rss: after convergence, the speaker and every descendant (ExaBGP, its API child), from /proc;
+  speaker_vmhwm_mib: the speaker's peak RSS up to then (VmHWM).
 - churn_cpu_pct: Node status patches at N/300 per second (every Node once per 5 minutes, only
   heartbeats change) for --churn-seconds; CPU time of the speaker and descendants / wall time.
 - node_delete_to_kernel_ms: DELETE a Node -> both its routes gone (RTM_DELROUTE events).
@@ -122,6 +123,16 @@ def rss_split(root: int) -> dict[str, float]:
         role = _role(pid, root)
         out[role] = round(out.get(role, 0.0) + rss, 1)
     return out
+
+
+def vm_hwm(pid: int) -> float | None:
+    """The process's peak RSS (VmHWM) in MiB: what a memory limit must leave room for."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            line = next(ln for ln in f if ln.startswith("VmHWM:"))
+        return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
 
 
 def cpu_ticks(pids: list[int]) -> dict[int, int]:
@@ -513,7 +524,9 @@ class Bench:
         split = rss_split(sp.pid)
         res["rss_split_mib"] = split
         res["rss_mib"] = round(sum(split.values()), 1)
-        say(f"podbgp RSS {res['rss_mib']:.0f} MiB ({', '.join(f'{k} {v:.0f}' for k, v in sorted(split.items()))})")
+        res["speaker_vmhwm_mib"] = vm_hwm(sp.pid)
+        say(f"podbgp RSS {res['rss_mib']:.0f} MiB ({', '.join(f'{k} {v:.0f}' for k, v in sorted(split.items()))}; "
+            f"speaker peak {res['speaker_vmhwm_mib']} MiB)")
         before = self.speaker_counters()
         res["passes_to_converge"] = {k: before.get(k, 0) for k in ("reconciles", "full_passes")}
         idle, _ = cpu_pct(sp.pid, self.args.idle_seconds)
@@ -667,6 +680,7 @@ def table(r: dict) -> str:
         ("  as the speaker logs it (seconds=)", f(p.get("list_s_logged"), ".2f"), "-"),
         ("next hops = node addresses", str(p.get("nexthops_ok")), str(b.get("nexthops_ok", "-"))),
         ("RSS (MiB)", f(p.get("rss_mib"), ".0f"), f(b.get("rss_mib"), ".0f")),
+        ("  speaker's peak RSS, VmHWM (MiB)", f(p.get("speaker_vmhwm_mib"), ".0f"), "-"),
         ("idle CPU (% of a core)", f(p.get("idle_cpu_pct"), ".1f"), "-"),
         ("CPU under status churn (% of a core)", f(p.get("churn_cpu_pct"), ".0f"), "-"),
         ("  patches/s achieved (target)", f"{p.get('churn_patch_rate_per_s', 0):.1f} ({p.get('churn_target_rate_per_s', 0):.1f})", ""),
