@@ -125,7 +125,9 @@ class ListWatch:
     def _failed(self, exc: Exception, failures: int) -> None:
         delay = min(self.backoff_max, 0.2 * 2 ** min(failures, 8)) * random.uniform(0.8, 1.2)
         line = describe(exc)
-        log.warning("%s.watch.error %s; retrying in %.1fs", self.name, line, delay)
+        log.warning("%s.watch.error %s; retrying in %.1fs", self.name, line, delay,
+                    extra={"fields": {"resource": self.name, "error": line, "status": getattr(exc, "status", None),
+                                      "retry_in_s": round(delay, 1), "failures": failures}})
         if failures == 1:
             self.emit(ApiDown(line, self.name))
         if getattr(exc, "status", None) == 410:

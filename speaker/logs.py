@@ -2,7 +2,8 @@
 
 A house log line is `event.name key=value key=value ...` (free words may follow the event name).
 The JSON form carries time (RFC 3339, UTC), level, logger and message, then `event` and the
-key=value pairs as fields of their own, and `exception` with the traceback if there is one. A
+key=value pairs as fields of their own (and those a line in words hands over as
+`extra={"fields": {...}}`), and `exception` with the traceback if there is one. A
 value runs to the next ` key=` (so `reason=too old resource version` stays whole); whole numbers
 become numbers. Cilium and Calico offer the same switch (logrus' JSON formatter).
 """
@@ -52,6 +53,9 @@ class JsonFormatter(logging.Formatter):
         if event:
             doc["event"] = event
         doc.update(kv)
+        extra = getattr(record, "fields", None)  # log.warning(..., extra={"fields": {...}}) for words-only lines
+        if isinstance(extra, dict):
+            doc.update({f"{k}_" if k in _RESERVED else k: v for k, v in extra.items()})
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

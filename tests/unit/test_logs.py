@@ -68,3 +68,23 @@ def test_text_is_the_house_format():
 def test_an_unknown_format_is_refused():
     with pytest.raises(ValueError):
         logs.setup("info", "yaml")
+
+
+def test_a_line_in_words_hands_its_fields_to_json_and_text_stays_as_is():
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        for fmt in ("json", "text"):
+            logs.setup("debug", fmt, stream=out)
+            logging.getLogger("speaker.listwatch").warning(
+                "nodes.watch.error %s; retrying in %.1fs", "cannot reach the Kubernetes API at https://x:443: "
+                "connection refused", 4.4, extra={"fields": {"resource": "nodes", "retry_in_s": 4.4, "time": "t"}})
+    finally:
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    json_line, text_line = out.getvalue().splitlines()
+    doc = json.loads(json_line)
+    assert (doc["event"], doc["resource"], doc["retry_in_s"], doc["time_"]) == ("nodes.watch.error", "nodes", 4.4, "t")
+    assert doc["time"] != "t" and doc["message"].endswith("connection refused; retrying in 4.4s")
+    assert text_line.endswith("WARNING speaker.listwatch nodes.watch.error cannot reach the Kubernetes API at "
+                              "https://x:443: connection refused; retrying in 4.4s")
