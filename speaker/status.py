@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from bgp.types import SessionState
+from bgp.types import IPNetwork, SessionState
 from reconciler.types import Reason
 
 from . import explain
@@ -28,6 +28,33 @@ log = logging.getLogger(__name__)
 
 def status_doc(sp: Speaker) -> dict:
     """Everything `podbgp status` shows, as plain JSON values (sorted, deterministic)."""
+    return {k: list(v()) if callable(v) else v for k, v in _doc(sp).items()}
+
+
+def status_chunks(sp: Speaker, batch: int = 256) -> Iterator[bytes]:
+    """The same document as JSON text, a few hundred routes at a time: the route lists (learned,
+    installed, rejected: 10,000 entries each at 5,000 nodes) are never held whole, as dicts or as
+    text, so a `podbgp status` costs the speaker no memory that outlives it."""
+    yield b"{"
+    for i, (key, value) in enumerate(_doc(sp).items()):
+        head = ("," if i else "") + "\n " + json.dumps(key) + ": "
+        if not callable(value):
+            yield (head + json.dumps(value)).encode()
+            continue
+        yield (head + "[").encode()
+        items: list[str] = []
+        first = True
+        for item in value():
+            items.append(json.dumps(item))
+            if len(items) == batch:
+                yield (("" if first else ",") + ",".join(items)).encode()
+                items, first = [], False
+        yield (("" if first or not items else ",") + ",".join(items) + "]").encode()
+    yield b"\n}\n"
+
+
+def _doc(sp: Speaker) -> dict:
+    """The status document; the long route lists as functions that produce their entries in order."""
     src, rec = sp.source, sp.reconciler.report()
     peers = [{"address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
               "state": p.state.value, "since": p.since, "reason": p.reason, "families": sorted(p.families),
@@ -37,6 +64,19 @@ def status_doc(sp: Speaker) -> dict:
         errors[f"disputed:{cidr}"] = f"podCIDR {cidr} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"
     for name, reason in sp.view.unusable.items():
         errors[f"unusable:{name}"] = reason
+
+    def learned() -> Iterator[dict]:
+        for x in sorted(src.paths(), key=lambda x: (*_span_key(x.prefix), x.peer)):
+            yield {"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
+
+    # the reconciler's report comes sorted (prefixes by family, address, length; then peers)
+    def installed() -> Iterator[dict]:
+        return ({"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]} for r in rec.installed)
+
+    def rejected() -> Iterator[dict]:
+        return ({"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop), "reason": r.reason.value}
+                for r in rec.rejected)
+
     return {
         "node": sp.cfg.node_name,
         "mode": sp.cfg.mode,
@@ -47,12 +87,9 @@ def status_doc(sp: Speaker) -> dict:
         "podCIDRSource": sp.own.source if sp.own else None,
         "peers": peers,
         "announced": sorted((str(a.prefix) for a in sp.announced), key=_net_key),
-        "learned": sorted(({"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
-                           for x in src.paths()), key=lambda d: (_net_key(d["prefix"]), d["peer"])),
-        # the reconciler's report comes sorted (prefixes by family, address, length; then peers)
-        "installed": [{"prefix": str(r.prefix), "via": [str(g) for g in r.gateways]} for r in rec.installed],
-        "rejected": [{"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop), "reason": r.reason.value}
-                     for r in rec.rejected],
+        "learned": learned,
+        "installed": installed,
+        "rejected": rejected,
         "rejectedByReason": {k.value: v for k, v in rec.counts.rejected_by_reason},
         "blocked": [str(p) for p in rec.blocked],
         "nodeErrors": dict(sorted(errors.items())),
@@ -62,6 +99,10 @@ def status_doc(sp: Speaker) -> dict:
         "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
     }
+
+
+def _span_key(n: IPNetwork) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
 
 
 def _net_key(text: str) -> tuple:
@@ -138,6 +179,12 @@ async def serve(sp: Speaker, address: str) -> asyncio.AbstractServer:
             path, _, query = (parts[1] if len(parts) > 1 else "/").partition("?")
             if path == "/explain":  # may read the kernel in a worker thread (speaker.explain)
                 code, ctype, data = await explain.respond(sp, query)
+            elif path == "/status":  # streamed: the body ends when the connection closes
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                for chunk in status_chunks(sp):
+                    writer.write(chunk)
+                    await writer.drain()
+                return
             else:
                 code, ctype, data = _respond(sp, path, registry, accept)
             writer.write(f"HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
@@ -153,7 +200,7 @@ async def serve(sp: Speaker, address: str) -> asyncio.AbstractServer:
 
 def _respond(sp: Speaker, path: str, registry: CollectorRegistry | None = None, accept: str = "") -> tuple[str, str, bytes]:
     if path == "/status":
-        return "200 OK", "application/json", json.dumps(status_doc(sp), indent=1).encode()
+        return "200 OK", "application/json", b"".join(status_chunks(sp))
     if path == "/metrics":
         encode, ctype = choose_encoder(accept)  # text 0.0.4 unless the scraper asks for OpenMetrics
         return "200 OK", ctype, encode(registry if registry is not None else metrics_registry(sp))

@@ -461,3 +461,30 @@ def test_status_gives_each_peer_the_unix_time_it_entered_its_state(tmp_path):
         doc = json.loads(status._respond(sp, "/status")[2])  # as /status serves it
         assert next(p for p in doc["peers"] if p["address"] == TOR)["since"] == down["since"]
     run(body())
+
+
+# ---- /status streamed ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 256])  # batch boundaries inside, at and past each list's end
+def test_the_streamed_status_is_the_document_in_the_same_order(tmp_path, batch):
+    async def body():
+        sp, _ = make(tmp_path)
+        # installed ones, an ECMP pair, rejected ones (own CIDR, next-hop mismatch), IPv6 before none
+        await up(sp, ("10.42.2.0/24", "192.168.50.12"), ("10.42.2.0/24", "192.168.50.12", TOR2),
+                 ("10.42.1.0/24", "192.168.50.12"), ("10.42.3.0/24", "192.168.50.99"),
+                 ("fd00:42:0:2::/64", "fd00:50::12"))
+        doc = status.status_doc(sp)
+        assert len(doc["learned"]) == 5 and len(doc["rejected"]) == 2 and doc["installed"]
+        assert [d["prefix"] for d in doc["learned"]] == ["10.42.1.0/24", "10.42.2.0/24", "10.42.2.0/24",
+                                                          "10.42.3.0/24", "fd00:42:0:2::/64"]
+        streamed = b"".join(status.status_chunks(sp, batch=batch))
+        assert json.loads(streamed) == doc and list(json.loads(streamed)) == list(doc)
+        server = await status.serve(sp, "127.0.0.1:0")  # served: close-delimited, parsed as the CLI does
+        try:
+            host, port = server.sockets[0].getsockname()[:2]
+            fetched = await asyncio.to_thread(status.fetch, f"{host}:{port}")
+        finally:
+            server.close()
+        assert fetched == doc
+        await sp.bgp.stop()
+    run(body())
