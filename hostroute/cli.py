@@ -27,9 +27,11 @@ class _HostRouteFailed(click.ClickException):
 
 
 def _setup_logging(level: str) -> None:
-    """The speaker's log format (speaker.cli), so both commands' lines grep alike."""
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """The speaker's text log format (speaker.logs), so both commands' lines grep alike; a handler
+    already in place (a test's) is kept."""
+    from speaker.logs import TEXT_FORMAT
+
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr, format=TEXT_FORMAT)
 
 
 def _node_routes(nodes) -> tuple[list, list[str]]:
@@ -265,7 +267,7 @@ async def _follow_nodes(call, router, events: asyncio.Queue, stop: asyncio.Event
 
 def _merge_nodes(nodes: dict, event) -> None:
     """Apply one watcher `Changed` to the Nodes by name."""
-    nodes.update((n.name, n) for n in event.nodes)
+    nodes.update((n.name, n) for n in event.values)
     for name, reason in event.invalid:
         nodes.pop(name, None)
         _hlog.warning("hostroute.node.invalid node=%s reason=%s", name, reason)

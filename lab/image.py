@@ -76,8 +76,8 @@ ALL_CAPABILITIES = (
 NOT_PINNED = {"podbgp", "setuptools", "wheel"}
 # Run in the image after the Containerfile's cuts (as check/runtime.py of the build context): every
 # module podbgp ships, and the Kubernetes client's calls the speaker makes (in-cluster and
-# kubeconfig loading, a GET and a PATCH through ApiClient to a closed port, ApiException from a
-# response, iter_resp_lines). A missing module or name anywhere on that path fails the build.
+# kubeconfig loading, a GET and a PATCH through speaker.kubeclient to a closed port, ApiException
+# from a response, iter_resp_lines). A missing module or name anywhere on that path fails the build.
 RUNTIME_CHECK = r'''
 import importlib, os, pkgutil, shutil, tempfile
 

@@ -161,7 +161,6 @@ def parse_addr_dump(buf: bytes, out: list[tuple[int, bytes, int]], seq: int) -> 
     return None
 
 
-
 def iter_messages(buf: bytes) -> Iterator[tuple[int, int, int, memoryview]]:
     """(type, flags, seq, payload) for each netlink message in a datagram."""
     view = memoryview(buf)

@@ -163,7 +163,7 @@ class Speaker:
             self._mark(name, self.view.delete(name))
             own_touched |= name == me or self.cfg.pod_cidr.derive
             mesh_changed |= self.mesh.remove(name)
-        for info in ev.nodes:
+        for info in ev.values:
             self._put(info, quiet=ev.synced and not self.synced)
             own_touched |= info.name == me or self.cfg.pod_cidr.derive
             mesh_changed |= self.mesh.put(info)

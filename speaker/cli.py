@@ -65,7 +65,7 @@ def speaker(config_path, node_name, asn, kubeconfig, status_address, runtime_dir
                                            "statusAddress": status_address, "runtimeDir": runtime_dir})
     except ConfigError as exc:
         raise click.ClickException(f"config refused: {exc}") from None
-    if log_format is None and getattr(cfg, "log_format", "text") != "text":  # the flag overrides logFormat
+    if log_format is None and cfg.log_format != "text":  # the flag overrides logFormat
         _setup_logging(log_level, cfg.log_format)
     sys.exit(asyncio.run(_run_speaker(cfg)))
 

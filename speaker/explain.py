@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from bgp.types import IPNetwork, Path, SessionState
 from reconciler.policy import Policy, evaluate
-from reconciler.report import PrefixReport
+from reconciler.report import PrefixReport, net_key
 from reconciler.types import KernelRoute, Reason, ReconcilerError
 
 from .config import SpeakerError
@@ -103,7 +103,7 @@ def _owner(view: NodeView, prefix: IPNetwork) -> dict:
             return {"state": "inside", "node": holder, "cidr": str(sup),
                     "reason": f"no Node holds it; it is more specific than {holder}'s PodCIDR {sup} (a hijack?)"}
     inner = sorted((c for d in (view.owners, view.disputed, view.unusable_at) for c in d
-                    if c.version == prefix.version and c.subnet_of(prefix)), key=_net_key)
+                    if c.version == prefix.version and c.subnet_of(prefix)), key=net_key)
     if inner:
         shown = ", ".join(f"{c} ({_holder(view, c)})" for c in inner[:4]) + (", ..." if len(inner) > 4 else "")
         return {"state": "covers", "node": None, "cidr": None, "covers": len(inner),
@@ -151,7 +151,7 @@ def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
         mine = [c for c in policy.cluster if c.version == prefix.version]
         if not mine:
             return f"{prefix} is outside the cluster CIDRs (none of IPv{prefix.version} is configured)"
-        return f"{prefix} is outside the cluster CIDRs ({', '.join(map(str, sorted(mine, key=_net_key)))})"
+        return f"{prefix} is outside the cluster CIDRs ({', '.join(map(str, sorted(mine, key=net_key)))})"
     if reason is Reason.CONNECTED:
         return f"{prefix} overlaps {_hits(prefix, policy.connected)}, a subnet connected to this node"
     if reason is Reason.LINK_LOCAL_NEXT_HOP:
@@ -167,12 +167,8 @@ def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
 
 
 def _hits(prefix: IPNetwork, nets: frozenset[IPNetwork]) -> str:
-    hit = sorted((n for n in nets if n.version == prefix.version and n.overlaps(prefix)), key=_net_key)
+    hit = sorted((n for n in nets if n.version == prefix.version and n.overlaps(prefix)), key=net_key)
     return ", ".join(map(str, hit)) or "?"
-
-
-def _net_key(n: IPNetwork) -> tuple:
-    return (n.version, int(n.network_address), n.prefixlen)
 
 
 def _kernel(sp: Speaker, rec: PrefixReport, routes: list[KernelRoute] | None, error: str | None) -> dict:

@@ -36,19 +36,14 @@ __all__ = ["ApiDown", "ApiUp", "Changed", "Expired", "ListWatch", "WatchListUnsu
 
 @dataclass(frozen=True, slots=True)
 class Changed:
-    """Objects that changed in a way the parser sees; `synced` once a full list has been taken.
-    `nodes` holds the changed values whatever the resource (the name the speaker reads for its
-    Nodes; `values` says the same for other resources); `resource` names the watch."""
+    """Objects that changed in a way the parser sees (`values`: what the parser made of them);
+    `synced` once a full list has been taken; `resource` names the watch."""
 
-    nodes: tuple[Any, ...] = ()
+    values: tuple[Any, ...] = ()
     invalid: tuple[tuple[str, str], ...] = ()  # (key, one-line reason)
     deleted: tuple[str, ...] = ()
     synced: bool = False
     resource: str = "nodes"
-
-    @property
-    def values(self) -> tuple[Any, ...]:
-        return self.nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +215,7 @@ class ListWatch:
 
 def changes(changed: dict[str, Any], deleted: Iterable[str], synced: bool = False, resource: str = "nodes") -> Changed:
     """A Changed from parsed values by key (a str value: why that object is invalid)."""
-    return Changed(nodes=tuple(v for v in changed.values() if not isinstance(v, str)),
+    return Changed(values=tuple(v for v in changed.values() if not isinstance(v, str)),
                    invalid=tuple((k, v) for k, v in changed.items() if isinstance(v, str)),
                    deleted=tuple(deleted), synced=synced, resource=resource)
 

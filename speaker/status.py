@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import urllib.request
@@ -14,7 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from bgp.types import IPNetwork, SessionState
+from bgp.types import SessionState
+from reconciler.report import net_key
 from reconciler.types import Reason
 
 from . import explain
@@ -66,7 +66,7 @@ def _doc(sp: Speaker) -> dict:
         errors[f"unusable:{name}"] = reason
 
     def learned() -> Iterator[dict]:
-        for x in sorted(src.paths(), key=lambda x: (*_span_key(x.prefix), x.peer)):
+        for x in sorted(src.paths(), key=lambda x: (*net_key(x.prefix), x.peer)):
             yield {"prefix": str(x.prefix), "peer": x.peer, "nextHop": str(x.next_hop), "stale": x.stale}
 
     # the reconciler's report comes sorted (prefixes by family, address, length; then peers)
@@ -86,7 +86,7 @@ def _doc(sp: Speaker) -> dict:
         "converged": src.converged,
         "podCIDRSource": sp.own.source if sp.own else None,
         "peers": peers,
-        "announced": sorted((str(a.prefix) for a in sp.announced), key=_net_key),
+        "announced": [str(p) for p in sorted((a.prefix for a in sp.announced), key=net_key)],
         "learned": learned,
         "installed": installed,
         "rejected": rejected,
@@ -99,15 +99,6 @@ def _doc(sp: Speaker) -> dict:
         "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
     }
-
-
-def _span_key(n: IPNetwork) -> tuple[int, int, int]:
-    return (n.version, int(n.network_address), n.prefixlen)
-
-
-def _net_key(text: str) -> tuple:
-    n = ipaddress.ip_network(text)
-    return (n.version, int(n.network_address), n.prefixlen)
 
 
 # ---- /metrics: prometheus_client over the speaker's state, read at scrape time ---------------

@@ -458,10 +458,10 @@ def test_cli_foreground_follows_nodes_and_removes_what_it_added_on_sigterm():
     def watch(kubeconfig, emit):
         def play():
             try:
-                emit(Changed(nodes=tuple(NODES[:2]), synced=True))
+                emit(Changed(values=tuple(NODES[:2]), synced=True))
                 seen.append(poll(lambda: len(ipr.mine()) == 3))
                 emit(Changed(deleted=("node1",)))
-                emit(Changed(nodes=(node("node4", ["10.42.4.0/24"], ["192.168.50.14"]),)))
+                emit(Changed(values=(node("node4", ["10.42.4.0/24"], ["192.168.50.14"]),)))
                 emit(ApiDown("a blip after the list: the routes stay"))
                 seen.append(poll(lambda: ipr.mine() == [("10.42.2.0/24", "192.168.50.12"),
                                                         ("10.42.4.0/24", "192.168.50.14")]))

@@ -113,9 +113,9 @@ def test_first_list_is_one_batch_then_only_real_changes_pass(watch_list):
         w.close()
         w.thread.join(5)
     first = got[0]
-    assert first.synced and sorted(n.name for n in first.nodes) == ["a", "b"]
+    assert first.synced and sorted(n.name for n in first.values) == ["a", "b"]
     changes = [e for e in got[1:] if isinstance(e, Changed)]
-    assert [(c.nodes[0].addresses[0].exploded, c.nodes[0].annotations) for c in changes if c.nodes] == [
+    assert [(c.values[0].addresses[0].exploded, c.values[0].annotations) for c in changes if c.values] == [
         ("192.168.50.99", ()), ("192.168.50.99", (("podbgp.io/asn", "65009"),))]
     assert changes[-1].deleted == ("b",) and w.dropped == 2
     assert client.calls[0] == "watch-list"  # always tried first; a 422 turns to the list from the cache
@@ -137,7 +137,7 @@ def test_a_relist_reports_only_the_difference_and_vanished_nodes_as_deletions():
         w.close()
         w.thread.join(5)
     again = [e for e in got if isinstance(e, Changed) and e.synced][1]
-    assert [n.name for n in again.nodes] == ["c"] and again.deleted == ("b",)
+    assert [n.name for n in again.values] == ["c"] and again.deleted == ("b",)
 
 
 def test_invalid_nodes_are_reported_once_by_name():
@@ -153,7 +153,7 @@ def test_invalid_nodes_are_reported_once_by_name():
         w.thread.join(5)
     first, fixed = [e for e in got if isinstance(e, Changed)][:2]
     assert first.invalid and first.invalid[0][0] == "bad" and "spec.podCIDRs[0]" in first.invalid[0][1]
-    assert [n.name for n in fixed.nodes] == ["bad"] and w.dropped == 1
+    assert [n.name for n in fixed.values] == ["bad"] and w.dropped == 1
 
 
 def test_errors_report_api_down_once_and_retry():
@@ -248,7 +248,7 @@ def test_real_client_lists_then_follows_changes(api):
     w.start()
     try:
         wait_for(lambda: got)
-        assert got[0].synced and sorted(n.name for n in got[0].nodes) == ["n1", "n2", "n3"]
+        assert got[0].synced and sorted(n.name for n in got[0].values) == ["n1", "n2", "n3"]
         assert w.watch_list_supported == api.watch_list
         n1 = api.store.get("n1")
         api.store.update("n1", {**n1, "metadata": {**n1["metadata"], "annotations": {"other.io/x": "y"}}})  # not ours
@@ -259,7 +259,7 @@ def test_real_client_lists_then_follows_changes(api):
         w.close()
         w.thread.join(10)
     changes = [e for e in got[1:] if isinstance(e, Changed)]
-    assert [[n.name for n in c.nodes] for c in changes] == [["n4"], []] and w.dropped == 1
+    assert [[n.name for n in c.values] for c in changes] == [["n4"], []] and w.dropped == 1
 
 
 def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
@@ -279,9 +279,9 @@ def test_watcher_survives_api_outage_relists_after_410_and_sees_deletions(api):
         api.start()
         wait_for(lambda: sum(isinstance(e, Changed) and e.synced for e in got) >= 2)
         again = [e for e in got if isinstance(e, Changed) and e.synced][-1]
-        assert again.nodes == () and again.deleted == ("n3",)
+        assert again.values == () and again.deleted == ("n3",)
         api.store.create(api_node("n4", "10.42.4.0/24", "192.168.50.14"))
-        wait_for(lambda: any(isinstance(e, Changed) and [n.name for n in e.nodes] == ["n4"] for e in got))
+        wait_for(lambda: any(isinstance(e, Changed) and [n.name for n in e.values] == ["n4"] for e in got))
     finally:
         w.close()
         w.thread.join(10)
