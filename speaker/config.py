@@ -82,6 +82,7 @@ class Config:
     mode: str = "bgp"  # "direct": no BGP, routes from the Node objects
     mesh: bool = False  # iBGP full mesh between the nodes in mesh_node_selector, AS = asn
     mesh_node_selector: Selector = selector.EVERYTHING
+    mesh_export_services: bool = False  # send Service routes to mesh members too (configured peers: their own exportServices)
     secrets_dir: str = "/etc/podbgp/secrets"  # the Secret podbgp-bgp-passwords, one file per passwordKey
     router_id: ipaddress.IPv4Address | None = None  # None: the Node's annotation, else its IPv4 address
     log_format: str = "text"  # "json": one JSON object per log line (speaker.cli)
@@ -98,7 +99,7 @@ def _address(value: Any, where: str) -> str:
 _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR", "cni",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
           "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp",
-          "mode", "mesh", "meshNodeSelector", "secretsDir", "routerId", "logFormat"}
+          "mode", "mesh", "meshNodeSelector", "meshExportServices", "secretsDir", "routerId", "logFormat"}
 _POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
 _CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
@@ -139,6 +140,7 @@ def parse(raw: dict) -> Config:
         mode=mode,
         mesh=boolean(raw.get("mesh", d.mesh), "mesh"),
         mesh_node_selector=label_selector(raw.get("meshNodeSelector"), "meshNodeSelector"),
+        mesh_export_services=boolean(raw.get("meshExportServices", d.mesh_export_services), "meshExportServices"),
         secrets_dir=abspath(raw.get("secretsDir", d.secrets_dir), "secretsDir"),
         router_id=d.router_id if raw.get("routerId") in (None, "") else _ipv4(raw["routerId"], "routerId"),
         log_format=one_of(raw.get("logFormat", d.log_format), LOG_FORMATS, "logFormat"),
