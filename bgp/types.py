@@ -35,10 +35,18 @@ def span(net: IPNetwork) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Announcement:
-    """One prefix this node originates, with the next hop it wants (None = next-hop self)."""
+    """One prefix this node originates, with the next hop it wants (None = next-hop self).
+
+    communities: standard communities "ASN:VALUE" (sorted by the encoder when sent).
+    local_pref: LOCAL_PREF, sent to iBGP peers only (eBGP peers never get it).
+    service: a Service address (not a PodCIDR): sent only to peers whose config.export_services.
+    """
 
     prefix: IPNetwork
     next_hop: IPAddress | None = None
+    communities: tuple[str, ...] = ()
+    local_pref: int | None = None
+    service: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,8 @@ class PeerConfig:
     port: the peer's TCP port.
     listen: also accept the peer's connection on our :179 (local_address), as a mesh member must:
     both ends connect and BGP's collision detection keeps one session.
+    export_services: the peer gets announcements with service=True. Not part of ExaBGP's config
+    (render ignores it), so flipping it changes only what is announced, never the session.
     """
 
     address: IPAddress
@@ -72,6 +82,7 @@ class PeerConfig:
     port: int = 179
     keepalive: int | None = None
     listen: bool = False
+    export_services: bool = True
 
     @property
     def key(self) -> str:
