@@ -339,6 +339,44 @@ class KubeClient:
         finally:
             resp.release_conn()
 
+    # ---- single objects (the allocator's Lease, Service status and Events) -----------------------
+    def _object(self, method: str, path: str, body: Any = None, content_type: str | None = None,
+                timeout: tuple[float, float] = (5, 30)) -> dict:
+        """One request answered by one object, parsed; KubeError (with .status) otherwise."""
+        resp = self._request(method, path, body=body, content_type=content_type, timeout=timeout)
+        try:
+            data = resp.data
+        finally:
+            resp.release_conn()
+        try:
+            obj = json.loads(data or b"{}")
+        except ValueError as exc:
+            raise KubeError(f"the Kubernetes API at {self.server} answered {method} {path} with "
+                            f"something that is not JSON: {exc}", resp.status) from None
+        if not isinstance(obj, dict):
+            raise KubeError(f"the Kubernetes API at {self.server} answered {method} {path} with a "
+                            f"{type(obj).__name__}, not an object", resp.status)
+        return obj
+
+    def get(self, path: str, timeout: tuple[float, float] = (5, 30)) -> dict:
+        """GET one object (a 404 is a KubeError with status 404)."""
+        return self._object("GET", path, timeout=timeout)
+
+    def create(self, path: str, body: dict, timeout: tuple[float, float] = (5, 30)) -> dict:
+        """POST an object to the collection at `path`; the created object (409: it exists)."""
+        return self._object("POST", path, body, "application/json", timeout)
+
+    def replace(self, path: str, body: dict, timeout: tuple[float, float] = (5, 30)) -> dict:
+        """PUT the whole object; with metadata.resourceVersion set, a stale one answers 409."""
+        return self._object("PUT", path, body, "application/json", timeout)
+
+    update = replace
+
+    def patch_object(self, path: str, body: Any, content_type: str = "application/merge-patch+json",
+                     timeout: tuple[float, float] = (5, 30)) -> dict:
+        """PATCH (JSON merge patch unless told) and return the object as patched."""
+        return self._object("PATCH", path, body, content_type, timeout)
+
     def patch_node_status(self, name: str, body: dict) -> None:
         """PATCH /api/v1/nodes/{name}/status, strategic merge (conditions merge by type)."""
         self.patch(f"{NODES}/{name}/status", body)
