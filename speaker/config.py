@@ -22,10 +22,11 @@ from .config_values import (ConfigError, SpeakerError, abspath, boolean, default
                             label_selector, listed, mapping, net, one_of, seconds)
 from .peer_config import ANNOTATION_PEER_KEYS, Peer, parse_peer, parse_peers, peer_list
 from .selector import Selector
+from .service_config import Pool, ServicesConfig, check_ranges, parse_services
 
 # the names other modules import from here
-__all__ = ["ANNOTATION_PEER_KEYS", "CNIConfig", "Config", "ConfigError", "MODES", "LOG_FORMATS", "Peer",
-           "PodCIDRConfig", "SpeakerError", "check_pod_cidr", "load", "parse", "parse_address", "parse_peer",
+__all__ = ["ANNOTATION_PEER_KEYS", "CNIConfig", "Config", "ConfigError", "MODES", "LOG_FORMATS", "Peer", "Pool",
+           "PodCIDRConfig", "ServicesConfig", "SpeakerError", "check_pod_cidr", "load", "parse", "parse_address", "parse_peer",
            "validate"]
 
 
@@ -86,6 +87,7 @@ class Config:
     secrets_dir: str = "/etc/podbgp/secrets"  # the Secret podbgp-bgp-passwords, one file per passwordKey
     router_id: ipaddress.IPv4Address | None = None  # None: the Node's annotation, else its IPv4 address
     log_format: str = "text"  # "json": one JSON object per log line (speaker.cli)
+    services: ServicesConfig = field(default_factory=ServicesConfig)  # speaker.service_config
 
 
 def _address(value: Any, where: str) -> str:
@@ -99,7 +101,8 @@ def _address(value: Any, where: str) -> str:
 _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddresses", "podCIDR", "cni",
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
           "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp",
-          "mode", "mesh", "meshNodeSelector", "meshExportServices", "secretsDir", "routerId", "logFormat"}
+          "mode", "mesh", "meshNodeSelector", "meshExportServices", "secretsDir", "routerId", "logFormat",
+          "services"}
 _POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
 _CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
@@ -144,6 +147,7 @@ def parse(raw: dict) -> Config:
         secrets_dir=abspath(raw.get("secretsDir", d.secrets_dir), "secretsDir"),
         router_id=d.router_id if raw.get("routerId") in (None, "") else _ipv4(raw["routerId"], "routerId"),
         log_format=one_of(raw.get("logFormat", d.log_format), LOG_FORMATS, "logFormat"),
+        services=parse_services(raw.get("services")),
     )
     validate(cfg)
     return cfg
@@ -215,6 +219,7 @@ def validate(cfg: Config) -> None:
               "Pod and Service ranges must be disjoint")
     for i, c in enumerate(cfg.pod_cidr.node_local):
         check_pod_cidr(cfg, c, f"podCIDR.nodeLocal[{i}]")
+    check_ranges(cfg.services, cfg.cluster_cidrs, cfg.service_cidrs)
     seen: dict[IPAddress, int] = {}
     for i, p in enumerate(cfg.peers):
         j = seen.get(p.address)
