@@ -18,8 +18,8 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 
 from . import encode, render, security
 from .decode import decode_line
@@ -56,9 +56,10 @@ class _Peer:
     eor: set[str] = field(default_factory=set)  # families whose End-of-RIB arrived in this session
     restart_time: int | None = None  # the GR restart time the peer advertised in its last OPEN
     stale_timer: asyncio.TimerHandle | None = None  # ends the stale paths kept by graceful restart
-    # what ExaBGP's Adj-RIB-Out holds for the peer: it keeps it across the peer's session flaps
-    # (and sends it again on reconnect) until the peer is removed or ExaBGP restarts
-    sent: frozenset[Announcement] = frozenset()
+    # what ExaBGP's Adj-RIB-Out holds for the peer, by prefix, as the peer gets it (encode.for_peer):
+    # ExaBGP keeps it across the peer's session flaps (and sends it again on reconnect) until the
+    # peer is removed or ExaBGP restarts. One dict per peer, changed in place by update().
+    sent: dict[IPNetwork, Announcement] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
@@ -87,7 +88,7 @@ class Sessions(RibPaths):
         self.rib = Rib()
         self.exabgp: ExaBGP | None = None
         self._peers: dict[str, _Peer] = {}  # in configuration order
-        self.announced: frozenset[Announcement] = frozenset()
+        self._announced: dict[IPNetwork, Announcement] = {}  # what we announce, by prefix
         self._converged = False
         self.hints = security.QuietPeers(read_counters, clock)
         self._security_timer: asyncio.TimerHandle | None = None
@@ -128,15 +129,29 @@ class Sessions(RibPaths):
     def configured(self) -> list[PeerConfig]:
         return [rec.config for rec in self._peers.values()]
 
+    @property
+    def announced(self) -> frozenset[Announcement]:
+        """What is announced now (to each peer as its rules allow)."""
+        return frozenset(self._announced.values())
+
+    @announced.setter
+    def announced(self, announced: frozenset[Announcement]) -> None:
+        """Replace what is announced without telling any peer (tests; see announce())."""
+        self._announced = _by_prefix(announced)
+
     # ---- what the speaker asks for -----------------------------------------------------------
     def configure(self, peers: list[PeerConfig]) -> None:
         """Run ExaBGP with these peers: started on the first call, reloaded on a change (ConfigError,
         and nothing changed, if they cannot be rendered)."""
         if self.exabgp is not None and peers == self.configured:
             return
+        if self.exabgp is not None and list(map(_session, peers)) == list(map(_session, self.configured)):
+            self._set_exports(peers)  # only what the peers export: no reload, sessions untouched
+            return
         text = render.render(peers, api_command(os.path.join(self.runtime_dir, "api.sock")))
         old = {p.key: p for p in self.configured}
         new = {p.key: p for p in peers}
+        exports = [k for k in old.keys() & new.keys() if old[k].export_services != new[k].export_services]
         for key in sorted(old.keys() - new.keys()):
             self._remove(key)
         self.removed -= new.keys()
@@ -147,11 +162,14 @@ class Sessions(RibPaths):
                 rec = _Peer(config=p)
                 self._set_state(rec, SessionState.IDLE)
             elif rec.config != p:
+                if _session(rec.config) != _session(p):
+                    self.hints.quiet(p.key, again=True)
+                    rec.hint = ""  # a hint about the old settings
                 rec.config = p
-                self.hints.quiet(p.key, again=True)
-                rec.hint = ""  # a hint about the old settings
             records[p.key] = rec
         self._peers = records
+        for key in sorted(exports):
+            self._refresh_exports(records[key])
         if any(p.secured for p in peers):
             self._arm_security_check(self.hints.hint_after)
         if self.exabgp is None:
@@ -180,17 +198,61 @@ class Sessions(RibPaths):
         if dropped:
             self.on_paths(dropped)
 
+    def _set_exports(self, peers: list[PeerConfig]) -> None:
+        """The peers differ from the configured ones in export_services only: bring the Service
+        routes of those peers up to date; ExaBGP's configuration does not change."""
+        for p in peers:
+            rec = self._peers[p.key]
+            if rec.config != p:
+                rec.config = p
+                self._refresh_exports(rec)
+
+    def _refresh_exports(self, rec: _Peer) -> None:
+        """A peer's export_services changed: announce or withdraw its Service routes (work in
+        proportion to what is announced: a config change, rare)."""
+        cfg = rec.config
+        log.info("bgp.peer.export peer=%s services=%s", cfg.key, str(cfg.export_services).lower())
+        if rec.state == SessionState.UP:
+            self._push(rec, [p for p, a in self._announced.items() if a.service])
+
     def announce(self, announced: frozenset[Announcement]) -> None:
-        """Announce exactly these prefixes to every established peer (and later ones)."""
-        self.announced = announced
-        if self.exabgp is None:
+        """Announce exactly these prefixes (one announcement per prefix) to every established
+        peer, and to later ones. The work is a diff of the whole set: for small sets (own
+        PodCIDRs) or rare calls; use update() for a stream of changes."""
+        new, old = _by_prefix(announced), self._announced
+        self.update([a for p, a in new.items() if old.get(p) != a], [a for p, a in old.items() if new.get(p) != a])
+
+    def update(self, added: Iterable[Announcement], removed: Iterable[Announcement]) -> None:
+        """Change what is announced: `removed` first (one that is not announced as given is
+        ignored), then `added` (an announcement of a prefix already announced with other
+        attributes replaces it: an implicit withdraw on the wire). Work in proportion to
+        len(added) + len(removed) per established peer, whatever is announced besides."""
+        changed: set[IPNetwork] = set()
+        for a in removed:
+            if self._announced.get(a.prefix) == a:
+                del self._announced[a.prefix]
+                changed.add(a.prefix)
+        for a in added:
+            if self._announced.get(a.prefix) != a:
+                self._announced[a.prefix] = a
+                changed.add(a.prefix)
+        if not changed or self.exabgp is None:
             return
         for rec in self._peers.values():
-            if rec.state != SessionState.UP:
-                continue  # brought up to date when it comes up (_announce_to)
-            cmds = encode.sync(rec.config.key, rec.config.families, rec.sent, announced)
-            if cmds and self._send(cmds):
-                rec.sent = announced
+            if rec.state == SessionState.UP:  # the others are brought up to date when they come up (_announce_to)
+                self._push(rec, changed)
+
+    def _push(self, rec: _Peer, prefixes: Iterable[IPNetwork]) -> None:
+        """Send one established peer what changed for these prefixes; note it in rec.sent."""
+        cfg = rec.config
+        wanted = {p: encode.for_peer(cfg, self._announced.get(p)) for p in prefixes}
+        cmds = encode.changes(cfg.key, rec.sent, wanted)
+        if cmds and self._send(cmds):
+            for p, a in wanted.items():
+                if a is None:
+                    rec.sent.pop(p, None)
+                else:
+                    rec.sent[p] = a
 
     async def stop(self) -> None:
         for rec in self._peers.values():
@@ -254,13 +316,14 @@ class Sessions(RibPaths):
         peers are brought up to date in full (withdraws of what they no longer get included)."""
         for rec in self._peers.values():
             if rec.state == SessionState.UP:
-                if self._send(encode.resync(rec.config.key, rec.config.families, rec.sent, self.announced)):
-                    rec.sent = self.announced
+                wanted = encode.view(rec.config, self._announced.values())
+                if self._send(encode.resync(rec.config.key, rec.sent, wanted)):
+                    rec.sent = wanted
 
     def _on_exabgp_exit(self, rc: int) -> None:
         self.counters["exabgp_restarts"] += 1
         for rec in self._peers.values():
-            rec.sent = frozenset()  # the next ExaBGP starts with an empty Adj-RIB-Out
+            rec.sent = {}  # the next ExaBGP starts with an empty Adj-RIB-Out
             if rec.state == SessionState.UP:
                 self._peer_down(rec, f"exabgp exited rc={rc}")
             else:
@@ -302,11 +365,12 @@ class Sessions(RibPaths):
         ExaBGP sends again on its own what its Adj-RIB-Out kept from before a session flap; what
         we stopped announcing meanwhile is withdrawn here (announcing the rest again is a no-op)."""
         cfg = rec.config
-        cmds = encode.resync(cfg.key, cfg.families, rec.sent, self.announced)
+        wanted = encode.view(cfg, self._announced.values())
+        cmds = encode.resync(cfg.key, rec.sent, wanted)
         if cfg.graceful_restart:
             cmds += [encode.eor(cfg.key, fam) for fam in sorted(cfg.families)]
         if self._send(cmds):
-            rec.sent = self.announced
+            rec.sent = wanted
 
     def _send(self, cmds: list[str]) -> bool:
         if self.exabgp is None or not self.exabgp.send(cmds):
@@ -375,3 +439,18 @@ class Sessions(RibPaths):
         self._converged = True
         log.info("rib.converged reason=%r pruning enabled", why)
         self.on_converged(why)
+
+
+def _session(p: PeerConfig) -> PeerConfig:
+    """The part of a peer's config that ExaBGP's configuration holds (all but export_services)."""
+    return p if p.export_services else replace(p, export_services=True)
+
+
+def _by_prefix(announced: Iterable[Announcement]) -> dict[IPNetwork, Announcement]:
+    """Announcements by prefix; of several for one prefix the same one is kept whatever the order."""
+    out: dict[IPNetwork, Announcement] = {}
+    for a in announced:
+        had = out.get(a.prefix)
+        if had is None or repr(a) < repr(had):
+            out[a.prefix] = a
+    return out

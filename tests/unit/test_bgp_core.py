@@ -18,14 +18,19 @@ def ann(p):
     return Announcement(N(p))
 
 
-def test_sync_withdraws_then_announces_only_the_peer_family():
-    old = frozenset({ann("10.42.1.0/24"), ann("fd00:42:0:1::/64")})
-    new = frozenset({ann("10.42.9.0/24"), ann("fd00:42:0:1::/64")})
-    assert encode.sync("192.168.50.1", frozenset({"ipv4"}), old, new) == [
-        "neighbor 192.168.50.1 withdraw route 10.42.1.0/24",
-        "neighbor 192.168.50.1 announce route 10.42.9.0/24 next-hop self",
-    ]
-    assert encode.sync("fd00:50::1", frozenset({"ipv6"}), old, new) == []
+def test_changes_withdraw_then_announce_only_the_peer_family():
+    v4 = PeerConfig(address=A("192.168.50.1"), asn=65000, local_address=A("192.168.50.11"), local_asn=65001,
+                    router_id=A("192.168.50.11"))
+    v6 = PeerConfig(address=A("fd00:50::1"), asn=65000, local_address=A("fd00:50::11"), local_asn=65001,
+                    router_id=A("192.168.50.11"), families=frozenset({"ipv6"}))
+    old = [ann("10.42.1.0/24"), ann("fd00:42:0:1::/64")]
+    new = [ann("10.42.9.0/24"), ann("fd00:42:0:1::/64")]
+    prefixes = {a.prefix for a in old + new}
+    now = {a.prefix: a for a in new}
+    for cfg, cmds in ((v4, ["neighbor 192.168.50.1 withdraw route 10.42.1.0/24",
+                            "neighbor 192.168.50.1 announce route 10.42.9.0/24 next-hop self"]), (v6, [])):
+        wanted = {p: encode.for_peer(cfg, now.get(p)) for p in prefixes}
+        assert encode.changes(str(cfg.address), encode.view(cfg, old), wanted) == cmds
     assert encode.eor("fd00:50::1", "ipv6") == "neighbor fd00:50::1 announce eor ipv6 unicast"
 
 
