@@ -17,10 +17,30 @@ from speaker import config as cfgmod
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S_VERSION = "1.32.0"  # kubernetes-validate ships v1.32.0-local-strict; no network needed
 EXPECTED = {("ServiceAccount", "podbgp"), ("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp"),
-            ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")}
-NAMESPACED = {"ServiceAccount", "ConfigMap", "DaemonSet"}
-RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-         {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]
+            ("Role", "podbgp"), ("RoleBinding", "podbgp"), ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")}
+NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"}
+# What each part of the speaker needs (test_helm.py grants the same per values).
+NODE_RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+              {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]}]
+SERVICE_READ_RULES = [{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+                      {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                       "verbs": ["get", "list", "watch"]}]
+ALLOCATOR_RULES = [{"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch"]},
+                   {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+LEASE_RULES = [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+               {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["podbgp-allocator"],
+                "verbs": ["get", "update"]}]
+RULES = NODE_RULES + SERVICE_READ_RULES + ALLOCATOR_RULES
+
+
+def needed_rules(cfg: cfgmod.Config) -> tuple[list[dict], list[dict]]:
+    """(ClusterRole rules, Role rules in podbgp's namespace) a speaker with this config uses:
+    Services and EndpointSlices are watched when anything about Services is configured (the
+    speaker's services_enabled), the allocator writes status and Events and holds its Lease."""
+    sc = cfg.services
+    reads = bool(sc.pools or sc.external_ip_cidrs or sc.cluster_ip_mode != "off" or sc.allocate)
+    cluster = NODE_RULES + (SERVICE_READ_RULES if reads else []) + (ALLOCATOR_RULES if sc.allocate else [])
+    return cluster, (LEASE_RULES if sc.allocate else [])
 
 
 def kustomize(path: str) -> list[dict]:
@@ -69,7 +89,8 @@ CONTRACT = {
     C + ".image": "localhost/podbgp:dev",
     C + ".command": ["podbgp", "speaker"],
     C + ".args": ["--config", "/etc/podbgp/config.yaml", "--log-level", "info"],
-    C + ".env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+    C + ".env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                 {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
     C + ".ports": [{"name": "metrics", "containerPort": 9469, "protocol": "TCP"}],
     C + ".livenessProbe.httpGet": {"path": "/healthz", "port": 9469},
     C + ".readinessProbe.httpGet": {"path": "/readyz", "port": 9469},
@@ -123,13 +144,15 @@ def contract_violations(ds: dict) -> list[str]:
     return bad
 
 
-def test_five_objects_in_kube_system(base):
+def test_seven_objects_in_kube_system(base):
     assert set(base) == EXPECTED
     for (kind, name), obj in base.items():
         assert obj["metadata"].get("namespace") == ("kube-system" if kind in NAMESPACED else None), (kind, name)
-    assert base["ClusterRoleBinding", "podbgp"]["subjects"] == [
-        {"kind": "ServiceAccount", "name": "podbgp", "namespace": "kube-system"}]
-    assert base["ClusterRoleBinding", "podbgp"]["roleRef"]["name"] == "podbgp"
+    for binding, role in (("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")):
+        assert base[binding, "podbgp"]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "podbgp", "namespace": "kube-system"}]
+        assert base[binding, "podbgp"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role,
+                                                     "name": "podbgp"}
 
 
 def test_schema_version_is_shipped_offline():
@@ -148,9 +171,44 @@ def test_strict_schema_refuses_a_misspelt_field(base):
         kubernetes_validate.validate(ds, K8S_VERSION, strict=True)
 
 
-def test_rbac_reads_nodes_and_patches_their_status_only(base):
+def test_rbac_grants_nodes_services_and_the_allocator_only(base):
     assert base["ClusterRole", "podbgp"]["rules"] == RULES
     assert "aggregationRule" not in base["ClusterRole", "podbgp"]
+    # the Lease only in podbgp's namespace, and only podbgp-allocator beyond create
+    assert base["Role", "podbgp"]["rules"] == LEASE_RULES
+
+
+def test_rbac_grants_no_write_beyond_the_allocators():
+    writes = {(g, r, v) for rule in RULES + LEASE_RULES for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"] if v not in ("get", "list", "watch")}
+    assert writes == {("", "nodes/status", "patch"), ("", "services/status", "patch"), ("", "events", "create"),
+                      ("coordination.k8s.io", "leases", "create"), ("coordination.k8s.io", "leases", "update")}
+    assert not any("*" in str(rule) for rule in RULES + LEASE_RULES)
+
+
+def _granted(rules: list[dict], want: dict) -> bool:
+    return any(set(want["apiGroups"]) <= set(r["apiGroups"]) and set(want["resources"]) <= set(r["resources"])
+               and set(want["verbs"]) <= set(r["verbs"]) and r.get("resourceNames") == want.get("resourceNames")
+               for r in rules)
+
+
+def test_base_rbac_covers_the_config_as_shipped_and_with_services_uncommented(base):
+    """The decision (deploy/README.md): the base's config leaves services commented out, and its
+    RBAC already grants what uncommenting the whole block (allocator included) needs, because an
+    overlay replaces the config and not the RBAC."""
+    shipped = cfgmod.parse({**yaml.safe_load(base["ConfigMap", "podbgp-config"]["data"]["config.yaml"]),
+                            "nodeName": "node1"})
+    assert needed_rules(shipped) == (NODE_RULES, [])
+    raw = _uncommented_block("services")
+    raw["services"]["loadBalancer"]["allocate"] = True
+    full = cfgmod.parse({**raw, "nodeName": "node1"})
+    cluster, namespaced = needed_rules(full)
+    assert cluster == RULES and namespaced == LEASE_RULES
+    for want in cluster:
+        assert _granted(base["ClusterRole", "podbgp"]["rules"], want), want
+    for want in namespaced:
+        assert _granted(base["Role", "podbgp"]["rules"], want), want
+    assert not _granted(base["Role", "podbgp"]["rules"], {**LEASE_RULES[1], "resourceNames": None})
 
 
 def test_daemonset_keeps_the_contract(base):
@@ -257,3 +315,38 @@ def test_config_example_holds_no_password():
     raw["peers"][0]["password"] = raw["peers"][0].pop("passwordKey")
     with pytest.raises(cfgmod.ConfigError, match=r"peers\[0\]\.password: .*passwordKey"):
         cfgmod.parse({**raw, "nodeName": "node1"})
+
+
+def _uncommented_block(key: str) -> dict:
+    """deploy/config.yaml with the commented top-level block `# key:` made live: that line and
+    the indented commented lines under it (a commented comment among them stays a comment)."""
+    with open(os.path.join(ROOT, "deploy", "config.yaml")) as f:
+        lines = f.read().splitlines()
+    start = lines.index(f"# {key}:")
+    out, i = lines[:start] + [f"{key}:"], start + 1
+    while i < len(lines) and lines[i].startswith("#   "):
+        out.append(lines[i][2:])
+        i += 1
+    assert i > start + 1, f"no commented block under # {key}: in deploy/config.yaml"
+    return yaml.safe_load("\n".join(out + lines[i:]))
+
+
+def test_config_example_commented_services_block_is_accepted():
+    raw = _uncommented_block("services")
+    assert set(raw["services"]) == {"loadBalancerClass", "loadBalancer", "externalIPs", "clusterIP"}
+    sc = cfgmod.parse({**raw, "nodeName": "node1"}).services
+    (pool,) = sc.pools
+    assert (pool.name, [str(n) for n in pool.cidrs], pool.communities, pool.local_preference) == (
+        "default", ["203.0.113.0/24", "fd00:113::/112"], ("65000:100",), 200)
+    assert pool.service_selector.matches({"team": "web"}) and not pool.service_selector.matches({})
+    assert [str(n) for n in sc.external_ip_cidrs] == ["198.51.100.0/24"]
+    assert (sc.load_balancer_class, sc.allocate, sc.cluster_ip_mode) == ("podbgp.io/bgp", False, "off")
+
+
+def test_config_example_commented_export_services_are_accepted():
+    cfg = cfgmod.parse({**_uncommented({"exportServices", "meshExportServices", "mesh"}), "nodeName": "node1"})
+    assert (cfg.mesh, cfg.mesh_export_services, cfg.peers[0].export_services) == (True, False, True)
+    raw = _uncommented({"exportServices", "meshExportServices"})
+    raw["peers"][0]["exportServices"], raw["meshExportServices"] = False, True
+    cfg = cfgmod.parse({**raw, "nodeName": "node1"})
+    assert (cfg.mesh_export_services, cfg.peers[0].export_services) == (True, False)
