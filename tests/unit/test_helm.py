@@ -35,6 +35,8 @@ def _load(name: str):
 VALUES = _load("values.yaml")
 SCHEMA = _load("values.schema.json")
 VALIDATOR = jsonschema.Draft7Validator(SCHEMA, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+POOL = {"name": "default", "cidrs": ["203.0.113.0/24", "fd00:113::/112"]}
+ALLOCATING = {"services": {"loadBalancer": {"pools": [POOL], "allocate": True}}}  # every Service rule on
 
 
 def _sources() -> dict[str, str]:
@@ -308,6 +310,21 @@ DROP = object()
     ("routerId", "10.0.0"),
     ("routerId", "0.0.0.0"),
     ("routerId", "fd00::1"),
+    ("meshExportServices", "yes"),
+    ("meshExportServices", DROP),
+    ("peers.0.exportServices", "false"),
+    ("services.loadBalancr", {}),               # misspelt keys under services
+    ("services.loadBalancer.alocate", True),
+    ("services.externalIPs.allowedCidrs", ["198.51.100.0/24"]),
+    ("services.clusterIP.mdoe", "cidr"),
+    ("services.loadBalancerClass", ""),         # wrong types and values under services
+    ("services.loadBalancer.allocate", "true"),
+    ("services.loadBalancer.pools", {"default": ["203.0.113.0/24"]}),
+    ("services.externalIPs.allowedCIDRs", ["198.51.100.0"]),
+    ("services.externalIPs.allowedCIDRs", "198.51.100.0/24"),
+    ("services.clusterIP.mode", "Off"),
+    ("services.clusterIP.mode", False),         # an unquoted off in a values file
+    ("services.clusterIP.mode", "service"),
 ])
 def test_schema_refuses(path, value):
     assert list(VALIDATOR.iter_errors(_with(path, value))), f"{path}={value!r} was accepted"
@@ -339,6 +356,32 @@ def test_schema_refuses_combinations(overrides):
     assert list(VALIDATOR.iter_errors(_merge(VALUES, overrides))), f"{overrides!r} was accepted"
 
 
+@pytest.mark.parametrize("pool", [
+    {**POOL, "cidr": ["203.0.113.0/24"]},                   # misspelt
+    {**POOL, "localPref": 200},
+    {"cidrs": ["203.0.113.0/24"]},                          # no name
+    {"name": "default"},                                     # no cidrs
+    {**POOL, "cidrs": []},
+    {**POOL, "cidrs": ["203.0.113.0/33"]},
+    {**POOL, "communities": ["65536:1"]},
+    {**POOL, "communities": ["65000"]},
+    {**POOL, "communities": "65000:100"},
+    {**POOL, "localPreference": -1},
+    {**POOL, "localPreference": "200"},
+    {**POOL, "serviceSelector": {"matchLabel": {"team": "web"}}},
+    {**POOL, "serviceSelector": {"matchExpressions": [{"key": "team", "operator": "in", "values": ["web"]}]}},
+    {**POOL, "serviceSelector": ["team=web"]},
+])
+def test_schema_refuses_a_bad_pool(pool):
+    values = _merge(VALUES, {"services": {"loadBalancer": {"pools": [pool]}}})
+    assert list(VALIDATOR.iter_errors(values)), f"{pool!r} was accepted"
+
+
+def test_schema_refuses_the_allocator_without_a_pool():
+    assert list(VALIDATOR.iter_errors(_merge(VALUES, {"services": {"loadBalancer": {"allocate": True}}})))
+    assert not list(VALIDATOR.iter_errors(_merge(VALUES, ALLOCATING)))
+
+
 # each accepted by the schema, rendered, and accepted by the speaker
 @pytest.mark.parametrize("overrides", [
     {"mesh": True, "peers": []},
@@ -348,6 +391,17 @@ def test_schema_refuses_combinations(overrides):
     {"mode": "direct"},                                     # peers kept but unused
     {"routerId": "192.0.2.1", "peers": [{**TOR_MD5, "port": 1179, "holdTime": 30, "keepaliveTime": 10}]},
     {"peers": [{"address": "10.0.0.1", "asn": 65000, "holdTime": 0, "keepaliveTime": 0}]},
+    {"peers": [{"address": "10.0.0.1", "asn": 65000, "exportServices": False}], "meshExportServices": True},
+    ALLOCATING,
+    {"services": {"loadBalancerClass": "example.com/lb", "clusterIP": {"mode": "perService"},
+                  "externalIPs": {"allowedCIDRs": ["198.51.100.0/24", "fd00:51::/112"]},
+                  "loadBalancer": {"pools": [
+                      {**POOL, "serviceSelector": "team=web", "communities": ["65000:100", "0:65535"],
+                       "localPreference": 200},
+                      {"name": "b", "cidrs": ["192.0.2.0/28"],
+                       "serviceSelector": {"matchLabels": {"team": "db"},
+                                           "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]},
+                                                                {"key": "legacy", "operator": "DoesNotExist"}]}}]}}},
 ])
 def test_schema_accepts_what_the_speaker_accepts(overrides):
     assert [e.message for e in VALIDATOR.iter_errors(_merge(VALUES, overrides))] == []
@@ -410,26 +464,77 @@ def base():
     return _kustomize_base()
 
 
+ROLE_OBJECTS = {("Role", "podbgp"), ("RoleBinding", "podbgp")}
+
+
 def test_chart_has_the_base_objects_in_the_release_namespace(chart, base):
-    assert set(chart) == set(base)
-    objs, _ = render(namespace="net-system")
+    assert set(chart) == set(base) - ROLE_OBJECTS  # the allocator's Role only when it runs
+    objs, _ = render(ALLOCATING, namespace="net-system")
+    assert set(objs) == set(base)
     for key, obj in objs.items():
         want = "net-system" if "namespace" in base[key]["metadata"] else None  # cluster-scoped: none
         assert obj["metadata"].get("namespace") == want, key
-    assert objs["ClusterRoleBinding", "podbgp"]["subjects"][0]["namespace"] == "net-system"
+    for binding in ("ClusterRoleBinding", "RoleBinding"):
+        assert objs[binding, "podbgp"]["subjects"][0]["namespace"] == "net-system"
 
 
 @pytest.mark.parametrize("key", [("ServiceAccount", "podbgp"), ("ClusterRole", "podbgp"),
-                                 ("ClusterRoleBinding", "podbgp"), ("ConfigMap", "podbgp-config"),
-                                 ("DaemonSet", "podbgp")])
-def test_chart_objects_valid_against_kubernetes_schema(chart, key):
-    assert kubernetes_validate.validate(chart[key], K8S_VERSION, strict=True) == "1.32"
+                                 ("ClusterRoleBinding", "podbgp"), ("Role", "podbgp"), ("RoleBinding", "podbgp"),
+                                 ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")])
+def test_chart_objects_valid_against_kubernetes_schema(key):
+    assert kubernetes_validate.validate(render(ALLOCATING)[0][key], K8S_VERSION, strict=True) == "1.32"
 
 
-def test_chart_rbac_and_binding_equal_the_base(chart, base):
-    for key in [("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp")]:
-        strip = lambda o: {k: v for k, v in o.items() if k != "metadata"}  # noqa: E731
-        assert strip(chart[key]) == strip(base[key])
+def test_chart_rbac_and_bindings_with_the_allocator_equal_the_base(base):
+    """The base grants what its config can turn on (deploy/README.md); the chart, with every
+    Service feature on, the same rules, no more."""
+    objs = render(ALLOCATING)[0]
+    strip = lambda o: {k: v for k, v in o.items() if k != "metadata"}  # noqa: E731
+    for key in [("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp"), *sorted(ROLE_OBJECTS)]:
+        assert strip(objs[key]) == strip(base[key]), key
+
+
+NODES = [("", "nodes", "get,list,watch"), ("", "nodes/status", "patch")]
+READS = [("", "services", "get,list,watch"), ("discovery.k8s.io", "endpointslices", "get,list,watch")]
+ALLOCATOR = [("", "services/status", "patch"), ("", "events", "create")]
+LEASES = [("coordination.k8s.io", "leases", "create", None),
+          ("coordination.k8s.io", "leases", "get,update", "podbgp-allocator")]
+
+
+def _rules(rules: list[dict]) -> list[tuple]:
+    out = []
+    for r in rules:
+        (group,), (resource,) = r["apiGroups"], r["resources"]
+        names = r.get("resourceNames")
+        row = (group, resource, ",".join(r["verbs"]))
+        out.append(row + ((names[0] if names else None),) if resource == "leases" else row)
+    return out
+
+
+@pytest.mark.parametrize("services,cluster,namespaced", [
+    ({}, NODES, None),                                                       # the default: nothing about Services
+    ({"clusterIP": {"mode": "off"}, "loadBalancerClass": "example.com/lb"}, NODES, None),
+    ({"loadBalancer": {"pools": [POOL]}}, NODES + READS, None),              # announce ingress IPs set by another
+    ({"externalIPs": {"allowedCIDRs": ["198.51.100.0/24"]}}, NODES + READS, None),
+    ({"clusterIP": {"mode": "cidr"}}, NODES + READS, None),
+    ({"clusterIP": {"mode": "perService"}}, NODES + READS, None),
+    (ALLOCATING["services"], NODES + READS + ALLOCATOR, LEASES),
+    ({"loadBalancer": {"pools": [POOL], "allocate": True}, "clusterIP": {"mode": "cidr"}},
+     NODES + READS + ALLOCATOR, LEASES),
+])
+def test_chart_rbac_is_exactly_what_the_services_values_need(services, cluster, namespaced):
+    objs = render({"services": services})[0]
+    assert _rules(objs["ClusterRole", "podbgp"]["rules"]) == cluster
+    if namespaced is None:  # no allocator: no Role, no binding, no status or Event writes
+        assert not set(objs) & ROLE_OBJECTS
+    else:
+        assert _rules(objs["Role", "podbgp"]["rules"]) == namespaced
+        assert objs["RoleBinding", "podbgp"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                            "name": "podbgp"}
+    # the same test the speaker makes before it watches Services (speaker/app.py, services_enabled)
+    sc = _parse_config(objs).services
+    watches = bool(sc.pools or sc.external_ip_cidrs or sc.cluster_ip_mode != "off" or sc.allocate)
+    assert (READS[0] in cluster) == watches and (ALLOCATOR[0] in cluster) == sc.allocate
 
 
 def test_chart_pod_equals_the_base_pod(chart, base):
@@ -514,6 +619,34 @@ def test_chart_config_follows_the_new_values():
     assert "no BGP" in direct_notes and "BGP session up" not in direct_notes and "podbgp.io/asn" not in direct_notes
     for o in (objs, mesh_objs, direct_objs):
         kubernetes_validate.validate(o["ConfigMap", "podbgp-config"], K8S_VERSION, strict=True)
+
+
+def test_chart_config_carries_the_services_values():
+    objs, _ = render({
+        "meshExportServices": True,
+        "peers": [{"address": "10.0.0.1", "asn": 65000, "exportServices": False}, {"address": "10.0.0.2", "asn": 65000}],
+        "services": {"loadBalancerClass": "example.com/lb", "clusterIP": {"mode": "perService"},
+                     "externalIPs": {"allowedCIDRs": ["198.51.100.0/24"]},
+                     "loadBalancer": {"allocate": True, "pools": [
+                         {**POOL, "serviceSelector": {"matchLabels": {"team": "web"}}, "communities": ["65000:100"],
+                          "localPreference": 200}]}},
+    })
+    cfg = _parse_config(objs)
+    assert cfg.mesh_export_services is True and [p.export_services for p in cfg.peers] == [False, True]
+    sc = cfg.services
+    (pool,) = sc.pools
+    assert (pool.name, [str(n) for n in pool.cidrs], pool.communities, pool.local_preference) == (
+        "default", ["203.0.113.0/24", "fd00:113::/112"], ("65000:100",), 200)
+    assert pool.service_selector.matches({"team": "web"}) and not pool.service_selector.matches({"team": "db"})
+    assert (sc.load_balancer_class, sc.allocate, sc.cluster_ip_mode) == ("example.com/lb", True, "perService")
+    assert [str(n) for n in sc.external_ip_cidrs] == ["198.51.100.0/24"]
+    env = objs["DaemonSet", "podbgp"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in env
+    # the defaults: the block is there and announces nothing ("off" stays a string, not false)
+    default = _parse_config(render()[0])
+    assert default.services == type(sc)() and default.mesh_export_services is False
+    assert 'mode: "off"' in render()[0]["ConfigMap", "podbgp-config"]["data"]["config.yaml"] or \
+        "mode: 'off'" in render()[0]["ConfigMap", "podbgp-config"]["data"]["config.yaml"]
 
 
 def test_chart_grants_net_admin_and_net_bind_service_only(chart):

@@ -15,6 +15,20 @@ app.kubernetes.io/name: podbgp
 {{- end }}
 
 {{/*
+Not empty when the values have the speaker watch Services and EndpointSlices: a pool, an allowed
+ExternalIP range, a cluster IP mode, or the allocator (the speaker's own test, services_enabled
+in speaker/app.py). The ClusterRole grants those reads only then.
+*/}}
+{{- define "podbgp.watchesServices" -}}
+{{- with .Values.services -}}
+{{- if .loadBalancer.allocate }}allocate {{ end -}}
+{{- if .loadBalancer.pools }}pools {{ end -}}
+{{- if .externalIPs.allowedCIDRs }}externalIPs {{ end -}}
+{{- if eq .clusterIP.mode "off" }}{{ else }}clusterIP{{ end -}}
+{{- end -}}
+{{- end }}
+
+{{/*
 The speaker's config file (speaker/config.py, camelCase keys). Numbers printed directly go
 through int64: Helm reads values.yaml numbers as float64 and prints 4200000000 as 4.2e+09.
 */}}
@@ -28,6 +42,7 @@ peers:
   {{- toYaml .Values.peers | nindent 2 }}
 asn: {{ .Values.asn | int64 }}
 mesh: {{ .Values.mesh }}
+meshExportServices: {{ .Values.meshExportServices }}
 {{- with .Values.meshNodeSelector }}
 meshNodeSelector: {{ . | quote }}
 {{- end }}
@@ -48,4 +63,6 @@ runtimeDir: /run/podbgp
 gracefulRestart: {{ .Values.gracefulRestart | int64 }}
 cni:
   {{- toYaml .Values.cni | nindent 2 }}
+services:
+  {{- toYaml .Values.services | nindent 2 }}
 {{- end }}
