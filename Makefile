@@ -3,7 +3,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PODBGP    := $(VENV)/bin/podbgp
 PYTHON    ?= python3
-APT_PKGS  := frr containernetworking-plugins iproute2 iputils-ping openssl
+APT_PKGS  := frr containernetworking-plugins iproute2 iputils-ping openssl nftables
 PYTEST    ?= $(PY) -m pytest
 export KUBECACHEDIR ?= $(CURDIR)/.kubecache
 IMAGE     ?= localhost/podbgp:dev
@@ -13,7 +13,7 @@ BASE_IMAGE ?=
 
 setup: system venv
 
-# System packages, installed as root when missing (FRR, the CNI plugins, ip, ping).
+# System packages, installed as root when missing (FRR, the CNI plugins, ip, ping, nft for the lab's proxy).
 system:
 	@missing=""; for p in $(APT_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
