@@ -124,21 +124,39 @@ def plan(objects: list[dict], node: NodeFacts, container: str | None = None) -> 
 
 
 def rbac(objects: list[dict]) -> tuple[str, list[dict]]:
-    """The DaemonSet's service account as kube-apiserver names it, and every rule the
-    ClusterRoles bound to it grant (cluster-scoped resources need a ClusterRoleBinding)."""
+    """The DaemonSet's service account as kube-apiserver names it, and every rule the roles bound
+    to it grant: a ClusterRoleBinding's ClusterRole everywhere (cluster-scoped resources need one);
+    a RoleBinding's Role, or ClusterRole, only in the binding's namespace, which each of its rules
+    carries as the key "namespace" (a copy of the rule) for the lab API server to enforce."""
     ds = find(objects, "DaemonSet")
     namespace = ds["metadata"].get("namespace", "default")
     account = ds["spec"]["template"]["spec"].get("serviceAccountName", "default")
-    roles = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "ClusterRole"}
     rules = []
-    for b in (o for o in objects if o.get("kind") == "ClusterRoleBinding"):
-        if any(s.get("kind") == "ServiceAccount" and s.get("name") == account and s.get("namespace") == namespace
-               for s in b.get("subjects") or []) and b["roleRef"].get("kind") == "ClusterRole":
-            role = roles.get(b["roleRef"]["name"])
-            if role is None:
-                raise ManifestError(f"ClusterRoleBinding {b['metadata']['name']}: no ClusterRole {b['roleRef']['name']}")
-            rules += role.get("rules") or []
+    for b in objects:
+        if b.get("kind") not in ("ClusterRoleBinding", "RoleBinding") or not any(
+                s.get("kind") == "ServiceAccount" and s.get("name") == account and s.get("namespace") == namespace
+                for s in b.get("subjects") or []):
+            continue
+        if b["kind"] == "ClusterRoleBinding":
+            rules += _bound_rules(objects, b, None)
+        else:
+            rules += [{**r, "namespace": b["metadata"].get("namespace", "default")}
+                      for r in _bound_rules(objects, b, b["metadata"].get("namespace", "default"))]
     return f"system:serviceaccount:{namespace}:{account}", rules
+
+
+def _bound_rules(objects: list[dict], binding: dict, namespace: str | None) -> list[dict]:
+    """The rules of the role a binding refers to: a ClusterRole, or (a RoleBinding's) a Role of its
+    own namespace."""
+    kind, name = binding["roleRef"].get("kind"), binding["roleRef"].get("name")
+    if kind not in ("ClusterRole", "Role") or (kind == "Role" and namespace is None):
+        raise ManifestError(f"{binding['kind']} {binding['metadata']['name']}: roleRef kind {kind!r} cannot be bound here")
+    for o in objects:
+        if o.get("kind") == kind and o["metadata"]["name"] == name \
+                and (kind == "ClusterRole" or o["metadata"].get("namespace", "default") == namespace):
+            return list(o.get("rules") or [])
+    where = f" in namespace {namespace}" if kind == "Role" else ""
+    raise ManifestError(f"{binding['kind']} {binding['metadata']['name']}: no {kind} {name}{where}")
 
 
 def _env_value(objects, namespace, e, where, downward) -> str:

@@ -35,6 +35,7 @@ def test_the_launch_is_what_the_daemonset_and_configmap_say(objects, tmp_path):
     assert launch.argv == tuple(ctr["command"] + ctr["args"])
     env = dict(launch.env)
     assert env["NODE_NAME"] == "node1"  # fieldRef spec.nodeName
+    assert env["POD_NAMESPACE"] == "kube-system"  # fieldRef metadata.namespace: the allocator's Lease
     assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("127.0.0.1", "6443")
     targets = {m.target: m for m in launch.mounts}
     assert targets[daemonset.SA_MOUNT].source == str(tmp_path / "sa") and targets[daemonset.SA_MOUNT].read_only
@@ -104,17 +105,50 @@ def test_a_checkout_under_a_volume_stays_visible_to_the_speaker(objects, tmp_pat
     assert aside < over < back < steps.index("mount -o remount,bind,ro /")
 
 
-def test_the_lab_api_grants_the_speakers_what_the_bound_clusterrole_does(objects):
+def test_the_lab_api_grants_the_speakers_what_the_bound_roles_do(objects):
     user, rules = daemonset.rbac(objects)
     assert user == "system:serviceaccount:kube-system:podbgp"
-    role = next(o for o in objects if o["kind"] == "ClusterRole")
-    assert rules == role["rules"]
+    cluster_role = next(o for o in objects if o["kind"] == "ClusterRole")
+    role = next(o for o in objects if o["kind"] == "Role")
+    cluster_rules = [r for r in rules if "namespace" not in r]
+    assert cluster_rules == cluster_role["rules"]  # everywhere: no namespace key
+    # the Role's rules, each limited to the RoleBinding's namespace; the manifests' own untouched
+    assert [r for r in rules if "namespace" in r] == [{**r, "namespace": "kube-system"} for r in role["rules"]]
+    assert all("namespace" not in r for r in role["rules"])
+    assert len(rules) == len(cluster_role["rules"]) + len(role["rules"])
     other = copy.deepcopy(objects)
     daemonset_of(other)["spec"]["template"]["spec"]["serviceAccountName"] = "someone-else"
     assert daemonset.rbac(other) == ("system:serviceaccount:kube-system:someone-else", [])
     unbound = [o for o in copy.deepcopy(objects) if o["kind"] != "ClusterRole"]
     with pytest.raises(ManifestError, match="no ClusterRole"):
         daemonset.rbac(unbound)
+    no_role = [o for o in copy.deepcopy(objects) if o["kind"] != "Role"]
+    with pytest.raises(ManifestError, match="RoleBinding podbgp: no Role podbgp in namespace kube-system"):
+        daemonset.rbac(no_role)
+
+
+def test_a_role_counts_only_in_its_own_namespace_and_a_rolebinding_may_bind_a_clusterrole(objects):
+    moved = copy.deepcopy(objects)
+    next(o for o in moved if o["kind"] == "Role")["metadata"]["namespace"] = "elsewhere"
+    with pytest.raises(ManifestError, match="no Role podbgp in namespace kube-system"):
+        daemonset.rbac(moved)
+    # a RoleBinding in another namespace naming the account, bound to a ClusterRole: its rules
+    # there only
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "podbgp-reads", "namespace": "team-a"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "podbgp"},
+               "subjects": [{"kind": "ServiceAccount", "name": "podbgp", "namespace": "kube-system"}]}
+    _, rules = daemonset.rbac([*objects, binding])
+    cluster_role = next(o for o in objects if o["kind"] == "ClusterRole")
+    assert [r for r in rules if r.get("namespace") == "team-a"] == [{**r, "namespace": "team-a"}
+                                                                    for r in cluster_role["rules"]]
+    stranger = copy.deepcopy(binding)
+    stranger["subjects"][0]["namespace"] = "default"  # another namespace's account of the same name
+    assert daemonset.rbac([*objects, stranger]) == daemonset.rbac(objects)
+    bad = copy.deepcopy(objects)
+    next(o for o in bad if o["kind"] == "ClusterRoleBinding")["roleRef"]["kind"] = "Role"
+    with pytest.raises(ManifestError, match="roleRef kind 'Role' cannot be bound"):
+        daemonset.rbac(bad)
 
 
 def test_a_secret_in_the_manifests_becomes_the_mounted_files(objects, tmp_path):
