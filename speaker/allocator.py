@@ -146,6 +146,8 @@ class Allocator:
         self._by_key: dict[str, set[IPAddress]] = {}  # sharing key -> IPs it holds
         self.assigned: dict[str, tuple[IPAddress, ...]] = {}
         self.problems: dict[str, str] = {}
+        self._waiting: dict[str, ServiceInfo] = {}  # Services whose request is not met (retried on a release)
+        self._freed = False
 
     # ---- entry points ----------------------------------------------------------------------
     def decide(self, services: Iterable[ServiceInfo]) -> list[Action]:
@@ -168,22 +170,39 @@ class Allocator:
     def on_service(self, info: ServiceInfo) -> list[Action]:
         """A Service was added or changed."""
         if not ours(info, self.load_balancer_class):
-            held = self._release(info.key)
-            self.problems.pop(info.key, None)
+            held = self._forget(info.key)
             if info.type != LOAD_BALANCER and info.ingress and (held or self._all_in_pools(info)):
-                return [SetIngress(info.key, ())]
-            return []
-        current = self.assigned.get(info.key) or tuple(ip for ip, _ in info.ingress)
+                return [SetIngress(info.key, ())] + self._retry()
+            return self._retry()
+        held = self.assigned.get(info.key)
+        current = held or tuple(ip for ip, _ in info.ingress)
         self._release(info.key)
         if self._keep(info, current):
             self.problems.pop(info.key, None)
-            return self._write(info)
-        return self._place(info) + self._write(info)
+            self._waiting.pop(info.key, None)
+            if held == self.assigned[info.key]:
+                self._freed = False  # the same IPs taken back: nothing freed
+            return self._write(info) + self._retry()
+        return self._place(info) + self._write(info) + self._retry()
 
     def on_delete(self, key: str) -> list[Action]:
-        self._release(key)
+        self._forget(key)
+        return self._retry()
+
+    def _forget(self, key: str) -> tuple[IPAddress, ...]:
         self.problems.pop(key, None)
-        return []
+        self._waiting.pop(key, None)
+        return self._release(key)
+
+    def _retry(self) -> list[Action]:
+        """Once an address was freed, place the Services still waiting (requests first)."""
+        actions: list[Action] = []
+        while self._freed and self._waiting:
+            self._freed = False
+            for info in sorted(self._waiting.values(), key=lambda s: (not s.requested_ips, s.key)):
+                actions += self._place(info) + self._write(info)
+        self._freed = False
+        return actions
 
     def status(self) -> dict[str, Any]:
         usage: dict[str, dict[str, int]] = {}
@@ -227,7 +246,9 @@ class Allocator:
         if ips:
             self._take(info, ips)
             self.problems.pop(info.key, None)
+            self._waiting.pop(info.key, None)
             return []
+        self._waiting[info.key] = info
         line = f"service {info.key}: {message}"
         if self.problems.get(info.key) == line:
             return []  # said already
@@ -306,6 +327,7 @@ class Allocator:
                 continue
             del self._holders[ip]
             self._range_of(ip, self._ranges).free(int(ip))
+            self._freed = True
             if holders.sharing_key is not None:
                 held = self._by_key[holders.sharing_key]
                 held.discard(ip)

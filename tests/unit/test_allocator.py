@@ -7,26 +7,11 @@ import pytest
 from speaker import selector
 from speaker.allocator import ALREADY_TAKEN, OUTSIDE_POOLS, POOL_EXHAUSTED, Allocator, Event, SetIngress
 
-try:  # the contract's types (speaker/service_config.py, speaker/services.py: P3)
-    from speaker.service_config import Pool, ServicesConfig
+from speaker.service_config import Pool, ServicesConfig
+
+try:  # the contract's Service value (speaker/services.py: P3)
     from speaker.services import ServiceInfo
-except ImportError:  # before they land: doubles with the contract's field names
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Pool:
-        name: str
-        cidrs: tuple = ()
-        service_selector: selector.Selector = selector.EVERYTHING
-        communities: tuple = ()
-        local_preference: int | None = None
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class ServicesConfig:
-        load_balancer_class: str = "podbgp.io/bgp"
-        pools: tuple = ()
-        allocate: bool = False
-        external_ip_cidrs: tuple = ()
-        cluster_ip_mode: str = "off"
-
+except ImportError:  # before it lands: a double with the contract's field names
     @dataclasses.dataclass(frozen=True, slots=True)
     class ServiceInfo:
         key: str
@@ -203,9 +188,9 @@ def test_sharing_needs_the_same_key_and_distinct_ports():
     for k in "abd":
         alloc.on_delete(f"default/{k}")
     assert ips(alloc.on_service(svc("i")), "i") == ["203.0.113.5"]
-    alloc.on_delete("default/h")
-    assert ips(alloc.on_service(svc("j")), "j") == ["203.0.113.1"]
-    assert alloc.status()["pools"]["p"]["used"] == 5  # .1 j, .2 c, .3 e, .4 f, .5 i
+    assert ips(alloc.on_delete("default/h"), "g") == ["203.0.113.1"]  # g was waiting for it
+    assert ips(alloc.on_service(svc("j")), "j") == ["203.0.113.6"]
+    assert alloc.status()["pools"]["p"]["used"] == 6  # .1 g, .2 c, .3 e, .4 f, .5 i, .6 j
 
 
 def test_a_port_change_that_conflicts_moves_the_service():
@@ -270,3 +255,17 @@ def test_no_pools_is_a_problem_not_a_crash():
     [ev] = events(alloc.on_service(svc("a")))
     assert ev.reason == POOL_EXHAUSTED and "no pool" in ev.message
     assert alloc.status() == {"pools": {}, "problems": {"default/a": f"service default/a: {ev.message}"}}
+
+
+def test_a_waiting_service_gets_the_address_freed_by_a_delete_or_a_type_change():
+    alloc = Allocator(config(pool("p", "203.0.113.0/30")))
+    a = echo(svc("a"), alloc.on_service(svc("a")))
+    alloc.on_service(svc("b"))
+    assert events(alloc.on_service(svc("c")))[0].reason == POOL_EXHAUSTED
+    assert events(alloc.on_service(svc("d", requested=["203.0.113.2"])))[0].reason == ALREADY_TAKEN
+    assert ips(alloc.on_delete("default/b"), "d") == ["203.0.113.2"]  # the request first
+    assert "default/c" in alloc.status()["problems"]
+    acts = alloc.on_service(dataclasses.replace(a, type="NodePort"))
+    assert ips(acts, "a") == [] and ips(acts, "c") == ["203.0.113.1"]
+    assert alloc.status()["problems"] == {}
+    assert alloc.on_service(svc("c")) == [SetIngress("default/c", (IP("203.0.113.1"),))]  # no echo yet
