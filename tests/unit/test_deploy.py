@@ -350,3 +350,18 @@ def test_config_example_commented_export_services_are_accepted():
     raw["peers"][0]["exportServices"], raw["meshExportServices"] = False, True
     cfg = cfgmod.parse({**raw, "nodeName": "node1"})
     assert (cfg.mesh_export_services, cfg.peers[0].export_services) == (True, False)
+
+
+def test_readme_overlay_drops_the_service_rules(tmp_path):
+    """deploy/README.md's overlay for a cluster that never announces a Service renders, and leaves
+    the Node rules only: no Service reads, no allocator writes, no Role."""
+    with open(os.path.join(ROOT, "deploy", "README.md")) as f:
+        text = f.read()
+    marker = "# my-cluster/kustomization.yaml, a cluster that never announces a Service\n"
+    overlay = text[text.index(marker):].split("```", 1)[0]
+    shutil.copytree(os.path.join(ROOT, "deploy"), tmp_path / "deploy", ignore=shutil.ignore_patterns("helm"))
+    (tmp_path / "my-cluster").mkdir()
+    (tmp_path / "my-cluster" / "kustomization.yaml").write_text("resources:\n  - ../deploy\n" + overlay)
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in kustomize(str(tmp_path / "my-cluster"))}
+    assert set(objs) == EXPECTED - {("Role", "podbgp"), ("RoleBinding", "podbgp")}
+    assert objs["ClusterRole", "podbgp"]["rules"] == NODE_RULES
