@@ -86,6 +86,7 @@ class AllocatorRunner:
         self._error: str | None = None
         self._status: dict = self._snapshot()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # ---- the speaker's side ------------------------------------------------------------------
     def start(self) -> None:
@@ -94,10 +95,13 @@ class AllocatorRunner:
         self.elector.start()
 
     def stop(self, release: bool = True, timeout: float = 5.0) -> None:
-        self.elector.stop(release=release, timeout=timeout)
+        """Stop writing first, then stop electing and release the Lease (unless told not to), so
+        no write of this speaker lands after the next leader has started."""
+        self._stopping.set()
         self._queue.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
+        self.elector.stop(release=release, timeout=timeout)
 
     def on_services(self, values: Iterable[ServiceInfo], deleted: Iterable[str] = (), synced: bool = False) -> None:
         """What the Services watch delivered (values: ServiceInfo; deleted: keys); any thread."""
@@ -189,7 +193,7 @@ class AllocatorRunner:
     def _flush(self) -> None:
         """Write what is pending while still leading; the first failure backs off."""
         while self._writes or self._events:
-            if not self.elector.leading:
+            if not self.elector.leading or self._stopping.is_set():
                 return
             try:
                 if self._writes:
