@@ -248,3 +248,31 @@ def test_two_speakers_against_the_lab_api_no_ip_twice(kube):
             x.close()
         one.stop()
         two.stop()
+
+
+@lab
+def test_kubeclient_object_calls_against_the_lab_api(kube):
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+    with pytest.raises(KubeError) as err:
+        kube.get(f"{leases}/nothing")
+    assert err.value.status == 404
+    body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "x"},
+            "spec": {"holderIdentity": "node1", "leaseDurationSeconds": 15}}
+    made = kube.create(leases, body)
+    assert made["spec"]["holderIdentity"] == "node1" and made["metadata"]["resourceVersion"]
+    with pytest.raises(KubeError) as err:
+        kube.create(leases, body)
+    assert err.value.status == 409
+    newer = kube.replace(f"{leases}/x", {**made, "spec": {**made["spec"], "holderIdentity": "node2"}})
+    assert newer["spec"]["holderIdentity"] == "node2"
+    with pytest.raises(KubeError) as err:  # the resourceVersion read before node2's write
+        kube.replace(f"{leases}/x", {**made, "spec": {**made["spec"], "holderIdentity": "node3"}})
+    assert err.value.status == 409
+    kube.create("/api/v1/namespaces/default/services", service_obj("s"))
+    patched = kube.patch_object(status_path("default/s"), ingress_patch([ipaddress.ip_address("203.0.113.7")]))
+    assert patched["status"]["loadBalancer"]["ingress"] == [{"ip": "203.0.113.7", "ipMode": "VIP"}]
+    cleared = kube.patch_object(status_path("default/s"), ingress_patch([]))
+    assert not cleared["status"].get("loadBalancer", {}).get("ingress")
+    ev = kube.create("/api/v1/namespaces/default/events",
+                     event_body(Event("default/s", "PoolExhausted", "pool exhausted"), "node1"))
+    assert ev["involvedObject"]["name"] == "s"
