@@ -1,4 +1,4 @@
-"""A Kubernetes API server for Node objects, for the lab and the tests.
+"""A Kubernetes API server for Nodes, Services, EndpointSlices, Leases and Events, for the lab and the tests.
 
 It speaks the real REST protocol closely enough that the official Python client and kubectl work
 against it unmodified: discovery, OpenAPI v3 stubs, list (also as a Table), watch with bookmarks
@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -32,7 +33,7 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .kubestore import ApiError, Entry, Store, dumps
+from .kubestore import KINDS, ApiError, Entry, Store, check_service_cidrs, dumps
 from .patch import apply_patch
 
 log = logging.getLogger(__name__)
@@ -40,45 +41,69 @@ MINOR = "32"
 BOOKMARK_INTERVAL = 5.0
 BATCH = 256 << 10  # bytes written to the socket at a time
 
-RESOURCES = {
-    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
-    "resources": [
-        {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node",
-         "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["no"]},
-        {"name": "nodes/status", "singularName": "", "namespaced": False, "kind": "Node",
-         "verbs": ["get", "patch", "update"]},
-    ],
-}
-OPENAPI_HASH = "podbgplab1"
+VERBS_ALL = ["create", "delete", "get", "list", "patch", "update", "watch"]
+SINGULAR_STATUS = ["get", "patch", "update"]
+
+
+def resource_list(group_version: str) -> dict:
+    """The APIResourceList of one group version: its kinds and their status subresources."""
+    out = []
+    for kind in KINDS.values():
+        if kind.api_version != group_version:
+            continue
+        item = {"name": kind.resource, "singularName": kind.kind.lower(), "namespaced": kind.namespaced,
+                "kind": kind.kind, "verbs": VERBS_ALL}
+        if kind.short_names:
+            item["shortNames"] = list(kind.short_names)
+        if kind.resource == "services":
+            item["categories"] = ["all"]
+        out.append(item)
+        if kind.status:
+            out.append({"name": f"{kind.resource}/status", "singularName": "", "namespaced": kind.namespaced,
+                        "kind": kind.kind, "verbs": SINGULAR_STATUS})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": out}
+
+
+GROUPS = sorted({k.group for k in KINDS.values() if k.group})
+GROUP_LIST = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+    {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
+     "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in GROUPS]}
+GROUP_VERSIONS = ["v1", *(f"{g}/v1" for g in GROUPS)]
+RESOURCES = resource_list("v1")
+OPENAPI_HASH = "podbgplab2"
 OPEN_PATHS = (["healthz"], ["readyz"], ["livez"], ["version"])
-GVK = {"x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": "Node"}}
-OPENAPI_V1 = {
-    "openapi": "3.0.0",
-    "info": {"title": "Kubernetes", "version": f"v1.{MINOR}.0"},
-    "paths": {
-        "/api/v1/nodes/{name}": {
-            "patch": {**GVK, "x-kubernetes-action": "patch",
-                      "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                      "responses": {"200": {"description": "OK"}}},
-        },
-        "/api/v1/nodes": {
-            "post": {**GVK, "x-kubernetes-action": "post",
-                     "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                     "responses": {"201": {"description": "Created"}}},
-        },
-    },
-    "components": {"schemas": {"io.k8s.api.core.v1.Node": {"type": "object", **GVK,
-                                                           "x-kubernetes-group-version-kind": [GVK["x-kubernetes-group-version-kind"]]}}},
-}
+SCHEMA_PACKAGE = {"": "core", "discovery.k8s.io": "discovery", "coordination.k8s.io": "coordination",
+                  "events.k8s.io": "events"}
 
-TABLE_COLUMNS = [
-    ("Name", "string", "name", 0), ("Status", "string", "", 0), ("Roles", "string", "", 0),
-    ("Age", "string", "", 0), ("Version", "string", "", 0), ("Internal-IP", "string", "", 1),
-    ("External-IP", "string", "", 1), ("OS-Image", "string", "", 1), ("Kernel-Version", "string", "", 1),
-    ("Container-Runtime", "string", "", 1),
-]
-COLUMN_DEFINITIONS = [{"name": n, "type": t, "format": f, "description": n, "priority": p} for n, t, f, p in TABLE_COLUMNS]
 
+def _openapi_path(group_version: str) -> str:
+    return "api/v1" if group_version == "v1" else f"apis/{group_version}"
+
+
+def openapi_v3(group_version: str) -> dict:
+    """A minimal OpenAPI v3 document of one group version: what kubectl create/apply looks for (the
+    group-version-kind of the POST and PATCH operations, and that they take fieldValidation)."""
+    paths, schemas = {}, {}
+    param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
+    for kind in KINDS.values():
+        if kind.api_version != group_version:
+            continue
+        gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+        ext = {"x-kubernetes-group-version-kind": gvk}
+        base = f"/{_openapi_path(group_version)}/" + ("namespaces/{namespace}/" if kind.namespaced else "")
+        paths[f"{base}{kind.resource}"] = {"post": {**ext, "x-kubernetes-action": "post", "parameters": param,
+                                                    "responses": {"201": {"description": "Created"}}}}
+        paths[f"{base}{kind.resource}/{{name}}"] = {"patch": {**ext, "x-kubernetes-action": "patch", "parameters": param,
+                                                               "responses": {"200": {"description": "OK"}}}}
+        schemas[f"io.k8s.api.{SCHEMA_PACKAGE[kind.group]}.{kind.version}.{kind.kind}"] = {
+            "type": "object", "x-kubernetes-group-version-kind": [gvk]}
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": f"v1.{MINOR}.0"},
+            "paths": paths, "components": {"schemas": schemas}}
+
+
+OPENAPI_INDEX = {"paths": {_openapi_path(gv): {"serverRelativeURL": f"/openapi/v3/{_openapi_path(gv)}?hash={OPENAPI_HASH}"}
+                           for gv in GROUP_VERSIONS}}
+OPENAPI_DOCS = {_openapi_path(gv): openapi_v3(gv) for gv in GROUP_VERSIONS}
 
 def _age(ts: str) -> str:
     try:
@@ -92,7 +117,12 @@ def _age(ts: str) -> str:
     return f"{max(secs, 0)}s"
 
 
-def _row(node: dict) -> dict:
+def _columns(*cols: tuple[str, int]) -> list[dict]:
+    return [{"name": n, "type": "string", "format": "name" if n == "Name" else "", "description": n, "priority": p}
+            for i, (n, p) in enumerate(cols)]
+
+
+def _node_cells(node: dict) -> list:
     meta, status = node["metadata"], node.get("status", {})
     addrs: dict = {}
     for a in status.get("addresses", []):
@@ -100,13 +130,67 @@ def _row(node: dict) -> dict:
     ready = next((c.get("status") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
     roles = sorted(k.split("/", 1)[1] for k in meta.get("labels", {}) if k.startswith("node-role.kubernetes.io/"))
     info = status.get("nodeInfo", {})
-    cells = [meta["name"], "Ready" if ready == "True" else ("NotReady" if ready else "Unknown"),
-             ",".join(roles) or "<none>", _age(meta.get("creationTimestamp", "")),
-             info.get("kubeletVersion", ""), addrs.get("InternalIP", "<none>"), addrs.get("ExternalIP", "<none>"),
-             info.get("osImage", "<unknown>"), info.get("kernelVersion", "<unknown>"),
-             info.get("containerRuntimeVersion", "<unknown>")]
-    partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta}
-    return {"cells": cells, "object": partial}
+    return [meta["name"], "Ready" if ready == "True" else ("NotReady" if ready else "Unknown"),
+            ",".join(roles) or "<none>", _age(meta.get("creationTimestamp", "")),
+            info.get("kubeletVersion", ""), addrs.get("InternalIP", "<none>"), addrs.get("ExternalIP", "<none>"),
+            info.get("osImage", "<unknown>"), info.get("kernelVersion", "<unknown>"),
+            info.get("containerRuntimeVersion", "<unknown>")]
+
+
+def _service_cells(svc: dict) -> list:
+    """kubectl's columns for a Service (k8s.io/kubernetes pkg/printers/internalversion printService)."""
+    meta, spec, status = svc["metadata"], svc.get("spec", {}), svc.get("status", {})
+    typ = spec.get("type", "ClusterIP")
+    external = list(spec.get("externalIPs") or [])
+    if typ == "LoadBalancer":
+        ingress = [i.get("ip") or i.get("hostname") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
+        external = ingress + external or ["<pending>"]
+    elif typ == "ExternalName":
+        external = [spec.get("externalName", "")]
+    ports = [f"{p.get('port')}{':%s' % p['nodePort'] if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+             for p in spec.get("ports") or []]
+    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+    return [meta["name"], typ, spec.get("clusterIP") or "<none>", ",".join(external) or "<none>",
+            ",".join(ports) or "<none>", _age(meta.get("creationTimestamp", "")), selector or "<none>"]
+
+
+def _slice_cells(s: dict) -> list:
+    ports = ",".join(str(p.get("port")) for p in s.get("ports") or [] if p.get("port") is not None) or "<unset>"
+    addrs = [a for ep in s.get("endpoints") or [] for a in ep.get("addresses") or []]
+    shown = ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
+    return [s["metadata"]["name"], s.get("addressType", ""), ports, shown or "<unset>",
+            _age(s["metadata"].get("creationTimestamp", ""))]
+
+
+def _lease_cells(lease: dict) -> list:
+    return [lease["metadata"]["name"], (lease.get("spec") or {}).get("holderIdentity", ""),
+            _age(lease["metadata"].get("creationTimestamp", ""))]
+
+
+def _event_cells(ev: dict) -> list:
+    obj = ev.get("involvedObject") or ev.get("regarding") or {}
+    last = ev.get("lastTimestamp") or ev.get("eventTime") or ev["metadata"].get("creationTimestamp", "")
+    return [_age(last), ev.get("type", ""), ev.get("reason", ""),
+            f"{(obj.get('kind') or '').lower()}/{obj.get('name', '')}", ev.get("message") or ev.get("note") or ""]
+
+
+TABLES = {
+    "nodes": (_columns(("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1),
+                       ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)),
+              _node_cells),
+    "services": (_columns(("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0),
+                          ("Age", 0), ("Selector", 1)), _service_cells),
+    "endpointslices": (_columns(("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)),
+                       _slice_cells),
+    "leases": (_columns(("Name", 0), ("Holder", 0), ("Age", 0)), _lease_cells),
+    "events": (_columns(("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0), ("Message", 0)), _event_cells),
+}
+TABLES["events.events.k8s.io"] = TABLES["events"]
+
+
+def _row(res: str, obj: dict) -> dict:
+    partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+    return {"cells": TABLES[res][1](obj), "object": partial}
 
 
 # -- list options: parsing and the real API server's validation -----------------------------------
@@ -247,14 +331,23 @@ EMPTY_NODE_STATUS = {"daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
                      "nodeInfo": {k: "" for k in ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage",
                                                   "containerRuntimeVersion", "kubeletVersion", "kubeProxyVersion",
                                                   "operatingSystem", "architecture")}}
+# what an empty object of each kind serializes to in Go (the body of a BOOKMARK)
+EMPTY_BODY = {"nodes": {"spec": {}, "status": EMPTY_NODE_STATUS},
+              "services": {"spec": {}, "status": {"loadBalancer": {}}},
+              "endpointslices": {"addressType": "", "endpoints": None},
+              "leases": {"spec": {}},
+              "events": {"involvedObject": {}, "reportingComponent": "", "reportingInstance": "",
+                         "source": {}, "firstTimestamp": None, "lastTimestamp": None, "eventTime": None},
+              "events.events.k8s.io": {"eventTime": None, "reportingController": "", "reportingInstance": ""}}
 
 
-def bookmark(rv: int, initial_events_end: bool = False) -> bytes:
-    """A BOOKMARK event as kube-apiserver 1.32 writes it for Nodes: an empty Node carrying the version."""
+def bookmark(rv: int, initial_events_end: bool = False, res: str = "nodes") -> bytes:
+    """A BOOKMARK event as kube-apiserver 1.32 writes it: an empty object of the kind carrying the version."""
     meta: dict = {"resourceVersion": str(rv), "creationTimestamp": None}
     if initial_events_end:
         meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-    obj = {"kind": "Node", "apiVersion": "v1", "metadata": meta, "spec": {}, "status": EMPTY_NODE_STATUS}
+    kind = KINDS[res]
+    obj = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": meta, **EMPTY_BODY[res]}
     return b'{"type":"BOOKMARK","object":%s}\n' % dumps(obj)
 
 
@@ -262,13 +355,38 @@ def event_line(kind: str, raw: bytes) -> bytes:
     return b'{"type":"%s","object":%s}\n' % (kind.encode(), raw)
 
 
-def _matches(node: Entry, labels: str | None, fields: str | None) -> bool:
-    for sel, getter in ((labels, node.labels.get), (fields, {"metadata.name": node.name}.get)):
+SELECTOR_TERMS = re.compile(r",(?![^()]*\))")  # the commas between terms, not those inside "in (a,b)"
+SET_TERM = re.compile(r"^(!?)\s*([^\s!=]+)\s+(in|notin)\s*\((.*)\)$")
+
+
+def _field_getter(e: Entry):
+    """A field selector's view of an object: name and namespace from the key, other fields parsed."""
+    def get(path: str) -> str | None:
+        if path == "metadata.name":
+            return e.name.rpartition("/")[2]
+        if path == "metadata.namespace":
+            return e.name.rpartition("/")[0]
+        value = json.loads(e.raw)
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return None if value is None else str(value)
+    return get
+
+
+def _matches(e: Entry, labels: str | None, fields: str | None) -> bool:
+    for sel, getter in ((labels, e.labels.get), (fields, _field_getter(e) if fields else None)):
         if not sel:
             continue
-        for term in sel.split(","):
+        for term in SELECTOR_TERMS.split(sel):
             term = term.strip()
-            if "!=" in term:
+            in_set = SET_TERM.match(term)
+            if in_set:
+                values = {v.strip() for v in in_set.group(4).split(",")}
+                if (getter(in_set.group(2)) in values) != (in_set.group(3) == "in"):
+                    return False
+            elif "!=" in term:
                 k, v = term.split("!=", 1)
                 if getter(k.strip()) == v.strip():
                     return False
@@ -410,58 +528,65 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{self.server.server_address[0]}:{self.server.server_address[1]}"}]})
         if method == "GET" and parts == ["apis"]:
-            return self._send(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            return self._send(200, GROUP_LIST)
         if method == "GET" and parts == ["api", "v1"]:
             return self._send(200, RESOURCES)
+        if method == "GET" and len(parts) == 3 and parts[0] == "apis" and f"{parts[1]}/{parts[2]}" in GROUP_VERSIONS:
+            return self._send(200, resource_list(f"{parts[1]}/{parts[2]}"))
         if method == "GET" and parts == ["openapi", "v3"]:
-            return self._send(200, {"paths": {"api/v1": {"serverRelativeURL": f"/openapi/v3/api/v1?hash={OPENAPI_HASH}"}}})
-        if method == "GET" and parts == ["openapi", "v3", "api", "v1"]:
-            return self._send(200, OPENAPI_V1)
-        if parts[:3] == ["api", "v1", "nodes"]:
-            return self._nodes(method, parts[3:], q)
+            return self._send(200, OPENAPI_INDEX)
+        if method == "GET" and parts[:2] == ["openapi", "v3"] and "/".join(parts[2:]) in OPENAPI_DOCS:
+            return self._send(200, OPENAPI_DOCS["/".join(parts[2:])])
+        target = resolve(parts)
+        if target is not None:
+            return self._resource(method, *target, q)
         raise ApiError(404, "NotFound", "the server could not find the requested resource")
 
-    def _nodes(self, method: str, rest: list[str], q: dict[str, str]) -> None:
-        store = self.store
+    def _resource(self, method: str, res: str, ns: str | None, rest: list[str], q: dict[str, str]) -> None:
+        """A collection (rest empty), an object (rest [name]) or its status (rest [name, "status"])."""
+        store, kind = self.store, KINDS[res]
         if not rest:
             if method == "GET":
                 opts = parse_list_options(q, self.watch_list)
-                return self._watch(opts) if opts.watch else self._list(opts)
-            if method == "POST":
+                return self._watch(opts, res, ns) if opts.watch else self._list(opts, res, ns)
+            if method == "POST" and (ns is not None or not kind.namespaced):
                 body = self._body()
                 if q.get("dryRun"):
                     return self._send(201, body)
-                return self._send_raw(201, store.create(body).raw)
+                return self._send_raw(201, store.create(body, res, ns).raw)
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on the collection")
         name, sub = rest[0], rest[1:]
-        if sub not in ([], ["status"]):
+        if sub not in ([], ["status"] if kind.status else []) or (kind.namespaced and ns is None):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
-        status = sub == ["status"]
+        status, key = sub == ["status"], f"{ns}/{name}" if kind.namespaced else name
         if method == "GET":
-            return self._send_raw(200, store.entry(name).raw)
+            found = store.entry(key, res)
+            if "as=Table" in (self.headers.get("Accept") or ""):
+                return self._send_table({"resourceVersion": str(found.rv)}, [found], res)
+            return self._send_raw(200, found.raw)
         if method == "PUT":
-            return self._send_raw(200, store.update(name, self._body(), status=status).raw)
+            return self._send_raw(200, store.update(key, self._body(), status=status, res=res).raw)
         if method == "PATCH":
             ctype = (self.headers.get("Content-Type") or "application/merge-patch+json").split(";")[0].strip()
             patch = self._body()
             for _ in range(5):  # optimistic concurrency: retry on a racing writer
-                current = store.entry(name)
+                current = store.entry(key, res)
                 updated = apply_patch(current.obj(), patch, ctype)
                 updated.setdefault("metadata", {})["resourceVersion"] = str(current.rv)
                 try:
-                    return self._send_raw(200, store.update(name, updated, status=status).raw)
+                    return self._send_raw(200, store.update(key, updated, status=status, res=res).raw)
                 except ApiError as err:
-                    if err.code != 409:
+                    if err.code != 409 or err.reason != "Conflict":
                         raise
             raise ApiError(409, "Conflict", "too many concurrent writers")
         if method == "DELETE":
             self._body()
-            return self._send_raw(200, store.delete(name).raw)
+            return self._send_raw(200, store.delete(key, res).raw)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
 
     # -- list ----------------------------------------------------------------------------------
-    def _list(self, o: ListOptions) -> None:
-        items, at, limit = self._list_source(o)
+    def _list(self, o: ListOptions, res: str, ns: str | None) -> None:
+        items, at, limit = self._list_source(o, res, ns)
         page, more = self._page(items, o, limit)
         meta: dict = {"resourceVersion": str(at)}
         if more:
@@ -469,8 +594,10 @@ class Handler(BaseHTTPRequestHandler):
             if not o.labels and not o.fields:
                 meta["remainingItemCount"] = more
         if "as=Table" in (self.headers.get("Accept") or ""):
-            return self._send_table(meta, page)
-        head = b'{"kind":"NodeList","apiVersion":"v1","metadata":%s,"items":[' % dumps(meta)
+            return self._send_table(meta, page, res)
+        kind = KINDS[res]
+        head = b'{"kind":"%sList","apiVersion":"%s","metadata":%s,"items":[' % (
+            kind.kind.encode(), kind.api_version.encode(), dumps(meta))
         body = self._start(len(head) + sum(len(e.raw) for e in page) + max(0, len(page) - 1) + 2)
         body.write(head)
         for i, e in enumerate(page):
@@ -480,7 +607,7 @@ class Handler(BaseHTTPRequestHandler):
         body.write(b"]}")
         body.end()
 
-    def _list_source(self, o: ListOptions) -> tuple[list[Entry], int, int]:
+    def _list_source(self, o: ListOptions, res: str, ns: str | None) -> tuple[list[Entry], int, int]:
         """The items a list reads (from its continue key on), their version, and the limit that holds.
 
         rv "0": the watch cache, whole (limit ignored); rv "": a consistent read that pages;
@@ -492,26 +619,26 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", "specifying resource version is not allowed when using continue")
             at, start = decode_continue(o.cont)
             if at == -1:  # a continuation the client accepted as inconsistent: go on at the latest
-                items, at = store.snapshot()
+                items, at = store.snapshot(res, ns)
             else:
                 try:
-                    items = store.snapshot_at(at)
+                    items = store.snapshot_at(at, res, ns)
                 except ApiError as err:
                     if err.code == 410:
                         raise ApiError(410, "Expired", CONTINUE_EXPIRED, list_continue=encode_continue(-1, start)) from None
                     raise
             return items[bisect_left([e.name for e in items], start):], at, o.limit
         if o.resource_version in ("", "0"):
-            items, at = store.snapshot()
+            items, at = store.snapshot(res, ns)
             return items, at, o.limit if o.resource_version == "" else 0
         try:
             want = int(o.resource_version)
         except ValueError:
             raise ApiError(400, "BadRequest", f'invalid resource version "{o.resource_version}"') from None
         if o.match == "Exact" or (not o.match and o.limit):
-            return store.snapshot_at(want), want, o.limit
+            return store.snapshot_at(want, res, ns), want, o.limit
         store.wait_for(want)
-        items, at = store.snapshot()
+        items, at = store.snapshot(res, ns)
         return items, at, o.limit if o.match else 0
 
     @staticmethod
@@ -527,17 +654,17 @@ class Handler(BaseHTTPRequestHandler):
                     return page, len(items) - i - 1
         return page, 0
 
-    def _send_table(self, meta: dict, page: list[Entry]) -> None:
+    def _send_table(self, meta: dict, page: list[Entry], res: str) -> None:
         body = self._start(None)
         body.write(b'{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":%s,"columnDefinitions":%s,"rows":['
-                   % (dumps(meta), dumps(COLUMN_DEFINITIONS)))
+                   % (dumps(meta), dumps(TABLES[res][0])))
         for i, e in enumerate(page):
-            body.write((b"," if i else b"") + dumps(_row(e.obj())))
+            body.write((b"," if i else b"") + dumps(_row(res, e.obj())))
         body.write(b"]}")
         body.end()
 
     # -- watch ---------------------------------------------------------------------------------
-    def _watch(self, o: ListOptions) -> None:
+    def _watch(self, o: ListOptions, res: str, ns: str | None) -> None:
         store = self.store
         timeout = o.timeout if o.timeout is not None else random.uniform(60, 120)
         table = "as=Table" in (self.headers.get("Accept") or "")
@@ -555,78 +682,106 @@ class Handler(BaseHTTPRequestHandler):
                 body.write(event_line("ERROR", dumps(err.status())))
                 return body.end()
             if o.send_initial:  # watch-list: the state at one version, then the changes after it
-                initial, rv = store.snapshot()
+                initial, rv = store.snapshot(res, ns)
             elif not want and not o.match:  # legacy watch from "" or "0": synthetic ADDED, then changes
-                initial, rv = store.snapshot()
+                initial, rv = store.snapshot(res, ns)
             elif not want:  # sendInitialEvents=false: from now on
-                rv = store.snapshot()[1]
+                rv = store.rv
             else:
                 rv = want
             for e in initial:
                 if _matches(e, o.labels, o.fields):
-                    body.write(self._event("ADDED", e, table))
+                    body.write(self._event("ADDED", e, table, res))
             if o.send_initial and o.bookmarks:
-                body.write(bookmark(rv, initial_events_end=True))
+                body.write(bookmark(rv, initial_events_end=True, res=res))
             body.flush()
-            self._follow(body, o, rv, time.monotonic() + timeout, table)
+            self._follow(body, o, (res, ns), rv, time.monotonic() + timeout, table)
             body.end()
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
 
-    def _follow(self, body: Body, o: ListOptions, rv: int, deadline: float, table: bool) -> None:
+    def _follow(self, body: Body, o: ListOptions, where: tuple[str, str | None], rv: int, deadline: float,
+                table: bool) -> None:
         """Stream the changes after rv until the deadline, with a bookmark every BOOKMARK_INTERVAL."""
+        res, ns = where
+        prefix = None if ns is None else f"{ns}/"
         next_bookmark = time.monotonic() + BOOKMARK_INTERVAL
         while not self.server.stopping.is_set():
             now = time.monotonic()
             if now >= deadline:
                 return
             try:
-                events, rv = self.store.events_after(rv, max(0.0, min(deadline, next_bookmark) - now))
+                events, rv = self.store.events_after(rv, max(0.0, min(deadline, next_bookmark) - now), res)
             except ApiError as err:
                 body.write(event_line("ERROR", dumps(err.status())))
                 return
             for ev in events:
-                if _matches(ev.entry, o.labels, o.fields):
-                    body.write(self._event(ev.kind, ev.entry, table))
+                if (prefix is None or ev.entry.name.startswith(prefix)) and _matches(ev.entry, o.labels, o.fields):
+                    body.write(self._event(ev.kind, ev.entry, table, res))
             if o.bookmarks and time.monotonic() >= next_bookmark:
-                body.write(bookmark(rv))
+                body.write(bookmark(rv, res=res))
                 next_bookmark = time.monotonic() + BOOKMARK_INTERVAL
             body.flush()
 
     @staticmethod
-    def _event(kind: str, e: Entry, table: bool) -> bytes:
+    def _event(kind: str, e: Entry, table: bool, res: str) -> bytes:
         if not table:
             return event_line(kind, e.raw)
         return event_line(kind, dumps({"kind": "Table", "apiVersion": "meta.k8s.io/v1",
                                        "metadata": {"resourceVersion": str(e.rv)},
-                                       "columnDefinitions": [], "rows": [_row(e.obj())]}))
+                                       "columnDefinitions": [], "rows": [_row(res, e.obj())]}))
 
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+BY_PATH = {(k.api_version, k.resource): name for name, k in KINDS.items()}
+
+
+def resolve(parts: list[str]) -> tuple[str, str | None, list[str]] | None:
+    """(store table, namespace or None, [name[, subresource]]) of a resource path; None for any other."""
+    if parts[:2] == ["api", "v1"]:
+        gv, rest = "v1", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        return None
+    ns = None
+    if len(rest) >= 3 and rest[0] == "namespaces":
+        ns, rest = rest[1], rest[2:]
+    res = BY_PATH.get((gv, rest[0])) if rest else None
+    if res is None or (ns is not None and not KINDS[res].namespaced) or len(rest) > 3:
+        return None
+    return res, ns, rest[1:]
 
 
 def authorize(user: str, rules: list[dict], method: str, parts: list[str], q: dict[str, str]) -> None:
-    """RBAC as kube-apiserver applies it to a cluster-scoped core resource: the request's verb on its
-    resource (with subresource) must be granted by one rule; otherwise 403 with its message."""
-    if parts[:2] != ["api", "v1"] or len(parts) < 3:  # discovery and OpenAPI: every authenticated user
+    """RBAC as kube-apiserver applies it: the request's verb on its resource (with subresource), in
+    its API group and namespace, must be granted by one rule; otherwise 403 with its message."""
+    target = resolve(parts)
+    if target is None:  # discovery and OpenAPI: every authenticated user (anything else is a 404)
         return
-    resource = "/".join([parts[2]] + parts[4:5])
-    name = parts[3] if len(parts) > 3 else ""
+    res, ns, rest = target
+    kind = KINDS[res]
+    resource = "/".join([kind.resource] + rest[1:2])
+    name = rest[0] if rest else ""
     if method == "GET":
         verb = "get" if name else ("watch" if q.get("watch") in ("1", "true") else "list")
     else:
         verb = VERBS.get(method, method.lower())
     for rule in rules:
-        if "" in rule.get("apiGroups", []) and {resource, "*"} & set(rule.get("resources", [])) \
+        if {kind.group, "*"} & set(rule.get("apiGroups", [])) and {resource, "*"} & set(rule.get("resources", [])) \
                 and {verb, "*"} & set(rule.get("verbs", [])) \
                 and (not rule.get("resourceNames") or name in rule["resourceNames"]):
             return
-    res, _, sub = resource.partition("/")
-    what = f'{res} "{name}"' if name else res
+    base, _, sub = resource.partition("/")
+    what = f'{kind.qualified} "{name}"' if name else kind.qualified
     sub_text = f'"{sub}" subresource of ' if sub else ""
-    raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource {sub_text}"{res}" '
-                   'in API group "" at the cluster scope',
-                   details={"name": name, "kind": res} if name else {"kind": res})
+    scope = f'in the namespace "{ns}"' if ns is not None else "at the cluster scope"
+    details = {"name": name} if name else {}
+    if kind.group:
+        details["group"] = kind.group
+    details["kind"] = base
+    raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource {sub_text}"{base}" '
+                   f'in API group "{kind.group}" {scope}', details=details)
 
 
 class Server(ThreadingHTTPServer):
@@ -673,12 +828,16 @@ def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
 
 def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list: bool = True,
           tls: ssl.SSLContext | None = None, token: str | None = None,
-          accounts: tuple = ()) -> tuple[list[Server], threading.Event]:
+          accounts: tuple = (), service_cidrs: list[str] | None = None) -> tuple[list[Server], threading.Event]:
     """Start one HTTP server per (host, port, netns) sharing the store; returns them running.
 
     watch_list=False emulates Kubernetes 1.33, whose WatchList feature gate is off: a watch with
-    sendInitialEvents is refused (422) and clients fall back to list + watch.
+    sendInitialEvents is refused (422) and clients fall back to list + watch. service_cidrs: the
+    ranges Services get their cluster IPs from (at most one per family; the first family is the
+    default one), as kube-apiserver's --service-cluster-ip-range.
     """
+    if service_cidrs:
+        store.set_service_cidrs(service_cidrs)
     stopping = threading.Event()
     handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list,
                                                 "token": token.encode() if token is not None else None,
@@ -697,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     ap = argparse.ArgumentParser(prog="lab.apiserver")
-    ap.add_argument("--state", required=True, help="JSON file holding the Node objects")
+    ap.add_argument("--state", required=True, help="JSON file holding the objects")
     ap.add_argument("--listen", action="append", required=True, help="HOST:PORT or HOST:PORT@NETNS")
     ap.add_argument("--history", type=int, default=1000)
     ap.add_argument("--no-watch-list", action="store_true",
@@ -708,7 +867,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-file", help="demand this bearer token (401 otherwise)")
     ap.add_argument("--account", action="append", default=[], metavar="TOKEN_FILE=RULES_FILE",
                     help="a service account's token, allowed only what the RBAC rules (JSON) grant")
+    ap.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
+                    help="a range Services' cluster IPs come from (at most one per IP family; default 10.0.0.0/24)")
     args = ap.parse_args(argv)
+    try:
+        check_service_cidrs(args.service_cidr)
+    except ValueError as exc:
+        ap.error(str(exc))
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
     tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
@@ -722,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
         addr, _, netns = spec.partition("@")
         host, _, port = addr.rpartition(":")
         listeners.append((host.strip("[]"), int(port), netns or None))
-    store = Store(args.state, history=args.history, persist_interval=args.persist_interval)
+    store = Store(args.state, history=args.history, persist_interval=args.persist_interval,
+                  service_cidrs=args.service_cidr or None)
     accounts = []
     for spec in args.account:
         token_file, _, rules_file = spec.partition("=")

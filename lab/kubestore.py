@@ -1,10 +1,13 @@
-"""The lab API server's store of Node objects: resourceVersions, events, watch fan-out, persistence.
+"""The lab API server's store: objects of several kinds, resourceVersions, events, watch fan-out, persistence.
 
 Semantics follow the real API server where a client can tell (see the project notes): one global
-resourceVersion counter, a bounded event history (older versions are "compacted": 410), writes
-that change nothing produce no version and no event, podCIDR rules, status only via /status.
+resourceVersion counter (as etcd's), a bounded event history per resource (as the API server's
+watch cache; older versions are "compacted": 410), writes that change nothing produce no version
+and no event, status only via /status. A resource's own rules (Node podCIDRs; Service defaults and
+the cluster IP and node port allocation; EndpointSlice and Lease validation) are a `Rules` object
+the store consults on every write; the machinery is one for all kinds.
 
-Each Node is kept as its serialized JSON (an `Entry`), computed once per write: lists and watches
+Each object is kept as its serialized JSON (an `Entry`), computed once per write: lists and watches
 send those bytes as they are, events share them, and nothing is deep-copied per reader. The state
 on disk is a snapshot file plus an append-only log of changes, written by a background thread at
 most once per `persist_interval` and in full at `close()`; see `Store._flush`.
@@ -18,11 +21,11 @@ import logging
 import os
 import threading
 import time
+import random
 import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from itertools import islice
 
 log = logging.getLogger(__name__)
 MIN_LOG_BYTES = 4 << 20  # the change log is folded into the snapshot once it outgrows both
@@ -55,7 +58,7 @@ def dumps(obj: object) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One Node as stored: its serialized JSON and the few fields selectors read."""
+    """One object as stored: its key ("name", or "namespace/name"), serialized JSON and labels."""
     name: str
     rv: int
     raw: bytes
@@ -66,10 +69,15 @@ class Entry:
         return json.loads(self.raw)
 
 
+def object_key(meta: dict) -> str:
+    ns = meta.get("namespace")
+    return f"{ns}/{meta['name']}" if ns else meta["name"]
+
+
 def entry(obj: dict, raw: bytes | None = None) -> Entry:
     """The Entry of obj (raw: its serialized form, when at hand)."""
     meta = obj["metadata"]
-    return Entry(meta["name"], int(meta["resourceVersion"]), raw or dumps(obj), dict(meta.get("labels") or {}))
+    return Entry(object_key(meta), int(meta["resourceVersion"]), raw or dumps(obj), dict(meta.get("labels") or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +88,107 @@ class Event:
     before: Entry | None  # the object just before (None for ADDED): lets a past state be rebuilt
 
 
-class Store:
-    def __init__(self, path: str | None = None, history: int = 1000, persist_interval: float = 1.0) -> None:
-        self.path = path
-        self.nodes: dict[str, Entry] = {}
-        self.rv = 1
+# -- the kinds served ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    resource: str  # the plural in the URL
+    kind: str
+    group: str = ""  # "" is the core group
+    version: str = "v1"
+    namespaced: bool = True
+    status: bool = False  # status is a subresource: written only through /status
+    short_names: tuple[str, ...] = ()
+    table: str = ""  # the name in the store and its state file (default: resource)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def qualified(self) -> str:
+        """The resource as messages name it: "services", "leases.coordination.k8s.io"."""
+        return f"{self.resource}.{self.group}" if self.group else self.resource
+
+    @property
+    def qualified_kind(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    def details(self, name: str) -> dict:
+        out = {"name": name}
+        if self.group:
+            out["group"] = self.group
+        out["kind"] = self.resource
+        return out
+
+
+NODES = Kind("nodes", "Node", namespaced=False, status=True, short_names=("no",))
+SERVICES = Kind("services", "Service", status=True, short_names=("svc",))
+SLICES = Kind("endpointslices", "EndpointSlice", group="discovery.k8s.io")
+LEASES = Kind("leases", "Lease", group="coordination.k8s.io")
+EVENTS = Kind("events", "Event", short_names=("ev",))
+EVENTS_V1 = Kind("events", "Event", group="events.k8s.io", short_names=("ev",), table="events.events.k8s.io")
+KINDS: dict[str, Kind] = {k.table or k.resource: k for k in (NODES, SERVICES, SLICES, LEASES, EVENTS, EVENTS_V1)}
+
+
+def table_of(kind: Kind) -> str:
+    return kind.table or kind.resource
+
+
+def not_found(kind: Kind, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{kind.qualified} "{name}" not found', kind.details(name))
+
+
+def invalid(kind: Kind, name: str, field: str, msg: str, reason: str = "FieldValueInvalid") -> ApiError:
+    """errors.NewInvalid for one field error: 422 `Service "x" is invalid: spec.ports: Required value`."""
+    return ApiError(422, "Invalid", f'{kind.qualified_kind} "{name}" is invalid: {field}: {msg}',
+                    {"name": name, **({"group": kind.group} if kind.group else {}), "kind": kind.kind,
+                     "causes": [{"reason": reason, "message": msg, "field": field}]})
+
+
+def go_strings(values: list) -> str:
+    """A Go []string as %#v prints it (the API server's messages quote values so)."""
+    return "[]string{" + ", ".join(json.dumps(str(v)) for v in values) + "}"
+
+
+GENERATE_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # k8s.io/apiserver's names.SimpleNameGenerator alphabet
+
+
+class Table:
+    """One resource's objects by key and its recent changes (its watch cache)."""
+    __slots__ = ("kind", "items", "events", "compacted")
+
+    def __init__(self, kind: Kind, history: int) -> None:
+        self.kind = kind
+        self.items: dict[str, Entry] = {}
         self.events: deque[Event] = deque(maxlen=history)
         self.compacted = 1  # a watch from an RV below compacted - 1 gets 410
+
+    def after(self, rv: int) -> list[Event]:
+        """The events newer than rv, oldest first (cost: the events returned)."""
+        out = []
+        for ev in reversed(self.events):
+            if ev.rv <= rv:
+                break
+            out.append(ev)
+        out.reverse()
+        return out
+
+    def expired(self, rv: int, current: int) -> bool:
+        return rv + 1 < self.compacted and rv < current
+
+
+class Store:
+    def __init__(self, path: str | None = None, history: int = 1000, persist_interval: float = 1.0,
+                 service_cidrs: list[str] | tuple[str, ...] | None = None) -> None:
+        self.path = path
+        self.tables = {name: Table(kind, history) for name, kind in KINDS.items()}
+        self.rules: dict[str, Rules] = {name: Rules(kind) for name, kind in KINDS.items()}
+        self.rules["nodes"] = NodeRules(NODES)
+        self.rules["services"] = ServiceRules(SERVICES, service_cidrs or DEFAULT_SERVICE_CIDRS)
+        self.rules["endpointslices"] = SliceRules(SLICES)
+        self.rules["leases"] = LeaseRules(LEASES)
+        self.rv = 1
         self.cond = threading.Condition()
         self._pending: list[bytes] = []  # change-log lines not yet written
         self._log_bytes = self._snap_bytes = 0
@@ -98,6 +200,30 @@ class Store:
                                             name="store-persist", daemon=True)
             self._writer.start()
 
+    # the Nodes' table under the names the store had when it held only Nodes
+    @property
+    def nodes(self) -> dict[str, Entry]:
+        return self.tables["nodes"].items
+
+    @property
+    def events(self) -> deque[Event]:
+        return self.tables["nodes"].events
+
+    @property
+    def compacted(self) -> int:
+        return self.tables["nodes"].compacted
+
+    @compacted.setter
+    def compacted(self, value: int) -> None:
+        self.tables["nodes"].compacted = value
+
+    def set_service_cidrs(self, cidrs: list[str] | tuple[str, ...]) -> None:
+        """Allocate cluster IPs from these ranges from now on (the Services stored keep theirs)."""
+        with self.cond:
+            rules = ServiceRules(SERVICES, cidrs)
+            rules.load(self.tables["services"].items.values())
+            self.rules["services"] = rules
+
     # -- persistence ---------------------------------------------------------------------------
     def _load(self) -> None:
         log_path = f"{self.path}.log"
@@ -105,19 +231,25 @@ class Store:
             with open(self.path, "rb") as f:
                 state = json.load(f)
             self.rv = int(state["resourceVersion"])
-            for obj in state["nodes"].values():
-                obj.setdefault("metadata", {}).setdefault("resourceVersion", str(self.rv))
-            # two passes, so that nothing small outlives the parse of the whole file and pins its
-            # memory: first only the serialized bytes, then each Node parsed on its own
-            raws = [dumps(obj) for obj in state["nodes"].values()]
+            for name in self.tables:
+                objs = state.pop(name, None) or {}
+                for obj in objs.values():
+                    obj.setdefault("metadata", {}).setdefault("resourceVersion", str(self.rv))
+                # two passes, so that nothing small outlives the parse of the whole file and pins its
+                # memory: first only the serialized bytes, then each object parsed on its own
+                raws = [dumps(obj) for obj in objs.values()]
+                del objs
+                items = self.tables[name].items
+                for raw in raws:
+                    e = entry(json.loads(raw), raw)
+                    items[e.name] = e
             del state
-            for raw in raws:
-                e = entry(json.loads(raw), raw)
-                self.nodes[e.name] = e
         if os.path.exists(log_path):
             self._replay(log_path)
-        # history is not persisted: a watch from any older version gets 410
-        self.compacted = self.rv + 1
+        for name, table in self.tables.items():
+            self.rules[name].load(table.items.values())
+            # history is not persisted: a watch from any older version gets 410
+            table.compacted = self.rv + 1
         self._flush(snapshot=True)
 
     def _replay(self, log_path: str) -> None:
@@ -135,10 +267,12 @@ class Store:
             except ValueError:
                 break  # a torn last line
             last = max(last, int(rec["rv"]))
-            if matches and rec["node"] is None:
-                self.nodes.pop(rec["name"], None)
+            items = self.tables[rec.get("res", "nodes")].items
+            obj = rec["obj"] if "obj" in rec else rec.get("node")  # "node": the log of the Nodes-only store
+            if matches and obj is None:
+                items.pop(rec["name"], None)
             elif matches:
-                self.nodes[rec["name"]] = entry(rec["node"])
+                items[rec["name"]] = entry(obj)
         if not matches:  # versions up to `last` were handed out: the state after them must be newer
             log.warning("store.log-ignored base=%s snapshot=%s (snapshot changed offline)", base, self.rv)
             last += 1
@@ -159,21 +293,25 @@ class Store:
                 size = self._log_bytes + sum(map(len, lines))
                 snapshot = snapshot or final or size > max(self._snap_bytes, MIN_LOG_BYTES)
                 if snapshot:
-                    items, rv = sorted(self.nodes.items()), self.rv
+                    tables = {n: sorted(t.items.items()) for n, t in self.tables.items() if t.items or n == "nodes"}
+                    rv = self.rv
             if snapshot:
-                self._write_snapshot(items, rv, final)
+                self._write_snapshot(tables, rv, final)
             elif lines:
                 with open(f"{self.path}.log", "ab") as f:
                     f.writelines(lines)
                 self._log_bytes = size
 
-    def _write_snapshot(self, items: list[tuple[str, Entry]], rv: int, final: bool) -> None:
+    def _write_snapshot(self, tables: dict[str, list[tuple[str, Entry]]], rv: int, final: bool) -> None:
         tmp = f"{self.path}.tmp"
         with open(tmp, "wb") as f:
-            f.write(b'{"resourceVersion":"%d","nodes":{' % rv)
-            for i, (name, e) in enumerate(items):
-                f.write(b'%s%s:%s' % (b"," if i else b"", dumps(name), e.raw))
-            f.write(b"}}\n")
+            f.write(b'{"resourceVersion":"%d"' % rv)
+            for table, items in tables.items():
+                f.write(b',%s:{' % dumps(table))
+                for i, (key, e) in enumerate(items):
+                    f.write(b'%s%s:%s' % (b"," if i else b"", dumps(key), e.raw))
+                f.write(b"}")
+            f.write(b"}\n")
             self._snap_bytes = f.tell()
         os.replace(tmp, self.path)
         if final:
@@ -198,62 +336,68 @@ class Store:
             self._writer.join()
             self._flush(final=True)
 
-    def _commit(self, kind: str, obj: dict, before: Entry | None) -> Entry:
+    def _commit(self, res: str, kind: str, obj: dict, before: Entry | None) -> Entry:
         """Record a change (caller holds the lock): new RV, event, log line, wake watchers."""
+        table = self.tables[res]
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
-        new = entry({"kind": "Node", "apiVersion": "v1", **obj})  # the field order a real server writes
+        # the field order a real server writes
+        new = entry({"kind": table.kind.kind, "apiVersion": table.kind.api_version, **obj})
         if kind == "DELETED":
-            self.nodes.pop(new.name, None)
+            table.items.pop(new.name, None)
         else:
-            self.nodes[new.name] = new
-        if self.events.maxlen and len(self.events) == self.events.maxlen:
-            self.compacted = self.events[0].rv + 1
-        self.events.append(Event(self.rv, kind, new, before))
+            table.items[new.name] = new
+        if table.events.maxlen and len(table.events) == table.events.maxlen:
+            table.compacted = table.events[0].rv + 1
+        table.events.append(Event(self.rv, kind, new, before))
+        self.rules[res].committed(before, None if kind == "DELETED" else new)
         if self.path:
-            node = b"null" if kind == "DELETED" else new.raw
-            self._pending.append(b'{"rv":%d,"name":%s,"node":%s}\n' % (self.rv, dumps(new.name), node))
+            raw = b"null" if kind == "DELETED" else new.raw
+            self._pending.append(b'{"rv":%d,"res":%s,"name":%s,"obj":%s}\n' % (self.rv, dumps(res), dumps(new.name), raw))
         self.cond.notify_all()
         return new
 
     def compact(self) -> None:
         """Forget the event history, as etcd compaction does (tests)."""
         with self.cond:
-            self.events.clear()
-            self.compacted = self.rv + 1
+            for table in self.tables.values():
+                table.events.clear()
+                table.compacted = self.rv + 1
 
     # -- reads ---------------------------------------------------------------------------------
-    def get(self, name: str) -> dict:
-        return self.entry(name).obj()
+    def get(self, key: str, res: str = "nodes") -> dict:
+        return self.entry(key, res).obj()
 
-    def entry(self, name: str) -> Entry:
+    def entry(self, key: str, res: str = "nodes") -> Entry:
+        table = self.tables[res]
         with self.cond:
-            found = self.nodes.get(name)
+            found = table.items.get(key)
         if found is None:
-            raise ApiError(404, "NotFound", f'nodes "{name}" not found', {"name": name, "kind": "nodes"})
+            raise not_found(table.kind, key.rpartition("/")[2])
         return found
 
-    def snapshot(self) -> tuple[list[Entry], int]:
-        """Every Node in key order and the version they are consistent with (no copies)."""
+    def snapshot(self, res: str = "nodes", ns: str | None = None) -> tuple[list[Entry], int]:
+        """Every object (of namespace ns) in key order and the version they are consistent with (no copies)."""
         with self.cond:
-            nodes, rv = dict(self.nodes), self.rv
-        return [nodes[n] for n in sorted(nodes)], rv
+            items, rv = dict(self.tables[res].items), self.rv
+        return _in_order(items, ns), rv
 
-    def snapshot_at(self, rv: int) -> list[Entry]:
-        """The Nodes as they were at version rv, rebuilt from the history; 410 if compacted."""
+    def snapshot_at(self, rv: int, res: str = "nodes", ns: str | None = None) -> list[Entry]:
+        """The objects as they were at version rv, rebuilt from the history; 410 if compacted."""
+        table = self.tables[res]
         with self.cond:
             if rv > self.rv:
                 raise too_large(rv, self.rv)
-            if rv + 1 < self.compacted and rv < self.rv:
+            if table.expired(rv, self.rv):
                 raise ApiError(410, "Expired", "The resourceVersion for the provided list is too old.")
-            nodes = dict(self.nodes)
-            later = list(islice(self.events, max(0, len(self.events) - (self.rv - rv)), None))
+            items = dict(table.items)
+            later = table.after(rv)
         for ev in reversed(later):
             if ev.before is None:
-                nodes.pop(ev.entry.name, None)
+                items.pop(ev.entry.name, None)
             else:
-                nodes[ev.before.name] = ev.before
-        return [nodes[n] for n in sorted(nodes)]
+                items[ev.before.name] = ev.before
+        return _in_order(items, ns)
 
     def wait_for(self, rv: int, timeout: float = 3.0) -> int:
         """Block until the store has reached version rv (as a cache catching up would); 504 if not."""
@@ -266,80 +410,542 @@ class Store:
                 self.cond.wait(left)
             return self.rv
 
-    def events_after(self, rv: int, timeout: float) -> tuple[list[Event], int]:
-        """Events newer than rv (waiting up to timeout for one); raises 410 if rv is compacted."""
+    def events_after(self, rv: int, timeout: float, res: str = "nodes") -> tuple[list[Event], int]:
+        """Events of res newer than rv (waiting up to timeout for one) and the version the caller has
+        then seen; raises 410 if rv is compacted."""
         deadline = time.monotonic() + timeout
+        table = self.tables[res]
         with self.cond:
             while True:
-                if rv + 1 < self.compacted and rv < self.rv:
-                    raise ApiError(410, "Expired", f"too old resource version: {rv} ({self.compacted - 1})")
+                if table.expired(rv, self.rv):
+                    raise ApiError(410, "Expired", f"too old resource version: {rv} ({table.compacted - 1})")
                 if rv < self.rv:
-                    # versions are consecutive: the events after rv are the last (self.rv - rv)
-                    out = list(islice(self.events, max(0, len(self.events) - (self.rv - rv)), None))
-                    return out, self.rv
+                    out = table.after(rv)
+                    if out:
+                        return out, self.rv
+                    rv = self.rv  # changes of other kinds only: this watch is current up to here
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return [], self.rv
                 self.cond.wait(left)
 
     # -- writes --------------------------------------------------------------------------------
-    def create(self, obj: dict) -> Entry:
+    def create(self, obj: dict, res: str = "nodes", ns: str | None = None) -> Entry:
+        table, rules = self.tables[res], self.rules[res]
+        kind = table.kind
         obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        name = meta.get("name")
-        if not name:
-            raise ApiError(422, "Invalid", "Node is invalid: metadata.name: Required value: name is required")
-        obj["kind"], obj["apiVersion"] = "Node", "v1"
-        obj.setdefault("spec", {})
-        obj.setdefault("status", {})
-        validate_spec(name, obj["spec"], None)
+        if not isinstance(obj, dict) or not isinstance(obj.setdefault("metadata", {}), dict):
+            raise ApiError(400, "BadRequest", "the body of the request must be an object with metadata")
+        meta = obj["metadata"]
+        _place(kind, meta, ns)
+        if not meta.get("name") and not meta.get("generateName"):
+            raise invalid(kind, "", "metadata.name", "Required value: name or generateName is required", "FieldValueRequired")
+        obj["kind"], obj["apiVersion"] = kind.kind, kind.api_version
+        if kind.status and not rules.status_on_create:
+            obj.pop("status", None)
         with self.cond:
-            if name in self.nodes:
-                raise ApiError(409, "AlreadyExists", f'nodes "{name}" already exists', {"name": name, "kind": "nodes"})
+            if not meta.get("name"):
+                meta["name"] = self._generate(table, meta)
+            rules.admit(meta["name"], obj, None, False)
+            key = object_key(meta)
+            if key in table.items:
+                raise ApiError(409, "AlreadyExists", f'{kind.qualified} "{meta["name"]}" already exists',
+                               kind.details(meta["name"]))
             meta["uid"] = str(uuid.uuid4())
             meta["creationTimestamp"] = now()
             for k in ("resourceVersion", "deletionTimestamp", "generation"):
                 meta.pop(k, None)
-            return self._commit("ADDED", obj, None)
+            return self._commit(res, "ADDED", obj, None)
 
-    def update(self, name: str, obj: dict, status: bool = False) -> Entry:
+    @staticmethod
+    def _generate(table: Table, meta: dict) -> str:
+        for _ in range(8):
+            name = meta["generateName"] + "".join(random.choices(GENERATE_CHARS, k=5))
+            if object_key({**meta, "name": name}) not in table.items:
+                return name
+        raise ApiError(409, "AlreadyExists", "could not generate a unique name")
+
+    def update(self, key: str, obj: dict, status: bool = False, res: str = "nodes") -> Entry:
         """PUT semantics: the whole object; status only through the subresource. obj is consumed."""
+        table, rules = self.tables[res], self.rules[res]
+        kind = table.kind
+        ns, _, name = key.rpartition("/")
         with self.cond:
-            current = self.nodes.get(name)
+            current = table.items.get(key)
             if current is None:
-                raise ApiError(404, "NotFound", f'nodes "{name}" not found', {"name": name, "kind": "nodes"})
+                raise not_found(kind, name)
             old = current.obj()
-            meta = obj.setdefault("metadata", {})
+            if not isinstance(obj, dict) or not isinstance(obj.setdefault("metadata", {}), dict):
+                raise ApiError(400, "BadRequest", "the body of the request must be an object with metadata")
+            meta = obj["metadata"]
             if meta.get("name", name) != name:
                 raise ApiError(400, "BadRequest", "the name of the object does not match the name in the URL")
+            if kind.namespaced and meta.get("namespace", ns) != ns:
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
             want_rv = meta.get("resourceVersion")
             if want_rv and want_rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on nodes "{name}": '
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {kind.qualified} "{name}": '
                                "the object has been modified; please apply your changes to the latest version and try again",
-                               {"name": name, "kind": "nodes"})
+                               kind.details(name))
             if status:
                 merged = current.obj()
                 merged["status"] = obj.get("status", {})
             else:
                 merged = obj
-                merged["status"] = old.get("status", {})
-                merged.setdefault("spec", {})
-                validate_spec(name, merged["spec"], old.get("spec", {}))
+                if kind.status:
+                    merged["status"] = old.get("status", {})
                 for k in ("uid", "creationTimestamp"):
                     merged["metadata"][k] = old["metadata"][k]
                 merged["metadata"]["name"] = name
-            merged["kind"], merged["apiVersion"] = "Node", "v1"
+                if kind.namespaced:
+                    merged["metadata"]["namespace"] = ns
+            merged["kind"], merged["apiVersion"] = kind.kind, kind.api_version
             merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            rules.admit(name, merged, old, status)
             if merged == old:
                 return current
-            return self._commit("MODIFIED", merged, current)
+            return self._commit(res, "MODIFIED", merged, current)
 
-    def delete(self, name: str) -> Entry:
+    def delete(self, key: str, res: str = "nodes") -> Entry:
+        table = self.tables[res]
         with self.cond:
-            current = self.nodes.get(name)
+            current = table.items.get(key)
             if current is None:
-                raise ApiError(404, "NotFound", f'nodes "{name}" not found', {"name": name, "kind": "nodes"})
-            return self._commit("DELETED", current.obj(), current)
+                raise not_found(table.kind, key.rpartition("/")[2])
+            return self._commit(res, "DELETED", current.obj(), current)
+
+
+def _place(kind: Kind, meta: dict, ns: str | None) -> None:
+    """Set the object's namespace from the request's (400 if the body names another one)."""
+    if not kind.namespaced:
+        meta.pop("namespace", None)
+        return
+    if ns and meta.get("namespace") not in (None, "", ns):
+        raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+    meta["namespace"] = ns or meta.get("namespace") or "default"
+
+
+def _in_order(items: dict[str, Entry], ns: str | None) -> list[Entry]:
+    if ns is None:
+        return [items[k] for k in sorted(items)]
+    prefix = f"{ns}/"
+    return [items[k] for k in sorted(k for k in items if k.startswith(prefix))]
+
+
+# -- each resource's own rules ---------------------------------------------------------------------
+
+class Rules:
+    """A resource's defaults and validation (admit, before a write) and its bookkeeping of what the
+    stored objects hold (committed, after; load, at start). The default: none of either."""
+    status_on_create = False  # whether create keeps the status it is given (Nodes do)
+
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
+
+    def admit(self, name: str, obj: dict, old: dict | None, status: bool) -> None:
+        """Default and validate obj (the whole object as it would be stored); raise ApiError to refuse."""
+
+    def committed(self, old: Entry | None, new: Entry | None) -> None:
+        """A write was stored (old None: created; new None: deleted)."""
+
+    def load(self, entries) -> None:
+        """The objects read at start."""
+
+
+class NodeRules(Rules):
+    status_on_create = True
+
+    def admit(self, name: str, obj: dict, old: dict | None, status: bool) -> None:
+        obj.setdefault("spec", {})
+        obj.setdefault("status", {})
+        if not status:
+            validate_spec(name, obj["spec"], None if old is None else old.get("spec", {}))
+
+
+class LeaseRules(Rules):
+    def admit(self, name: str, obj: dict, old: dict | None, status: bool) -> None:
+        spec = obj.setdefault("spec", {})
+        if not isinstance(spec, dict):
+            raise invalid(self.kind, name, "spec", "Invalid value: must be an object")
+        for field in ("leaseDurationSeconds", "leaseTransitions"):
+            value = spec.get(field)
+            if value is None:
+                continue
+            if not isinstance(value, int) or value < (1 if field == "leaseDurationSeconds" else 0):
+                bound = "greater than 0" if field == "leaseDurationSeconds" else "greater than or equal to 0"
+                raise invalid(self.kind, name, f"spec.{field}", f"Invalid value: {json.dumps(value)}: must be {bound}")
+
+
+ADDRESS_TYPES = ("FQDN", "IPv4", "IPv6")
+
+
+class SliceRules(Rules):
+    """EndpointSlice validation (k8s.io/kubernetes pkg/apis/discovery/validation), the parts clients meet."""
+
+    def admit(self, name: str, obj: dict, old: dict | None, status: bool) -> None:
+        inv = lambda field, msg, reason="FieldValueInvalid": invalid(self.kind, name, field, msg, reason)  # noqa: E731
+        at = obj.get("addressType")
+        if not at:
+            raise inv("addressType", "Required value", "FieldValueRequired")
+        if at not in ADDRESS_TYPES:
+            raise inv("addressType", _unsupported(at, ADDRESS_TYPES), "FieldValueNotSupported")
+        if old is not None and old.get("addressType") != at:
+            raise inv("addressType", f"Invalid value: {json.dumps(at)}: field is immutable")
+        endpoints = obj.get("endpoints")
+        if endpoints is None:
+            obj["endpoints"] = endpoints = []
+        if not isinstance(endpoints, list):
+            raise inv("endpoints", "Invalid value: must be a list")
+        if len(endpoints) > 1000:
+            raise inv("endpoints", f"Too many: {len(endpoints)}: must have at most 1000 items", "FieldValueTooMany")
+        for i, ep in enumerate(endpoints):
+            addrs = ep.get("addresses") if isinstance(ep, dict) else None
+            if not addrs:
+                raise inv(f"endpoints[{i}].addresses", "Required value: must contain at least 1 address",
+                          "FieldValueRequired")
+            if len(addrs) > 100:
+                raise inv(f"endpoints[{i}].addresses", f"Too many: {len(addrs)}: must have at most 100 items",
+                          "FieldValueTooMany")
+            for j, a in enumerate(addrs):
+                if at != "FQDN" and _family(a) != at:
+                    raise inv(f"endpoints[{i}].addresses[{j}]",
+                              f"Invalid value: {json.dumps(a)}: must be a valid {at} address")
+        for i, port in enumerate(obj.get("ports") or []):
+            if not isinstance(port, dict):
+                raise inv(f"ports[{i}]", "Invalid value: must be an object")
+            port.setdefault("name", "")
+            port.setdefault("protocol", "TCP")
+
+
+def _family(text: object) -> str | None:
+    try:
+        ip = ipaddress.ip_address(str(text))
+    except ValueError:
+        return None
+    return "IPv4" if ip.version == 4 else "IPv6"
+
+
+def _unsupported(value: object, supported) -> str:
+    values = ", ".join(f'"{v}"' for v in supported)
+    return f'Unsupported value: {json.dumps(value)}: supported values: {values}'
+
+
+# -- Services: defaults, cluster IPs, node ports ----------------------------------------------------
+
+DEFAULT_SERVICE_CIDRS = ("10.0.0.0/24",)  # kube-apiserver's default --service-cluster-ip-range
+NODE_PORTS = (30000, 32767)
+SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
+POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+
+
+class Pool:
+    """Numbers handed out from [lo, hi]: the next free one after the last handed out, so that a
+    number freed comes back only when the others are used (cost per pick: the used ones skipped)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.used: set[int] = set()
+        self.cursor = lo
+
+    def __contains__(self, n: int) -> bool:
+        return self.lo <= n <= self.hi
+
+    def pick(self, avoid: set[int]) -> int | None:
+        n = self.cursor
+        for _ in range(max(0, self.hi - self.lo + 1)):
+            if n not in self.used and n not in avoid:
+                self.cursor = n + 1 if n < self.hi else self.lo
+                return n
+            n = n + 1 if n < self.hi else self.lo
+        return None
+
+
+def service_cidr_pool(cidr: str) -> tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network, Pool]:
+    net = ipaddress.ip_network(cidr, strict=True)
+    first = int(net.network_address) + 1  # the network address is never handed out
+    last = int(net.broadcast_address) - (1 if net.version == 4 else 0)  # nor IPv4's broadcast
+    return ("IPv4" if net.version == 4 else "IPv6"), net, Pool(first, last)
+
+
+def check_service_cidrs(cidrs) -> list[str]:
+    """The flags' CIDRs as kube-apiserver accepts them: at most one per family, an IPv6 one no larger
+    than /108; ValueError with the reason otherwise."""
+    seen: set[int] = set()
+    for c in cidrs:
+        net = ipaddress.ip_network(c, strict=True)
+        if net.version in seen:
+            raise ValueError(f"--service-cidr: at most one range per IP family ({c})")
+        if net.version == 6 and net.prefixlen < 108:
+            raise ValueError(f"--service-cidr {c} is too large; for 128-bit addresses, the mask must be >= 108")
+        seen.add(net.version)
+    return list(cidrs)
+
+
+class ServiceRules(Rules):
+    """What kube-apiserver's Service REST storage does on a write: defaults, validation, and the
+    allocation of cluster IPs (per ipFamilies/ipFamilyPolicy) and node ports, released on delete."""
+
+    def __init__(self, kind: Kind, cidrs) -> None:
+        super().__init__(kind)
+        self.ranges = {}  # family -> (network, Pool), in the order configured
+        for c in check_service_cidrs(cidrs):
+            fam, net, pool = service_cidr_pool(c)
+            self.ranges[fam] = (net, pool)
+        self.ports = Pool(*NODE_PORTS)
+
+    def _inv(self, name: str, field: str, msg: str, reason: str = "FieldValueInvalid") -> ApiError:
+        return invalid(self.kind, name, field, msg, reason)
+
+    # bookkeeping: what the stored Services hold
+    def _held(self, obj: dict) -> tuple[list[tuple[str, int]], list[int]]:
+        spec = obj.get("spec") or {}
+        ips = []
+        for text in spec.get("clusterIPs") or []:
+            fam = _family(text)
+            if fam in self.ranges and int(ipaddress.ip_address(text)) in self.ranges[fam][1]:
+                ips.append((fam, int(ipaddress.ip_address(text))))
+        ports = [p["nodePort"] for p in spec.get("ports") or [] if isinstance(p.get("nodePort"), int)]
+        if isinstance(spec.get("healthCheckNodePort"), int):
+            ports.append(spec["healthCheckNodePort"])
+        return ips, ports
+
+    def _hold(self, obj: dict, add: bool) -> None:
+        ips, ports = self._held(obj)
+        for fam, n in ips:
+            (self.ranges[fam][1].used.add if add else self.ranges[fam][1].used.discard)(n)
+        for p in ports:
+            (self.ports.used.add if add else self.ports.used.discard)(p)
+
+    def committed(self, old: Entry | None, new: Entry | None) -> None:
+        if old is not None:
+            self._hold(old.obj(), False)
+        if new is not None:
+            self._hold(new.obj(), True)
+
+    def load(self, entries) -> None:
+        for e in entries:
+            self._hold(e.obj(), True)
+
+    # admission
+    def admit(self, name: str, obj: dict, old: dict | None, status: bool) -> None:
+        if status:
+            return self._admit_status(name, obj)
+        obj.setdefault("status", {"loadBalancer": {}})
+        spec = obj.setdefault("spec", {})
+        if not isinstance(spec, dict):
+            raise self._inv(name, "spec", "Invalid value: must be an object")
+        old_spec = (old or {}).get("spec") or {}
+        typ = spec.setdefault("type", "ClusterIP")
+        if typ not in SERVICE_TYPES:
+            raise self._inv(name, "spec.type", _unsupported(typ, SERVICE_TYPES), "FieldValueNotSupported")
+        spec.setdefault("sessionAffinity", "None")
+        self._policies(name, spec, old_spec)
+        self._lb_class(name, spec, old_spec, old)
+        if typ == "ExternalName":
+            if not spec.get("externalName"):
+                raise self._inv(name, "spec.externalName", "Required value", "FieldValueRequired")
+            if spec.get("clusterIP") or spec.get("clusterIPs"):
+                if old is None or spec.get("clusterIPs") != old_spec.get("clusterIPs"):
+                    raise self._inv(name, "spec.clusterIPs", f"Invalid value: {go_strings(spec.get('clusterIPs') or [spec.get('clusterIP')])}: "
+                                    "must be empty for ExternalName services")
+            for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"):
+                spec.pop(k, None)
+        picked = self._node_ports(name, spec, old_spec)
+        if typ != "ExternalName":
+            self._cluster_ips(name, spec, old_spec if old_spec.get("type") != "ExternalName" else {})
+        self._health_port(name, spec, old_spec, picked)
+
+    def _policies(self, name: str, spec: dict, old_spec: dict) -> None:
+        typ = spec["type"]
+        if typ != "ExternalName":
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+        external = typ in ("NodePort", "LoadBalancer")
+        if external:
+            spec.setdefault("externalTrafficPolicy", "Cluster")
+        for field in ("internalTrafficPolicy", "externalTrafficPolicy"):
+            if field in spec and spec[field] not in ("Cluster", "Local"):
+                raise self._inv(name, f"spec.{field}", _unsupported(spec[field], ("Cluster", "Local")),
+                                "FieldValueNotSupported")
+        if spec.get("externalTrafficPolicy") and not external and not spec.get("externalIPs"):
+            raise self._inv(name, "spec.externalTrafficPolicy",
+                            f"Invalid value: {json.dumps(spec['externalTrafficPolicy'])}: "
+                            "may only be set for externally-accessible services")
+        if typ == "LoadBalancer":
+            spec.setdefault("allocateLoadBalancerNodePorts", True)
+        elif "allocateLoadBalancerNodePorts" in spec:
+            raise self._inv(name, "spec.allocateLoadBalancerNodePorts",
+                            "Forbidden: may only be used when `type` is 'LoadBalancer'", "FieldValueForbidden")
+        for i, ip in enumerate(spec.get("externalIPs") or []):
+            if _family(ip) is None:
+                raise self._inv(name, f"spec.externalIPs[{i}]", f"Invalid value: {json.dumps(ip)}: must be a valid IP address")
+        ports = spec.get("ports") or []
+        if not ports and typ != "ExternalName" and spec.get("clusterIP") != "None":
+            raise self._inv(name, "spec.ports", "Required value", "FieldValueRequired")
+        for i, p in enumerate(ports):
+            if not isinstance(p, dict) or not isinstance(p.get("port"), int) or not 1 <= p["port"] <= 65535:
+                value = p.get("port") if isinstance(p, dict) else p
+                raise self._inv(name, f"spec.ports[{i}].port",
+                                f"Invalid value: {json.dumps(value)}: must be between 1 and 65535, inclusive")
+            if len(ports) > 1 and not p.get("name"):
+                raise self._inv(name, f"spec.ports[{i}].name", "Required value", "FieldValueRequired")
+            p.setdefault("protocol", "TCP")
+            p.setdefault("targetPort", p["port"])
+
+    def _lb_class(self, name: str, spec: dict, old_spec: dict, old: dict | None) -> None:
+        cls = spec.get("loadBalancerClass")
+        if cls is not None and spec["type"] != "LoadBalancer":
+            raise self._inv(name, "spec.loadBalancerClass",
+                            "Forbidden: may only be used when `type` is 'LoadBalancer'", "FieldValueForbidden")
+        if old is not None and old_spec.get("type") == "LoadBalancer" and spec["type"] == "LoadBalancer" \
+                and cls != old_spec.get("loadBalancerClass"):
+            raise self._inv(name, "spec.loadBalancerClass",
+                            f"Invalid value: {json.dumps(cls) if cls is not None else 'null'}: may not change once set")
+
+    def _cluster_ips(self, name: str, spec: dict, old_spec: dict) -> None:
+        """spec.clusterIP(s), ipFamilies and ipFamilyPolicy as the API server settles them."""
+        old_ips = old_spec.get("clusterIPs") or []
+        if old_ips and not spec.get("clusterIP") and not spec.get("clusterIPs"):
+            spec["clusterIPs"] = list(old_ips)  # an update that leaves them out keeps them (patchAllocatedValues)
+            spec["clusterIP"] = old_ips[0]
+            for k in ("ipFamilies", "ipFamilyPolicy"):
+                if k not in spec and k in old_spec:
+                    spec[k] = list(old_spec[k]) if isinstance(old_spec[k], list) else old_spec[k]
+        ips = list(spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []))
+        if spec.get("clusterIP") and spec.get("clusterIPs") and spec["clusterIP"] != spec["clusterIPs"][0]:
+            raise self._inv(name, "spec.clusterIPs[0]",
+                            f"Invalid value: {json.dumps(spec['clusterIPs'][0])}: must match `clusterIP` when both are specified")
+        for i, ip in enumerate(old_ips[:len(ips)]):
+            if ips[i] != ip:
+                raise self._inv(name, "spec.clusterIPs[0]", f"Invalid value: {go_strings(ips)}: may not change once set")
+        headless = ips[:1] == ["None"]
+        families = self._families(name, spec, [] if headless else ips)
+        if headless:
+            spec["clusterIP"], spec["clusterIPs"] = "None", ["None"]
+            return
+        out, held = [], {fam: int(ipaddress.ip_address(ip)) for ip in old_ips if (fam := _family(ip))}
+        for i, fam in enumerate(families):
+            out.append(self._one_ip(name, fam, ips[i] if i < len(ips) else None, ips, held.get(fam)))
+        spec["clusterIPs"], spec["clusterIP"] = out, out[0]
+
+    def _families(self, name: str, spec: dict, ips: list[str]) -> list[str]:
+        configured = list(self.ranges)
+        fams = list(spec.get("ipFamilies") or [])
+        for i, fam in enumerate(fams):
+            if fam not in ("IPv4", "IPv6"):
+                raise self._inv(name, f"spec.ipFamilies[{i}]", _unsupported(fam, ("IPv4", "IPv6")), "FieldValueNotSupported")
+            if fam in fams[:i]:
+                raise self._inv(name, f"spec.ipFamilies[{i}]", f"Duplicate value: {json.dumps(fam)}", "FieldValueDuplicate")
+        for i, ip in enumerate(ips):
+            fam = _family(ip)
+            if fam is None:
+                raise self._inv(name, f"spec.clusterIPs[{i}]",
+                                f"Invalid value: {json.dumps(ip)}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")
+            if i < len(fams) and fams[i] != fam:
+                raise self._inv(name, f"spec.ipFamilies[{i}]",
+                                f"Invalid value: {json.dumps(fams[i])}: does not match IP family of `clusterIPs[{i}]`")
+            if i >= len(fams):
+                fams.append(fam)
+        policy = spec.get("ipFamilyPolicy")
+        if policy is not None and policy not in POLICIES:
+            raise self._inv(name, "spec.ipFamilyPolicy", _unsupported(policy, POLICIES), "FieldValueNotSupported")
+        if policy in (None, "SingleStack") and len(fams) > 1:
+            raise self._inv(name, "spec.ipFamilyPolicy", f"Invalid value: {json.dumps(policy or 'SingleStack')}: "
+                            "must be RequireDualStack or PreferDualStack when multiple 'ipFamilies' are specified")
+        policy = policy or "SingleStack"
+        if policy == "RequireDualStack" and len(configured) < 2:
+            raise self._inv(name, "spec.ipFamilyPolicy",
+                            'Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services')
+        for i, fam in enumerate(fams):
+            if fam not in configured:
+                raise self._inv(name, f"spec.ipFamilies[{i}]", f"Invalid value: {json.dumps(fam)}: not configured on this cluster")
+        if not fams:
+            fams = configured[:1]
+        if policy != "SingleStack":
+            fams += [f for f in configured if f not in fams]
+        spec["ipFamilyPolicy"], spec["ipFamilies"] = policy, fams
+        return fams
+
+    def _one_ip(self, name: str, fam: str, want: str | None, ips: list[str], held: int | None) -> str:
+        net, pool = self.ranges[fam]
+        if want is None:
+            n = pool.pick(set())
+            if n is None:
+                raise ApiError(500, "InternalError", "Internal error occurred: failed to allocate a serviceIP: range is full",
+                               {"causes": [{"message": "failed to allocate a serviceIP: range is full"}]})
+            return str(ipaddress.ip_address(n))
+        n = int(ipaddress.ip_address(want))
+        if n not in pool:
+            why = f"the provided IP ({want}) is not in the valid range. The range of valid IPs is {net}"
+        elif n in pool.used and n != held:
+            why = "provided IP is already allocated"
+        else:
+            return str(ipaddress.ip_address(n))
+        raise self._inv(name, "spec.clusterIPs", f"Invalid value: {go_strings(ips)}: failed to allocate IP {want}: {why}")
+
+    def _node_port(self, name: str, field: str, want: object, held: set[int], picked: set[int]) -> int:
+        if want is None:
+            n = self.ports.pick(picked)
+            if n is None:
+                raise ApiError(500, "InternalError", "Internal error occurred: failed to allocate a nodePort: range is full")
+            picked.add(n)
+            return n
+        if not isinstance(want, int) or want not in self.ports:
+            raise self._inv(name, field, f"Invalid value: {json.dumps(want)}: provided port is not in the valid range. "
+                            f"The range of valid ports is {NODE_PORTS[0]}-{NODE_PORTS[1]}")
+        if (want in self.ports.used and want not in held) or want in picked:
+            raise self._inv(name, field, f"Invalid value: {want}: provided port is already allocated")
+        picked.add(want)
+        return want
+
+    def _node_ports(self, name: str, spec: dict, old_spec: dict) -> set[int]:
+        typ = spec["type"]
+        wanted = typ == "NodePort" or (typ == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts"))
+        old = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort") for p in old_spec.get("ports") or []}
+        held, picked = {n for n in old.values() if n}, set()
+        for i, p in enumerate(spec.get("ports") or []):
+            if typ in ("ClusterIP", "ExternalName"):
+                if p.get("nodePort") and p.get("nodePort") != old.get((p["port"], p["protocol"])):
+                    raise self._inv(name, f"spec.ports[{i}].nodePort",
+                                    f"Forbidden: may not be used when `type` is '{typ}'", "FieldValueForbidden")
+                p.pop("nodePort", None)
+                continue
+            want = p.get("nodePort") or old.get((p["port"], p["protocol"]))
+            if wanted or want:
+                p["nodePort"] = self._node_port(name, f"spec.ports[{i}].nodePort", want, held, picked)
+        return picked
+
+    def _health_port(self, name: str, spec: dict, old_spec: dict, picked: set[int]) -> None:
+        if spec["type"] == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local":
+            old = old_spec.get("healthCheckNodePort")
+            spec["healthCheckNodePort"] = self._node_port(name, "spec.healthCheckNodePort",
+                                                          spec.get("healthCheckNodePort") or old,
+                                                          {old} if old else set(), picked)
+        elif spec.get("healthCheckNodePort") and spec.get("healthCheckNodePort") != old_spec.get("healthCheckNodePort"):
+            raise self._inv(name, "spec.healthCheckNodePort",
+                            "Invalid value: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'")
+        else:
+            spec.pop("healthCheckNodePort", None)
+
+    def _admit_status(self, name: str, obj: dict) -> None:
+        status = obj.get("status")
+        if not isinstance(status, dict):
+            obj["status"] = status = {}
+        status.setdefault("loadBalancer", {})
+        for i, ing in enumerate((status.get("loadBalancer") or {}).get("ingress") or []):
+            path = f"status.loadBalancer.ingress[{i}]"
+            if not isinstance(ing, dict):
+                raise self._inv(name, path, "Invalid value: must be an object")
+            if "ip" in ing and _family(ing["ip"]) is None:
+                raise self._inv(name, f"{path}.ip", f"Invalid value: {json.dumps(ing['ip'])}: must be a valid IP address")
+            if "ipMode" in ing:
+                if ing["ipMode"] not in ("VIP", "Proxy"):
+                    raise self._inv(name, f"{path}.ipMode", _unsupported(ing["ipMode"], ("Proxy", "VIP")),
+                                    "FieldValueNotSupported")
+                if "ip" not in ing:
+                    raise self._inv(name, f"{path}.ipMode", "Forbidden: may not be specified when `ip` is not",
+                                    "FieldValueForbidden")
+            elif "ip" in ing:
+                ing["ipMode"] = "VIP"  # defaulted since 1.30 (LoadBalancerIPMode)
 
 
 def too_large(want: int, have: int) -> ApiError:

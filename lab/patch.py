@@ -1,7 +1,8 @@
 """Patch documents for the lab API server: JSON merge patch, strategic merge, JSON patch.
 
-Strategic merge knows the Node's own patch strategies (k8s.io/api/core/v1): conditions and
-addresses merge by `type`, ownerReferences by `uid`, finalizers and podCIDRs as sets; with the
+Strategic merge knows the patch strategies of the kinds served (k8s.io/api/core/v1): conditions and
+addresses merge by `type`, ownerReferences by `uid`, a Service's ports by `port`, finalizers and
+podCIDRs as sets; with the
 directives the kubelet and kubectl send ($setElementOrder, $patch: delete/replace,
 $deleteFromPrimitiveList, $retainKeys). Every other list is replaced, as upstream does.
 """
@@ -41,7 +42,7 @@ def _merge(target: Any, patch: Any) -> Any:
 
 
 MERGE_KEYS = {("metadata", "ownerReferences"): "uid", ("status", "conditions"): "type",
-              ("status", "addresses"): "type"}
+              ("status", "addresses"): "type", ("spec", "ports"): "port"}  # spec.ports: a Service's
 SET_LISTS = {("metadata", "finalizers"), ("spec", "podCIDRs")}
 
 
