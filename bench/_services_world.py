@@ -281,6 +281,26 @@ def open_message(asn: int, router_id: str, hold: int = 9) -> bytes:
     return bgp_message(BGP_OPEN, struct.pack("!BHH4sB", 4, as2, hold, socket.inet_aton(router_id), len(params)) + params)
 
 
+def open_families(body: bytes) -> set[int]:
+    """The AFIs of the unicast multiprotocol capabilities in an OPEN body ({1} if it has none)."""
+    afis: set[int] = set()
+    plen = body[9]
+    off, end = 10, 10 + plen
+    while off + 2 <= end:
+        ptype, length = body[off], body[off + 1]
+        val = body[off + 2: off + 2 + length]
+        off += 2 + length
+        if ptype != 2:
+            continue
+        k = 0
+        while k + 2 <= len(val):
+            code, clen = val[k], val[k + 1]
+            if code == 1 and clen == 4 and val[k + 5] == 1:
+                afis.add(struct.unpack_from("!H", val, k + 2)[0])
+            k += 2 + clen
+    return afis or {1}
+
+
 def eor(afi: int) -> bytes:
     if afi == 1:
         return bgp_message(BGP_UPDATE, b"\x00\x00\x00\x00")
@@ -388,10 +408,11 @@ def receive(listen: str, asn: int, out=sys.stdout, stop_after: float | None = No
                 continue
             for kind, body in msgs:
                 if kind == BGP_OPEN:
+                    st["afis"] = open_families(body)
                     s.sendall(bgp_message(BGP_KEEPALIVE))
                 elif kind == BGP_KEEPALIVE and not st["up"]:
-                    st["up"] = True
-                    s.sendall(eor(1) + eor(2))
+                    st["up"] = True  # End-of-RIB only for the families both sides have (another is an error)
+                    s.sendall(b"".join(eor(a) for a in sorted(st.get("afis", {1}) & {1, 2})))
                     lines.append(f"{t:.6f} UP {st['peer']}")
                 elif kind == BGP_UPDATE:
                     a, wd = parse_update(body)

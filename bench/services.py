@@ -155,6 +155,7 @@ class Bench:
                        "IPv4 EndpointSlice each: 1 endpoint per Service, the rest in full slices of 100 from the "
                        "first Service on; endpoint j of Service i on node (i+j) % nodes"),
             "receiver": "the bench's own raw BGP listener in the ToR's namespace; times are when it read the bytes",
+            "api_tcp_nodelay": not args.api_nagle,
             "targets": dict(sv.TARGETS)}
 
     # -- setup -----------------------------------------------------------------------------
@@ -183,7 +184,13 @@ class Bench:
         port = sw.free_port()
         self.deploy = sw.deploy_objects()
         self.creds = creds = sw.api_credentials(run, self.deploy)
-        argv = [sys.executable, "-m", "lab.apiserver", "--state", run.path("nodes.json"),
+        # kube-apiserver (Go) writes with TCP_NODELAY; lab.apiserver's handler writes headers and body
+        # apart and, with Nagle on, the body waits for the client's delayed ACK: +40 ms on every
+        # response (and on watch events that follow a write). --api-nagle keeps the lab's default.
+        start = (["-m", "lab.apiserver"] if self.args.api_nagle else
+                 ["-c", ("import sys, lab.apiserver as a; a.Handler.disable_nagle_algorithm = True; "
+                         "raise SystemExit(a.main(sys.argv[1:]))")])
+        argv = [sys.executable, *start, "--state", run.path("nodes.json"),
                 "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],
                 "--account", f"{creds['sa_token_file']}={creds['rules_file']}",
                 "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{sw.API_PORT_IN_POD}@{self.pod_ns}"]
@@ -356,15 +363,20 @@ class Bench:
             + ", ".join(f"{k} {v}" for k, v in out.items()))
         return out
 
-    def write(self, ch: sv.Change) -> float:
+    def write(self, ch: sv.Change) -> tuple[float, float]:
+        """PUT the Service's slice as the model has it now: (time sent, time the response was read)."""
         s = self.svcs[ch.svc]
-        self.api.call("PUT", s.slice_path(), sv.slice_object(s, self.model.states[ch.svc]))
-        return time.monotonic()
+        body = sv.slice_object(s, self.model.states[ch.svc])
+        t = time.monotonic()
+        self.api.call("PUT", s.slice_path(), body)
+        return t, time.monotonic()
 
     def latency(self) -> None:
         """--changes flips of node0's announcement, one at a time, each waited for at the receiver."""
         churn = sv.Churn(self.model, seed=11)
         writes: list[tuple[str, str, float]] = []
+        sends: list[tuple[str, str, float]] = []
+        n0 = len(self.wire.events)
         lists = churn.deciders
         for k in range(self.args.changes):
             i = lists[k % len(lists)][(k // len(lists)) % len(lists[k % len(lists)])]
@@ -372,14 +384,17 @@ class Bench:
             for _ in range(2):  # away, then back
                 ch = churn.flip_decider(i)
                 n = sum(1 for e in self.wire.events if e[2] == prefix)
-                t = self.write(ch)
+                t_send, t = self.write(ch)
                 writes.append((prefix, ch.flips, t))
+                sends.append((prefix, ch.flips, t_send))
                 self.wire.wait(lambda p=prefix, n=n: sum(1 for e in self.wire.events if e[2] == p) > n, 10,
                                f"the UPDATE for {prefix}")
                 self.settle(0.05)
-        lat = sv.match(writes, self.wire.events)
+        lat = sv.match(writes, self.wire.events[n0:])
         got = [x for x in lat if x is not None]
+        from_send = [x for x in sv.match(sends, self.wire.events[n0:]) if x is not None]
         self.result["change_to_wire_ms"] = sv.stats(got) | {
+            "from_request_sent": sv.stats(from_send),
             "missing": len(lat) - len(got), "withdraw": sv.stats([x for x, w in zip(lat, writes) if x is not None and w[1] == "W"]),
             "announce": sv.stats([x for x, w in zip(lat, writes) if x is not None and w[1] == "A"]),
             "samples": got}
@@ -400,7 +415,7 @@ class Bench:
             while time.monotonic() < due:
                 self.wire.pump(min(0.01, max(0.0, due - time.monotonic())))
             ch = churn.next(time.monotonic())
-            t = self.write(ch)
+            _, t = self.write(ch)
             sent += 1
             if ch.flips:
                 changed += 1
@@ -463,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changes", type=int, default=30, help="announcement flips timed one at a time (x2: away and back)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="leave the run directory for inspection")
+    ap.add_argument("--api-nagle", action="store_true",
+                    help="run the lab API server as it is (Nagle on: +40 ms per response) instead of with TCP_NODELAY")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("services: needs root (network namespaces)", file=sys.stderr)

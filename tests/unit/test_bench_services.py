@@ -193,3 +193,10 @@ def test_receiver_over_a_socket_pair():
         socket.socket.bind = orig_bind
     kinds = [line.split()[1] for line in out.getvalue().splitlines()]
     assert kinds == ["LISTEN", "UP", "A", "W", "DOWN"]
+
+
+def test_open_families():
+    (_, body), = w.split_messages(bytearray(w.open_message(65000, "172.20.0.1")))
+    assert w.open_families(body) == {1, 2}
+    bare = struct.pack("!BHH4sB", 4, 65001, 9, socket.inet_aton("172.20.0.2"), 0)
+    assert w.open_families(bare) == {1}
