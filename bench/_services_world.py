@@ -5,7 +5,10 @@ namespace (`python -m bench._services_world receive ...`: a passive BGP listener
 prefix of each UPDATE with the monotonic time at which its bytes were read from the socket).
 
 Layout (default 10,000 Services, 50,000 endpoints, 100 Nodes): every Service is a LoadBalancer of
-no class (so podbgp's) with one status ingress IP from the pool 100.64.0.0/16 (ipMode VIP), even
+no class (so podbgp's) with one status ingress IP from the pool 100.64.0.0/16 (ipMode VIP) and
+allocateLoadBalancerNodePorts false (as BGP load-balancer setups at this size run: 10,000 Services
+would need 10,000 node ports; the Local ones still take a health check node port each, so the API
+runs with the node port range 30000-39999, kube-apiserver's --service-node-port-range), even
 indexes externalTrafficPolicy Local, odd Cluster; each has one IPv4 EndpointSlice: every Service
 gets one endpoint, the endpoints left over fill Services up to 100 each (one full slice), from
 the first Service on, and the remainder to the next one. At 10,000/50,000: 404 Services of 100
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 POOL = ipaddress.ip_network("100.64.0.0/16")
 NAMESPACES = 20
 SLICE_MAX = 100
+NODE_PORTS = (30000, 39999)  # the API's node port range: a health check port per Local LoadBalancer Service
 OWN_NODE = "node0"
 
 # endpoint states (the conditions an endpoint controller writes)
@@ -108,6 +112,7 @@ def service_object(s: Svc) -> dict:
             "spec": {"type": "LoadBalancer", "selector": {"app.kubernetes.io/name": s.name},
                      "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
                      "externalTrafficPolicy": "Local" if s.local else "Cluster",
+                     "allocateLoadBalancerNodePorts": False,
                      "internalTrafficPolicy": "Cluster", "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
                      "sessionAffinity": "None"}}
 

@@ -151,11 +151,12 @@ class Bench:
         self.result: dict = {
             "run_id": rid, "services": args.services, "endpoints": args.endpoints, "nodes": args.nodes,
             "slices": sum(1 for s in self.svcs if s.nodes), "pool": str(sv.POOL),
-            "layout": ("LoadBalancer Services, ingress IPs from the pool, even indexes eTP=Local, odd Cluster; one "
+            "layout": ("LoadBalancer Services (allocateLoadBalancerNodePorts false), ingress IPs from the pool, "
+                       "even indexes eTP=Local, odd Cluster; one "
                        "IPv4 EndpointSlice each: 1 endpoint per Service, the rest in full slices of 100 from the "
                        "first Service on; endpoint j of Service i on node (i+j) % nodes"),
             "receiver": "the bench's own raw BGP listener in the ToR's namespace; times are when it read the bytes",
-            "api_tcp_nodelay": not args.api_nagle,
+            "api_tcp_nodelay": not args.api_nagle, "node_port_range": list(sv.NODE_PORTS),
             "targets": dict(sv.TARGETS)}
 
     # -- setup -----------------------------------------------------------------------------
@@ -187,10 +188,11 @@ class Bench:
         # kube-apiserver (Go) writes with TCP_NODELAY; lab.apiserver's handler writes headers and body
         # apart and, with Nagle on, the body waits for the client's delayed ACK: +40 ms on every
         # response (and on watch events that follow a write). --api-nagle keeps the lab's default.
-        start = (["-m", "lab.apiserver"] if self.args.api_nagle else
-                 ["-c", ("import sys, lab.apiserver as a; a.Handler.disable_nagle_algorithm = True; "
-                         "raise SystemExit(a.main(sys.argv[1:]))")])
-        argv = [sys.executable, *start, "--state", run.path("nodes.json"),
+        # The node port range widened as kube-apiserver's --service-node-port-range does: 5,000
+        # eTP=Local LoadBalancer Services need a health check node port each (30000-32767 holds 2,768).
+        boot = (f"import sys, lab.apiserver as a, lab.kubestore as k; k.NODE_PORTS = {sv.NODE_PORTS!r}; "
+                f"a.Handler.disable_nagle_algorithm = {not self.args.api_nagle}; raise SystemExit(a.main(sys.argv[1:]))")
+        argv = [sys.executable, "-c", boot, "--state", run.path("nodes.json"),
                 "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],
                 "--account", f"{creds['sa_token_file']}={creds['rules_file']}",
                 "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{sw.API_PORT_IN_POD}@{self.pod_ns}"]
