@@ -147,7 +147,7 @@ def _service_cells(svc: dict) -> list:
         external = ingress + external or ["<pending>"]
     elif typ == "ExternalName":
         external = [spec.get("externalName", "")]
-    ports = [f"{p.get('port')}{':%s' % p['nodePort'] if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+    ports = [f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
              for p in spec.get("ports") or []]
     selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
     return [meta["name"], typ, spec.get("clusterIP") or "<none>", ",".join(external) or "<none>",
@@ -772,15 +772,14 @@ def authorize(user: str, rules: list[dict], method: str, parts: list[str], q: di
                 and {verb, "*"} & set(rule.get("verbs", [])) \
                 and (not rule.get("resourceNames") or name in rule["resourceNames"]):
             return
-    base, _, sub = resource.partition("/")
+    # responsewriters.forbiddenMessage, wrapped by errors.NewForbidden(group resource, name, ...)
     what = f'{kind.qualified} "{name}"' if name else kind.qualified
-    sub_text = f'"{sub}" subresource of ' if sub else ""
     scope = f'in the namespace "{ns}"' if ns is not None else "at the cluster scope"
     details = {"name": name} if name else {}
     if kind.group:
         details["group"] = kind.group
-    details["kind"] = base
-    raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource {sub_text}"{base}" '
+    details["kind"] = kind.resource
+    raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {verb} resource "{resource}" '
                    f'in API group "{kind.group}" {scope}', details=details)
 
 

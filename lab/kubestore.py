@@ -19,9 +19,9 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import threading
 import time
-import random
 import uuid
 from collections import deque
 from dataclasses import dataclass
@@ -744,10 +744,10 @@ class ServiceRules(Rules):
         if typ == "ExternalName":
             if not spec.get("externalName"):
                 raise self._inv(name, "spec.externalName", "Required value", "FieldValueRequired")
-            if spec.get("clusterIP") or spec.get("clusterIPs"):
-                if old is None or spec.get("clusterIPs") != old_spec.get("clusterIPs"):
-                    raise self._inv(name, "spec.clusterIPs", f"Invalid value: {go_strings(spec.get('clusterIPs') or [spec.get('clusterIP')])}: "
-                                    "must be empty for ExternalName services")
+            given = spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else [])
+            if given and (old is None or given != old_spec.get("clusterIPs")):
+                raise self._inv(name, "spec.clusterIPs", f"Invalid value: {go_strings(given)}: "
+                                "must be empty for ExternalName services")
             for k in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"):
                 spec.pop(k, None)
         picked = self._node_ports(name, spec, old_spec)

@@ -168,9 +168,14 @@ def test_require_dual_stack_on_a_single_stack_server_and_a_full_range_then_relea
     freed = core.read_namespaced_service("s2", "default").spec.cluster_ip
     core.delete_namespaced_service("s2", "default")
     assert core.create_namespaced_service("default", svc("next")).spec.cluster_ip == freed
-    # an ExternalName Service holds no IP; a requested IP comes back after its Service is gone
+    # a requested IP is free again once its Service is gone; an ExternalName Service holds none
+    taken = core.read_namespaced_service("s3", "default").spec.cluster_ip
+    assert error_of(core.create_namespaced_service, "default", svc("want", clusterIP=taken))[0] == 422
     core.delete_namespaced_service("s3", "default")
-    store.close()
+    assert core.create_namespaced_service("default", svc("want", clusterIP=taken)).spec.cluster_ip == taken
+    core.create_namespaced_service("default", {"metadata": {"name": "ext"},
+                                               "spec": {"type": "ExternalName", "externalName": "example.com"}})
+    assert store.rules["services"].ranges["IPv4"][1].used == {int(ipaddress.ip_address(f"10.96.0.{i}")) for i in range(1, 7)}
 
 
 def test_status_only_through_the_subresource_and_load_balancer_class_is_immutable(lab):
@@ -200,7 +205,6 @@ def test_services_watch_in_order_by_namespace_and_410_after_compaction(lab):
     core.create_namespaced_service("a", svc("one"))
     rv = core.list_service_for_all_namespaces().metadata.resource_version
     core.create_namespaced_service("b", svc("two"))
-    core.patch_namespaced_service("a", "one", {"metadata": {"labels": {"k": "v"}}}) if False else None
     core.patch_namespaced_service("one", "a", {"metadata": {"labels": {"k": "v"}}})
     core.delete_namespaced_service("two", "b")
     seen = [(e["type"], e["object"].metadata.namespace, e["object"].metadata.name)
@@ -387,3 +391,107 @@ def test_kubectl_apply_get_and_delete(lab):
     kubectl("delete", "endpointslice", "web-abcde")
     assert "No resources found" in kubectl("get", "svc", "-A").stderr
     assert store.tables["services"].items == {}
+
+
+# -- watch-list, paging, RBAC ---------------------------------------------------------------------
+
+def test_watch_list_of_slices_ends_its_initial_events_with_an_annotated_bookmark(lab):
+    store, kc, _ = lab
+    _, disc, _ = apis(kc)
+    for i in range(3):
+        disc.create_namespaced_endpoint_slice(f"ns{i}", eps("web", [f"10.42.{i}.1"]))
+    store.create({"metadata": {"name": "n1"}})  # another kind moves the version on, not this watch
+    api = disc.api_client
+    resp = api.call_api(*api.param_serialize(
+        "GET", "/apis/discovery.k8s.io/v1/endpointslices",
+        query_params=[("watch", "true"), ("sendInitialEvents", "true"), ("resourceVersionMatch", "NotOlderThan"),
+                      ("allowWatchBookmarks", "true"), ("labelSelector", "kubernetes.io/service-name=web"),
+                      ("timeoutSeconds", "1")]), _request_timeout=10)
+    events = [json.loads(line) for line in iter_resp_lines(resp.response)]
+    assert [e["type"] for e in events] == ["ADDED"] * 3 + ["BOOKMARK"]
+    mark = events[3]["object"]
+    assert mark["kind"] == "EndpointSlice" and mark["apiVersion"] == "discovery.k8s.io/v1"
+    assert mark["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+    assert mark["metadata"]["resourceVersion"] == str(store.rv)
+
+
+def test_paged_cluster_wide_list_of_services_across_namespaces(lab):
+    store, kc, _ = lab
+    core, _, _ = apis(kc)
+    for ns in ("b", "a", "c"):
+        for i in range(2):
+            core.create_namespaced_service(ns, svc(f"s{i}"))
+    first = core.list_service_for_all_namespaces(limit=4)
+    assert [(s.metadata.namespace, s.metadata.name) for s in first.items] == [
+        ("a", "s0"), ("a", "s1"), ("b", "s0"), ("b", "s1")]
+    assert first.metadata.remaining_item_count == 2
+    core.delete_namespaced_service("s0", "c")  # after the first page: the pages keep the list's version
+    rest = core.list_service_for_all_namespaces(limit=4, _continue=first.metadata._continue)
+    assert [(s.metadata.namespace, s.metadata.name) for s in rest.items] == [("c", "s0"), ("c", "s1")]
+    assert rest.metadata.resource_version == first.metadata.resource_version
+    assert [s.metadata.name for s in core.list_namespaced_service("c").items] == ["s1"]
+
+
+def test_rbac_of_a_service_account_by_group_namespace_and_subresource(tmp_path):
+    from lab.apiserver import authorize
+    from lab.kubestore import ApiError
+
+    rules = [{"apiGroups": [""], "resources": ["services", "endpoints"], "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch", "update"]},
+             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
+              "resourceNames": ["podbgp-allocator"]},
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
+    allowed = [("GET", "/api/v1/services", {}), ("GET", "/api/v1/namespaces/a/services", {"watch": "true"}),
+               ("PATCH", "/api/v1/namespaces/a/services/x/status", {}),
+               ("GET", "/apis/discovery.k8s.io/v1/endpointslices", {"watch": "1"}),
+               ("PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/podbgp-allocator", {}),
+               ("POST", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases", {}),
+               ("POST", "/api/v1/namespaces/a/events", {}), ("POST", "/apis/events.k8s.io/v1/namespaces/a/events", {}),
+               ("GET", "/apis", {}), ("GET", "/apis/discovery.k8s.io/v1", {}), ("GET", "/openapi/v3/api/v1", {})]
+    for method, path, q in allowed:
+        authorize("u", rules, method, [p for p in path.split("/") if p], q)
+    user = 'User "u" cannot'
+    denied = [
+        ("PATCH", "/api/v1/namespaces/a/services/x",
+         f'services "x" is forbidden: {user} patch resource "services" in API group "" in the namespace "a"'),
+        ("PUT", "/api/v1/namespaces/a/services/x", f'services "x" is forbidden: {user} update resource "services" '
+         'in API group "" in the namespace "a"'),
+        ("GET", "/api/v1/namespaces/a/services/x/status", f'services "x" is forbidden: {user} get resource '
+         '"services/status" in API group "" in the namespace "a"'),
+        ("GET", "/apis/discovery.k8s.io/v1/namespaces/a/endpointslices/s",
+         f'endpointslices.discovery.k8s.io "s" is forbidden: {user} get resource "endpointslices" '
+         'in API group "discovery.k8s.io" in the namespace "a"'),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/other",
+         f'leases.coordination.k8s.io "other" is forbidden: {user} update resource "leases" '
+         'in API group "coordination.k8s.io" in the namespace "kube-system"'),
+        ("GET", "/apis/coordination.k8s.io/v1/leases",
+         f'leases.coordination.k8s.io is forbidden: {user} list resource "leases" in API group "coordination.k8s.io" '
+         "at the cluster scope"),
+        ("PATCH", "/api/v1/nodes/n1/status",
+         f'nodes "n1" is forbidden: {user} patch resource "nodes/status" in API group "" at the cluster scope'),
+    ]
+    for method, path, message in denied:
+        with pytest.raises(ApiError) as err:
+            authorize("u", rules, method, [p for p in path.split("/") if p], {})
+        assert (err.value.code, err.value.message) == (403, message)
+
+    # and on the wire: a service account token with these rules
+    store = Store(None)
+    servers, stopping = serve(store, [("127.0.0.1", 0, None)], token="admin", accounts=(("sa", "u", rules),))
+    try:
+        host = f"http://127.0.0.1:{servers[0].server_address[1]}"
+        req = urllib.request.Request(f"{host}/apis/coordination.k8s.io/v1/namespaces/kube-system/leases",
+                                     method="POST", headers={"Authorization": "Bearer sa"},
+                                     data=json.dumps({"metadata": {"name": "podbgp-allocator"}, "spec": {}}).encode())
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 201
+        req = urllib.request.Request(f"{host}/api/v1/namespaces/a/services/x", method="DELETE",
+                                     headers={"Authorization": "Bearer sa"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=10)
+        body = json.loads(err.value.read())
+        assert err.value.code == 403 and body["details"] == {"name": "x", "kind": "services"}
+    finally:
+        stop(store, servers, stopping)
