@@ -60,6 +60,7 @@ class _Peer:
     # ExaBGP keeps it across the peer's session flaps (and sends it again on reconnect) until the
     # peer is removed or ExaBGP restarts. One dict per peer, changed in place by update().
     sent: dict[IPNetwork, Announcement] = field(default_factory=dict)
+    eor_due: bool = False  # up, with graceful restart, and our End-of-RIB not yet sent (held: release_eor)
 
     @property
     def reason(self) -> str:
@@ -78,7 +79,7 @@ class Sessions(RibPaths):
                  on_paths: Callable[[set[IPNetwork]], None], on_converged: Callable[[str], None],
                  counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] | None = None,
                  read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, hold_eor: bool = False) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
         self.graceful_restart = graceful_restart
         self.convergence_timeout = convergence_timeout
@@ -93,6 +94,9 @@ class Sessions(RibPaths):
         self.hints = security.QuietPeers(read_counters, clock)
         self._security_timer: asyncio.TimerHandle | None = None
         self.removed: set[str] = set()  # peers taken out of the configuration (until they return)
+        # End-of-RIB waits for release_eor(): what is announced is not complete yet (Services not
+        # listed), and a peer that kept our routes across our restart sweeps the rest at our EoR
+        self.hold_eor = hold_eor
 
     # ---- the route source --------------------------------------------------------------------
     def peers(self) -> tuple[PeerStatus, ...]:
@@ -262,6 +266,16 @@ class Sessions(RibPaths):
         if self.exabgp is not None:
             await self.exabgp.stop()
 
+    def release_eor(self) -> None:
+        """What is announced is complete: send the End-of-RIB held back from established peers,
+        and from now on at once when a session comes up."""
+        self.hold_eor = False
+        for rec in self._peers.values():
+            if rec.eor_due and rec.state == SessionState.UP:
+                cfg = rec.config
+                if self._send([encode.eor(cfg.key, fam) for fam in sorted(cfg.families)]):
+                    rec.eor_due = False
+
     # ---- what ExaBGP tells -------------------------------------------------------------------
     def on_line(self, line: str) -> None:
         try:
@@ -360,17 +374,20 @@ class Sessions(RibPaths):
         rec.exabgp_reason, rec.hint = reason, ""
 
     def _announce_to(self, rec: _Peer) -> None:
-        """Our own routes first, then End-of-RIB (manual EoR: the peer never purges them in a gap).
+        """Our own routes first, then End-of-RIB (manual EoR: the peer never purges them in a gap;
+        while hold_eor, not before release_eor()).
 
         ExaBGP sends again on its own what its Adj-RIB-Out kept from before a session flap; what
         we stopped announcing meanwhile is withdrawn here (announcing the rest again is a no-op)."""
         cfg = rec.config
         wanted = encode.view(cfg, self._announced.values())
         cmds = encode.resync(cfg.key, rec.sent, wanted)
-        if cfg.graceful_restart:
+        rec.eor_due = bool(cfg.graceful_restart)
+        if rec.eor_due and not self.hold_eor:
             cmds += [encode.eor(cfg.key, fam) for fam in sorted(cfg.families)]
         if self._send(cmds):
             rec.sent = wanted
+            rec.eor_due = rec.eor_due and self.hold_eor
 
     def _send(self, cmds: list[str]) -> bool:
         if self.exabgp is None or not self.exabgp.send(cmds):

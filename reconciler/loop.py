@@ -44,13 +44,13 @@ class Reconciler:
     def __init__(self, kernel: RouteTable, rib: RibReader, owners: Mapping[IPNetwork, Owner],
                  disputed: Container[IPNetwork], cluster: Iterable[IPNetwork], service: Iterable[IPNetwork],
                  strict_next_hop: bool = True, metric: int = 20,
-                 counters: collections.Counter | None = None) -> None:
+                 counters: collections.Counter | None = None, service_ranges: Iterable[IPNetwork] = ()) -> None:
         self.kernel = kernel
         self.rib = rib
         self.counters = counters if counters is not None else collections.Counter()
         self.policy = Policy(own=frozenset(), cluster=frozenset(cluster), service=frozenset(service),
                              connected=frozenset(), owners=owners, disputed=disputed,
-                             strict_next_hop=strict_next_hop, metric=metric)
+                             strict_next_hop=strict_next_hop, metric=metric, service_ranges=frozenset(service_ranges))
         self.synced = False
         self.converged = False
         # desired state, per prefix

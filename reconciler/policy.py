@@ -2,7 +2,8 @@
 
 A learned prefix is installed only if the Kubernetes API vouches for it: it equals a PodCIDR of
 some Node and (strict mode) its next hop is one of that Node's addresses. Everything else is
-rejected with a reason.
+rejected with a reason. Service addresses (the Service CIDRs, the LoadBalancer pools and the
+allowed ExternalIP ranges) are what nodes announce, never what they install.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Policy:
     disputed: Container[IPNetwork] = frozenset()
     strict_next_hop: bool = True
     metric: int = 20
+    service_ranges: frozenset[IPNetwork] = frozenset()  # LoadBalancer pools and allowed ExternalIP ranges
 
 
 Span = tuple[int, int, int]  # (ip version, first address, last address) as integers
@@ -63,6 +65,8 @@ def check(policy: Policy, path: Path) -> Reason | None:
         return Reason.OWN_CIDR
     if _overlaps(span, _spans(policy.service)):
         return Reason.SERVICE_RANGE
+    if policy.service_ranges and _overlaps(span, _spans(policy.service_ranges)):
+        return Reason.SERVICE_ADDRESS
     if not _inside(span, _spans(policy.cluster)):
         return Reason.OUTSIDE_CLUSTER
     if _overlaps(span, _spans(policy.connected)):

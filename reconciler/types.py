@@ -146,6 +146,7 @@ class Reason(str, enum.Enum):
     OWN_CIDR = "own-cidr"
     OUTSIDE_CLUSTER = "outside-cluster-cidr"
     SERVICE_RANGE = "service-range"
+    SERVICE_ADDRESS = "service-address"  # inside a LoadBalancer pool or an allowed ExternalIP range
     CONNECTED = "overlaps-connected-subnet"
     NO_SUCH_NODE = "no-such-node"
     NEXT_HOP_MISMATCH = "next-hop-mismatch"

@@ -1,6 +1,7 @@
 """BGP peers as configured: the global `peers:` of the config file and a Node's podbgp.io/peers
 annotation, each peer's keys (address, asn, port, holdTime, keepaliveTime, multihop,
-ttlSecurity, passwordKey; in the config also families and nodeSelector) parsed into a `Peer`.
+ttlSecurity, passwordKey, exportServices; in the config also families and nodeSelector) parsed
+into a `Peer`.
 
 Every default is a `Peer` field default, read from there by the parser. Every refusal is a
 ConfigError with one line naming the peer and the field.
@@ -15,7 +16,7 @@ from typing import Any
 from bgp.types import IPAddress
 
 from . import selector
-from .config_values import ConfigError, defaults, integer, ip, known_keys, label_selector, listed
+from .config_values import ConfigError, boolean, defaults, integer, ip, known_keys, label_selector, listed
 from .selector import Selector
 
 
@@ -39,6 +40,7 @@ class Peer:
     ttl_security: int | None = None
     families: frozenset[str] = frozenset()  # empty: the family of the address
     node_selector: Selector = selector.EVERYTHING  # the nodes this peer applies to
+    export_services: bool = True  # the peer gets this node's Service routes (not only its PodCIDRs)
 
     def __post_init__(self) -> None:
         if self.keepalive_time is None:
@@ -46,7 +48,8 @@ class Peer:
 
 
 # the keys of a peer in a Node's podbgp.io/peers annotation; the config adds families and nodeSelector
-ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey"}
+ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey",
+                        "exportServices"}
 PEER_KEYS = ANNOTATION_PEER_KEYS | {"families", "nodeSelector"}
 _DEFAULT = defaults(Peer)
 
@@ -92,6 +95,7 @@ def parse_peer(raw: Any, where: str, keys: Iterable[str] = PEER_KEYS) -> Peer:
         ttl_security=integer(raw["ttlSecurity"], f"{where}.ttlSecurity", 1, 254) if raw.get("ttlSecurity") else None,
         families=fams,
         node_selector=label_selector(raw.get("nodeSelector"), f"{where}.nodeSelector"),
+        export_services=boolean(raw.get("exportServices", _DEFAULT.export_services), f"{where}.exportServices"),
     )
 
 

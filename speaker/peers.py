@@ -147,7 +147,8 @@ def _candidates(cfg: Config, me: NodeInfo | None, mesh: Mapping[str, tuple[IPAdd
                 continue
             for addr in mesh[other]:
                 if announce.local_address(cfg, me, addr.version) is not None:
-                    yield f"{MESH_WHERE}{other}", Peer(address=addr, asn=cfg.asn)
+                    yield f"{MESH_WHERE}{other}", Peer(address=addr, asn=cfg.asn,
+                                                       export_services=cfg.mesh_export_services)
 
 
 def _annotation_peers(cfg: Config, me: NodeInfo | None, errors: dict[str, str]) -> list[tuple[str, Peer]]:
@@ -203,7 +204,8 @@ def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: i
         hold_time=p.hold_time, families=p.families or frozenset({"ipv4" if p.address.version == 4 else "ipv6"}),
         graceful_restart=cfg.graceful_restart, password=_password(cfg, p, where, read_secret),
         multihop=p.multihop, ttl_security=p.ttl_security, port=p.port, keepalive=p.keepalive_time,
-        listen=where.startswith(MESH_WHERE))  # mesh members connect both ways
+        listen=where.startswith(MESH_WHERE),  # mesh members connect both ways
+        export_services=p.export_services)  # mesh members: meshExportServices
 
 
 def _password(cfg: Config, p: Peer, where: str, read_secret: SecretReader) -> str | None:
