@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -51,7 +52,7 @@ class State:
     namespaces: list[str] = field(default_factory=list)
     nodes: dict[str, dict] = field(default_factory=dict)  # name -> {netns, role, asn, pod_cidrs}
     pods: list[dict] = field(default_factory=list)
-    pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd"
+    pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd", "proxy", "podhttp:POD"
     api_port: int = 0
     speaker_config: str | None = None  # None: the ConfigMap's config.yaml as rendered
     manifests: str = ""  # the rendered DaemonSet and ConfigMap the speakers start from
@@ -213,9 +214,11 @@ def up(topology: str = DEFAULT_TOPOLOGY, name: str | None = None, speakers: bool
     state.save()
     try:
         _create(state, topo)
+        _service_routes(state)
         _start_frr(state, topo)
         _start_apiserver(state)
         _register_nodes(state, topo)
+        start_proxy(state)
         if speakers:
             for node in state.nodes.values():
                 if node["role"] == "node":
@@ -309,6 +312,23 @@ def vtysh(state: State, node_name: str, command: str) -> str:
 
 # ---- the lab API server -----------------------------------------------------------------------
 
+def _start_child(argv: list[str], log_path: str, what: str, timeout: float = 20) -> int:
+    """Start one of the lab's own processes (its own session, stderr to log_path) and wait for the
+    `ready` line it prints on stdout; stopped (by its PID) when it does not come."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    log.close()
+    line = b""
+    if select.select([proc.stdout], [], [], timeout)[0]:
+        line = proc.stdout.readline()
+    proc.stdout.close()
+    if line.strip() != b"ready":
+        stop_pid(proc.pid, timeout=5)
+        raise LabError(f"{what} did not start within {timeout:.0f}s; see {log_path}")
+    return proc.pid
+
+
 def _start_apiserver(state: State) -> None:
     """The lab's CA, serving certificate and service-account token, two kubeconfigs (this host's,
     and one for clients inside the lab's namespaces), then the server itself."""
@@ -337,6 +357,8 @@ def start_apiserver(state: State) -> None:
             "--account", f"{os.path.join(state.pki_dir, 'serviceaccount', 'token')}={rules_file}"]
     for spec in listen:
         args += ["--listen", spec]
+    for cidr in node_config(state).get("serviceCIDRs") or []:  # cluster IPs as kube-apiserver allocates them
+        args += ["--service-cidr", str(cidr)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     log.close()
@@ -521,6 +543,7 @@ def add_pod(state: State, node: str, pod: str) -> dict:
         entry["ipv4" if addr.version == 4 else "ipv6"] = str(addr)
     state.pods.append(entry)
     state.save()
+    start_pod_server(state, pod)
     return entry
 
 
@@ -576,6 +599,75 @@ def start_speaker(state: State, node: str) -> int:
     return proc.pid
 
 
+def _service_routes(state: State) -> None:
+    """A route for each Service CIDR on every Kubernetes node, through its uplink (the interface with
+    its first address), as a node's default route would give: the node's own connections to a
+    cluster IP need one before the proxy's output rules translate them (the speakers never touch
+    routes of proto static)."""
+    cidrs = node_config(state).get("serviceCIDRs") or []
+    for node in state.nodes.values():
+        if node["role"] != "node":
+            continue
+        links = json.loads(run(["ip", "-j", "addr", "show"], netns=node["netns"]).stdout)
+        uplink = next((link["ifname"] for link in links for a in link.get("addr_info", [])
+                       if a.get("scope") == "global"), None)
+        if not uplink:
+            continue
+        for cidr in cidrs:
+            run(["ip", "route", "replace", str(cidr), "dev", uplink, "proto", "static"], netns=node["netns"])
+
+
+# ---- the lab's kube-proxy and the Pods' HTTP servers ---------------------------------------------
+
+def start_proxy(state: State) -> int:
+    """lab.proxy for every Kubernetes node: Services and EndpointSlices as nftables rules."""
+    if "proxy" in state.pids and pid_alive(state.pids["proxy"]):
+        raise LabError(f"the lab's proxy is already running (pid {state.pids['proxy']})")
+    if not shutil.which("nft"):
+        raise LabError("nft is missing: install nftables (make setup)")
+    args = [sys.executable, "-m", "lab.proxy", "--server", f"https://127.0.0.1:{state.api_port}",
+            "--ca", os.path.join(state.pki_dir, "ca.crt"), "--token-file", os.path.join(state.pki_dir, "admin-token")]
+    for node in state.nodes.values():
+        if node["role"] == "node":
+            args += ["--node", f"{node['name']}={node['netns']}"]
+    for cidr in node_config(state).get("clusterCIDRs") or []:
+        args += ["--cluster-cidr", str(cidr)]
+    pid = _start_child(args, os.path.join(state.dir, "proxy.log"), "the lab's proxy (lab.proxy)")
+    state.pids["proxy"] = pid
+    state.save()
+    return pid
+
+
+def stop_proxy(state: State) -> None:
+    pid = state.pids.pop("proxy", None)
+    if pid:
+        stop_pid(pid, timeout=5)
+    state.save()
+
+
+def start_pod_server(state: State, pod: str) -> int:
+    """The Pod's HTTP server on port 8080 (lab.podhttp, answering with the Pod's name), in its netns."""
+    key = f"podhttp:{pod}"
+    if key in state.pids and pid_alive(state.pids[key]):
+        raise LabError(f"the HTTP server of {pod} is already running (pid {state.pids[key]})")
+    entry = next((p for p in state.pods if p["name"] == pod), None)
+    if entry is None:
+        raise LabError(f"no pod {pod!r} in lab {state.name}")
+    argv = ["ip", "netns", "exec", entry["netns"], sys.executable, "-m", "lab.podhttp", "--name", pod]
+    pid = _start_child(argv, os.path.join(state.dir, entry["node"], f"{pod}.http.log"), f"{pod}'s HTTP server")
+    state.pids[key] = pid
+    state.save()
+    return pid
+
+
+def stop_pod_server(state: State, pod: str) -> None:
+    """Stop the Pod's HTTP server (a rolling update's old Pod going away); idempotent."""
+    pid = state.pids.pop(f"podhttp:{pod}", None)
+    if pid:
+        stop_pid(pid, timeout=5)
+    state.save()
+
+
 def stop_speaker(state: State, node: str, sig: int = signal.SIGTERM) -> None:
     pid = state.pids.pop(f"speaker:{node}", None)
     if state.speaker_images.get(node):
@@ -622,6 +714,9 @@ def speaker_status(state: State, node: str) -> dict:
 
 def down(name: str | None = None) -> None:
     state = State.load(name)
+    stop_proxy(state)
+    for key in sorted(k for k in state.pids if k.startswith("podhttp:")):
+        stop_pod_server(state, key.split(":", 1)[1])
     for key in sorted(k for k in state.pids if k.startswith("speaker:")):
         stop_speaker(state, key.split(":", 1)[1])
     for node in state.nodes.values():
