@@ -186,6 +186,8 @@ def _overlap(a: IPNetwork, b: IPNetwork) -> bool:
 def check_ranges(svc: ServicesConfig, cluster_cidrs: Sequence[IPNetwork], service_cidrs: Sequence[IPNetwork]) -> None:
     """Pools and allowed ExternalIP ranges stay out of the Pod and Service ranges; pools never
     overlap each other (an address belongs to one pool, with one set of BGP attributes)."""
+    if svc.cluster_ip_mode != "off" and not service_cidrs:
+        raise ConfigError(f"{W}.clusterIP.mode: {svc.cluster_ip_mode} needs serviceCIDRs (the range cluster IPs come from)")
     named = [(f"{W}.loadBalancer.pools[{i}].cidrs[{j}]", c) for i, p in enumerate(svc.pools) for j, c in enumerate(p.cidrs)]
     allowed = [(f"{W}.externalIPs.allowedCIDRs[{i}]", c) for i, c in enumerate(svc.external_ip_cidrs)]
     for where, c in named + allowed:

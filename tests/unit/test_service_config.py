@@ -116,3 +116,11 @@ def test_community_normalised_and_modes():
              "clusterIP": {"mode": "CIDR"}})
     assert c.pools[0].communities == ("65000:7",) and c.cluster_ip_mode == "cidr"
     assert svc({"clusterIP": {"mode": "off"}}).cluster_ip_mode == "off"
+
+
+def test_cluster_ip_modes_need_service_cidrs():
+    base = {k: v for k, v in BASE.items() if k != "serviceCIDRs"}
+    for mode in ("cidr", "perService"):
+        with pytest.raises(ConfigError, match=f"services.clusterIP.mode: {mode} needs serviceCIDRs"):
+            cfgmod.parse({**base, "services": {"clusterIP": {"mode": mode}}})
+    assert cfgmod.parse({**base, "services": {"clusterIP": {"mode": "off"}}}).services.cluster_ip_mode == "off"
