@@ -422,3 +422,19 @@ def test_learned_paths_inside_or_over_a_service_range_are_refused_with_their_own
     rec = Reconciler(None, None, {}, frozenset(), [N("10.42.0.0/16")], [], service_ranges=[N("203.0.113.0/24")])
     assert rec.policy.service_ranges == frozenset({N("203.0.113.0/24")})
     assert Reconciler(None, None, {}, frozenset(), [], []).policy.service_ranges == frozenset()
+
+
+def test_two_announcements_of_one_prefix_resolve_the_same_whatever_the_order():
+    async def body():
+        a, b = svc("203.0.113.7/32", ["65000:100"]), svc("203.0.113.7/32", ["65000:200"])
+        s1 = await make([EBGP])
+        s1.announce(frozenset({a, b}))
+        s2 = await make([EBGP])
+        s2.update([b, a], [])
+        s3 = await make([EBGP])
+        s3.update([a, b], [])
+        s2.announce(frozenset({b, a}))
+        s3.announce(frozenset({b, a}))
+        assert s1.announced == s2.announced == s3.announced and len(s1.announced) == 1
+        assert held(s1) == held(s2) == held(s3)
+    run(body())
