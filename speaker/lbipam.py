@@ -103,8 +103,11 @@ class AllocatorRunner:
             self._thread.join(timeout)
         self.elector.stop(release=release, timeout=timeout)
 
+    close = stop  # the speaker closes what it started
+
     def on_services(self, values: Iterable[ServiceInfo], deleted: Iterable[str] = (), synced: bool = False) -> None:
-        """What the Services watch delivered (values: ServiceInfo; deleted: keys); any thread."""
+        """What the Services watch delivered (values: ServiceInfo; deleted: keys); any thread.
+        A Service the parser refused is not deleted: leave it out, and the IP it holds stays held."""
         self._queue.put(("services", tuple(values), tuple(deleted), synced))
 
     def status(self) -> dict:
