@@ -827,16 +827,18 @@ def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
 
 def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list: bool = True,
           tls: ssl.SSLContext | None = None, token: str | None = None,
-          accounts: tuple = (), service_cidrs: list[str] | None = None) -> tuple[list[Server], threading.Event]:
+          accounts: tuple = (), service_cidrs: list[str] | None = None,
+          node_ports: tuple[int, int] | None = None) -> tuple[list[Server], threading.Event]:
     """Start one HTTP server per (host, port, netns) sharing the store; returns them running.
 
     watch_list=False emulates Kubernetes 1.33, whose WatchList feature gate is off: a watch with
     sendInitialEvents is refused (422) and clients fall back to list + watch. service_cidrs: the
     ranges Services get their cluster IPs from (at most one per family; the first family is the
-    default one), as kube-apiserver's --service-cluster-ip-range.
+    default one), as kube-apiserver's --service-cluster-ip-range; node_ports (first, last) as its
+    --service-node-port-range.
     """
-    if service_cidrs:
-        store.set_service_cidrs(service_cidrs)
+    if service_cidrs or node_ports:
+        store.set_service_cidrs(service_cidrs or store.rules["services"].cidrs, node_ports)
     stopping = threading.Event()
     handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list,
                                                 "token": token.encode() if token is not None else None,
@@ -868,9 +870,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="a service account's token, allowed only what the RBAC rules (JSON) grant")
     ap.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
                     help="a range Services' cluster IPs come from (at most one per IP family; default 10.0.0.0/24)")
+    ap.add_argument("--service-node-port-range", metavar="FIRST-LAST",
+                    help="the node ports Services get (default 30000-32767)")
     args = ap.parse_args(argv)
     try:
         check_service_cidrs(args.service_cidr)
+        node_ports = None
+        if args.service_node_port_range:
+            first, _, last = args.service_node_port_range.partition("-")
+            node_ports = (int(first), int(last))
+            if not 0 < node_ports[0] <= node_ports[1] < 65536:
+                raise ValueError(f"--service-node-port-range {args.service_node_port_range}: not a range of ports")
     except ValueError as exc:
         ap.error(str(exc))
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -887,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port = addr.rpartition(":")
         listeners.append((host.strip("[]"), int(port), netns or None))
     store = Store(args.state, history=args.history, persist_interval=args.persist_interval,
-                  service_cidrs=args.service_cidr or None)
+                  service_cidrs=args.service_cidr or None, node_ports=node_ports)
     accounts = []
     for spec in args.account:
         token_file, _, rules_file = spec.partition("=")

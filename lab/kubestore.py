@@ -180,12 +180,13 @@ class Table:
 
 class Store:
     def __init__(self, path: str | None = None, history: int = 1000, persist_interval: float = 1.0,
-                 service_cidrs: list[str] | tuple[str, ...] | None = None) -> None:
+                 service_cidrs: list[str] | tuple[str, ...] | None = None,
+                 node_ports: tuple[int, int] | None = None) -> None:
         self.path = path
         self.tables = {name: Table(kind, history) for name, kind in KINDS.items()}
         self.rules: dict[str, Rules] = {name: Rules(kind) for name, kind in KINDS.items()}
         self.rules["nodes"] = NodeRules(NODES)
-        self.rules["services"] = ServiceRules(SERVICES, service_cidrs or DEFAULT_SERVICE_CIDRS)
+        self.rules["services"] = ServiceRules(SERVICES, service_cidrs or DEFAULT_SERVICE_CIDRS, node_ports)
         self.rules["endpointslices"] = SliceRules(SLICES)
         self.rules["leases"] = LeaseRules(LEASES)
         self.rv = 1
@@ -217,10 +218,10 @@ class Store:
     def compacted(self, value: int) -> None:
         self.tables["nodes"].compacted = value
 
-    def set_service_cidrs(self, cidrs: list[str] | tuple[str, ...]) -> None:
-        """Allocate cluster IPs from these ranges from now on (the Services stored keep theirs)."""
+    def set_service_cidrs(self, cidrs: list[str] | tuple[str, ...], node_ports: tuple[int, int] | None = None) -> None:
+        """Allocate cluster IPs (and node ports) from these ranges from now on (the Services stored keep theirs)."""
         with self.cond:
-            rules = ServiceRules(SERVICES, cidrs)
+            rules = ServiceRules(SERVICES, cidrs, node_ports)
             rules.load(self.tables["services"].items.values())
             self.rules["services"] = rules
 
@@ -633,7 +634,7 @@ def _unsupported(value: object, supported) -> str:
 # -- Services: defaults, cluster IPs, node ports ----------------------------------------------------
 
 DEFAULT_SERVICE_CIDRS = ("10.0.0.0/24",)  # kube-apiserver's default --service-cluster-ip-range
-NODE_PORTS = (30000, 32767)
+NODE_PORTS = (30000, 32767)  # kube-apiserver's default --service-node-port-range
 SERVICE_TYPES = ("ClusterIP", "ExternalName", "LoadBalancer", "NodePort")
 POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
 
@@ -685,13 +686,14 @@ class ServiceRules(Rules):
     """What kube-apiserver's Service REST storage does on a write: defaults, validation, and the
     allocation of cluster IPs (per ipFamilies/ipFamilyPolicy) and node ports, released on delete."""
 
-    def __init__(self, kind: Kind, cidrs) -> None:
+    def __init__(self, kind: Kind, cidrs, node_ports: tuple[int, int] | None = None) -> None:
         super().__init__(kind)
+        self.cidrs = check_service_cidrs(cidrs)
         self.ranges = {}  # family -> (network, Pool), in the order configured
-        for c in check_service_cidrs(cidrs):
+        for c in self.cidrs:
             fam, net, pool = service_cidr_pool(c)
             self.ranges[fam] = (net, pool)
-        self.ports = Pool(*NODE_PORTS)
+        self.ports = Pool(*(node_ports or NODE_PORTS))
 
     def _inv(self, name: str, field: str, msg: str, reason: str = "FieldValueInvalid") -> ApiError:
         return invalid(self.kind, name, field, msg, reason)
@@ -891,7 +893,7 @@ class ServiceRules(Rules):
             return n
         if not isinstance(want, int) or want not in self.ports:
             raise self._inv(name, field, f"Invalid value: {json.dumps(want)}: provided port is not in the valid range. "
-                            f"The range of valid ports is {NODE_PORTS[0]}-{NODE_PORTS[1]}")
+                            f"The range of valid ports is {self.ports.lo}-{self.ports.hi}")
         if (want in self.ports.used and want not in held) or want in picked:
             raise self._inv(name, field, f"Invalid value: {want}: provided port is already allocated")
         picked.add(want)

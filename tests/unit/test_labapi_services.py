@@ -495,3 +495,36 @@ def test_rbac_of_a_service_account_by_group_namespace_and_subresource(tmp_path):
         assert err.value.code == 403 and body["details"] == {"name": "x", "kind": "services"}
     finally:
         stop(store, servers, stopping)
+
+
+def test_the_server_process_takes_its_service_ranges_from_flags(tmp_path):
+    import socket
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = [sys.executable, "-m", "lab.apiserver", "--state", str(tmp_path / "s.json")]
+    bad = subprocess.run([*base, "--listen", "127.0.0.1:0", "--service-cidr", "10.43.0.0/16", "--service-cidr",
+                          "10.44.0.0/16"], capture_output=True, text=True, cwd=root, timeout=30)
+    assert bad.returncode == 2 and "at most one range per IP family" in bad.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*base, "--listen", f"127.0.0.1:{port}", "--service-cidr", "fd00:43::/108",
+                             "--service-cidr", "10.43.0.0/16", "--service-node-port-range", "31000-31001"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=root)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(f"apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: 'http://127.0.0.1:{port}'}}\n"
+                      "contexts:\n- name: t\n  context: {cluster: t, user: t}\ncurrent-context: t\nusers:\n- name: t\n  user: {token: t}\n")
+        core, _, _ = apis(str(kc))
+        spec = core.create_namespaced_service("default", svc("np", "NodePort", ipFamilyPolicy="PreferDualStack")).spec
+        assert spec.ip_families == ["IPv6", "IPv4"]  # the first range's family comes first
+        assert ipaddress.ip_address(spec.cluster_ip) in ipaddress.ip_network("fd00:43::/108")
+        assert spec.ports[0].node_port == 31000
+        assert error_of(core.create_namespaced_service, "default", svc("np2", "NodePort", ports=[{"port": 1, "nodePort": 30000}])) == (
+            422, 'Service "np2" is invalid: spec.ports[0].nodePort: Invalid value: 30000: provided port is not in the '
+            "valid range. The range of valid ports is 31000-31001")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
