@@ -10,6 +10,12 @@ A change of the peer list is a reload of ExaBGP, not a restart (bgp.process.ExaB
 sessions to unchanged peers go on untouched, a changed peer's session is re-established, a
 removed peer's session closes and its paths leave the RIB at once (it is gone for good: nothing
 is kept stale), a new peer gets our routes and End-of-RIB when it comes up.
+
+What each peer gets: the announcements of its families; Service routes (Announcement.service)
+only if its export_services, which ExaBGP's configuration does not hold, so a change of it alone
+is commands to ExaBGP, never a reload. `update(added, removed)` costs in proportion to the change;
+each peer's `sent` (what ExaBGP holds for it) is kept exact for the full resync at session up
+and after an API reconnect.
 """
 from __future__ import annotations
 
@@ -146,7 +152,8 @@ class Sessions(RibPaths):
     # ---- what the speaker asks for -----------------------------------------------------------
     def configure(self, peers: list[PeerConfig]) -> None:
         """Run ExaBGP with these peers: started on the first call, reloaded on a change (ConfigError,
-        and nothing changed, if they cannot be rendered)."""
+        and nothing changed, if they cannot be rendered). A change of export_services only is no
+        reload: the Service routes of those peers are announced or withdrawn."""
         if self.exabgp is not None and peers == self.configured:
             return
         if self.exabgp is not None and list(map(_session, peers)) == list(map(_session, self.configured)):
