@@ -741,6 +741,11 @@ class ServiceRules(Rules):
         if typ not in SERVICE_TYPES:
             raise self._inv(name, "spec.type", _unsupported(typ, SERVICE_TYPES), "FieldValueNotSupported")
         spec.setdefault("sessionAffinity", "None")
+        if old is not None and old_spec.get("type") == "LoadBalancer" != typ:
+            # dropTypeDependentFields: what only a LoadBalancer has goes with the type, unless changed
+            for k in ("allocateLoadBalancerNodePorts", "loadBalancerClass"):
+                if k in spec and spec[k] == old_spec.get(k):
+                    del spec[k]
         self._policies(name, spec, old_spec)
         self._lb_class(name, spec, old_spec, old)
         if typ == "ExternalName":
@@ -761,17 +766,16 @@ class ServiceRules(Rules):
         typ = spec["type"]
         if typ != "ExternalName":
             spec.setdefault("internalTrafficPolicy", "Cluster")
-        external = typ in ("NodePort", "LoadBalancer")
-        if external:
+        # externally accessible: a node port, a load balancer, or external IPs; otherwise the
+        # external policy is dropped (as when an update removes the last external IP)
+        if typ in ("NodePort", "LoadBalancer") or (typ == "ClusterIP" and spec.get("externalIPs")):
             spec.setdefault("externalTrafficPolicy", "Cluster")
+        else:
+            spec.pop("externalTrafficPolicy", None)
         for field in ("internalTrafficPolicy", "externalTrafficPolicy"):
             if field in spec and spec[field] not in ("Cluster", "Local"):
                 raise self._inv(name, f"spec.{field}", _unsupported(spec[field], ("Cluster", "Local")),
                                 "FieldValueNotSupported")
-        if spec.get("externalTrafficPolicy") and not external and not spec.get("externalIPs"):
-            raise self._inv(name, "spec.externalTrafficPolicy",
-                            f"Invalid value: {json.dumps(spec['externalTrafficPolicy'])}: "
-                            "may only be set for externally-accessible services")
         if typ == "LoadBalancer":
             spec.setdefault("allocateLoadBalancerNodePorts", True)
         elif "allocateLoadBalancerNodePorts" in spec:

@@ -528,3 +528,26 @@ def test_the_server_process_takes_its_service_ranges_from_flags(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_type_changes_take_and_give_back_what_the_type_needs(small):
+    store, kc, _ = small
+    core, _, _ = apis(kc)
+    rules = store.rules["services"]
+    lb = core.create_namespaced_service("default", svc("x", "LoadBalancer", loadBalancerClass="podbgp.io/bgp",
+                                                       externalTrafficPolicy="Local")).spec
+    assert rules.ports.used == {lb.ports[0].node_port, lb.health_check_node_port}
+    back = core.patch_namespaced_service("x", "default", {"spec": {"type": "ClusterIP"}}).spec
+    assert back.ports[0].node_port is None and back.health_check_node_port is None
+    assert back.allocate_load_balancer_node_ports is None and back.load_balancer_class is None
+    assert back.external_traffic_policy is None and back.cluster_ip == lb.cluster_ip
+    assert rules.ports.used == set()
+    ext = core.patch_namespaced_service("x", "default", {"spec": {"externalIPs": ["198.51.100.7"]}}).spec
+    assert ext.external_traffic_policy == "Cluster"  # external IPs make it externally accessible
+    gone = core.patch_namespaced_service("x", "default", [{"op": "remove", "path": "/spec/externalIPs"}]).spec
+    assert gone.external_traffic_policy is None
+    name = core.patch_namespaced_service("x", "default", {"spec": {"type": "ExternalName", "externalName": "a.example"}}).spec
+    assert name.cluster_ip is None and name.cluster_ips is None and name.ip_families is None
+    assert all(not pool.used for _, pool in rules.ranges.values())  # its cluster IP was given back
+    again = core.patch_namespaced_service("x", "default", {"spec": {"type": "ClusterIP", "externalName": None}}).spec
+    assert ipaddress.ip_address(again.cluster_ip) in ipaddress.ip_network("10.96.0.0/29")
