@@ -265,6 +265,28 @@ def verdicts(r: dict) -> dict[str, dict]:
                               "pass": bool(r.get("start", {}).get("complete"))}}
 
 
+def profile_top(lines, top: int = 40) -> dict:
+    """py-spy's raw (collapsed) output -> samples, and the functions most often on the stack
+    (inclusive, counted once per sample) and at its top (self). A frame is `name (file:line)`;
+    the line number is dropped so a function is one entry."""
+    incl: dict[str, int] = {}
+    self_: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in stack.split(";")]
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+        self_[frames[-1]] = self_.get(frames[-1], 0) + n
+    def order(d: dict[str, int]) -> list[tuple[str, int]]:
+        return sorted(d.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return {"samples": total, "inclusive": order(incl), "self": order(self_)}
+
+
 # ---- the BGP receiver --------------------------------------------------------------------------
 
 BGP_OPEN, BGP_UPDATE, BGP_NOTIFICATION, BGP_KEEPALIVE = 1, 2, 3, 4

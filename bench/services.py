@@ -337,7 +337,10 @@ class Bench:
                 f"ExaBGP {mem['exabgp_rss_mib']} MiB (+{mem['exabgp_added_mib']})")
             r["idle_cpu"] = self.cpu(sp, 5.0, None)
             self.latency()
+            spy = self.start_py_spy(sp)
             r["churn"] = self.cpu(sp, self.args.seconds, self.churn)
+            if spy is not None:
+                r["churn_profile"] = self.read_py_spy(spy)
             r["after"] = self.check_final()
             r["memory_after_churn"] = self.memory(sp)
             self.stop_speaker(sp)
@@ -364,6 +367,31 @@ class Bench:
         say("CPU (% of a core) " + ("under churn" if during else "idle") + ": "
             + ", ".join(f"{k} {v}" for k, v in out.items()))
         return out
+
+    def start_py_spy(self, sp: sw.Proc) -> sw.Proc | None:
+        """With --py-spy: sample the speaker (all threads) through the churn."""
+        if not self.args.py_spy:
+            return None
+        out = self.run.path("churn.spy")
+        argv = [self.args.py_spy, "record", "--pid", str(sp.pid), "--duration", str(int(self.args.seconds)),
+                "--rate", "200", "--nonblocking", "--format", "raw", "--output", out]
+        return self.run.spawn("py-spy", argv, self.run.path("py-spy.log"))
+
+    def read_py_spy(self, spy: sw.Proc) -> dict:
+        deadline = time.monotonic() + 30
+        while spy.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            with open(self.run.path("churn.spy")) as f:
+                prof = sv.profile_top(f)
+        except OSError as exc:
+            return {"error": str(exc)}
+        say("speaker under churn, py-spy samples (all threads): total " + str(prof["samples"]))
+        for name, n in prof["inclusive"][:25]:
+            say(f"  incl {100 * n / max(1, prof['samples']):5.1f}%  {name}")
+        for name, n in prof["self"][:15]:
+            say(f"  self {100 * n / max(1, prof['samples']):5.1f}%  {name}")
+        return prof
 
     def write(self, ch: sv.Change) -> tuple[float, float]:
         """PUT the Service's slice as the model has it now: (time sent, time the response was read)."""
@@ -480,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changes", type=int, default=30, help="announcement flips timed one at a time (x2: away and back)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="leave the run directory for inspection")
+    ap.add_argument("--py-spy", metavar="PATH", help="sample the speaker with this py-spy through the churn "
+                    "(its own CPU load then shares the machine: not for the CPU figure)")
     ap.add_argument("--api-nagle", action="store_true",
                     help="run the lab API server as it is (Nagle on: +40 ms per response) instead of with TCP_NODELAY")
     args = ap.parse_args(argv)

@@ -200,3 +200,13 @@ def test_open_families():
     assert w.open_families(body) == {1, 2}
     bare = struct.pack("!BHH4sB", 4, 65001, 9, socket.inet_aton("172.20.0.2"), 0)
     assert w.open_families(bare) == {1}
+
+
+def test_profile_top():
+    raw = ["main (a.py:1);loop (a.py:10);parse (b.py:5) 3\n",
+           "main (a.py:1);loop (a.py:12);parse (b.py:7) 2\n",
+           "main (a.py:1);idle (a.py:20) 5\n", "garbage\n"]
+    p = w.profile_top(raw)
+    assert p["samples"] == 10
+    assert dict(p["inclusive"])["main (a.py)"] == 10 and dict(p["inclusive"])["loop (a.py)"] == 5
+    assert p["self"][0] == ("idle (a.py)", 5) and dict(p["self"])["parse (b.py)"] == 5
