@@ -551,3 +551,45 @@ def test_type_changes_take_and_give_back_what_the_type_needs(small):
     assert all(not pool.used for _, pool in rules.ranges.values())  # its cluster IP was given back
     again = core.patch_namespaced_service("x", "default", {"spec": {"type": "ClusterIP", "externalName": None}}).spec
     assert ipaddress.ip_address(again.cluster_ip) in ipaddress.ip_network("10.96.0.0/29")
+
+
+# -- the store: one version counter, a history per resource, the change log -----------------------
+
+def test_each_resource_has_its_own_history_under_one_version_counter():
+    from lab.kubestore import ApiError
+
+    store = Store(None, history=5, service_cidrs=[V4])
+    store.create({"metadata": {"name": "n1"}})
+    seen = store.rv
+    for i in range(8):
+        store.create(svc(f"s{i}"), "services", "default")
+    assert store.rv == seen + 8
+    assert store.events_after(seen, 0.05) == ([], store.rv)  # Services churning do not expire a Node watch
+    with pytest.raises(ApiError) as err:
+        store.events_after(seen, 0.05, "services")
+    assert err.value.code == 410
+    assert [e.entry.name for e in store.events_after(store.rv - 2, 0.05, "services")[0]] == ["default/s6", "default/s7"]
+    store.update("default/s7", {**store.get("default/s7", "services")}, res="services")  # unchanged: no version
+    assert store.rv == seen + 8
+
+
+def test_services_and_slices_replay_from_the_change_log_after_a_crash(tmp_path):
+    path = str(tmp_path / "state.json")
+    store = Store(path, persist_interval=60, service_cidrs=["10.96.0.0/29"])
+    store.create({"metadata": {"name": "n1"}})
+    store.flush()
+    ips = [store.create(svc(f"s{i}"), "services", "default").obj()["spec"]["clusterIP"] for i in range(3)]
+    store.delete("default/s1", "services")
+    store.create(eps("s0", ["10.42.0.1"]), "endpointslices", "default")
+    store.flush()
+    store._closed.set()  # the process dies: only the log has the Services
+    again = Store(path, service_cidrs=["10.96.0.0/29"])
+    try:
+        assert sorted(again.tables["services"].items) == ["default/s0", "default/s2"]
+        assert len(again.tables["endpointslices"].items) == 1 and sorted(again.nodes) == ["n1"]
+        held = again.rules["services"].ranges["IPv4"][1].used
+        assert held == {int(ipaddress.ip_address(ips[0])), int(ipaddress.ip_address(ips[2]))}
+        assert again.rv == store.rv
+    finally:
+        again.close()
+    assert sorted(json.load(open(path))["services"]) == ["default/s0", "default/s2"]
