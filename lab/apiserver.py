@@ -755,7 +755,8 @@ def resolve(parts: list[str]) -> tuple[str, str | None, list[str]] | None:
 
 def authorize(user: str, rules: list[dict], method: str, parts: list[str], q: dict[str, str]) -> None:
     """RBAC as kube-apiserver applies it: the request's verb on its resource (with subresource), in
-    its API group and namespace, must be granted by one rule; otherwise 403 with its message."""
+    its API group and namespace, must be granted by one rule (a rule with a "namespace" key, from a
+    RoleBinding, only in that namespace); otherwise 403 with its message."""
     target = resolve(parts)
     if target is None:  # discovery and OpenAPI: every authenticated user (anything else is a 404)
         return
@@ -767,10 +768,11 @@ def authorize(user: str, rules: list[dict], method: str, parts: list[str], q: di
         verb = "get" if name else ("watch" if q.get("watch") in ("1", "true") else "list")
     else:
         verb = VERBS.get(method, method.lower())
-    for rule in rules:
+    for rule in rules:  # a rule from a RoleBinding carries its namespace (lab.daemonset.rbac) and holds only there
         if {kind.group, "*"} & set(rule.get("apiGroups", [])) and {resource, "*"} & set(rule.get("resources", [])) \
                 and {verb, "*"} & set(rule.get("verbs", [])) \
-                and (not rule.get("resourceNames") or name in rule["resourceNames"]):
+                and (not rule.get("resourceNames") or name in rule["resourceNames"]) \
+                and ("namespace" not in rule or rule["namespace"] == ns):
             return
     # responsewriters.forbiddenMessage, wrapped by errors.NewForbidden(group resource, name, ...)
     what = f'{kind.qualified} "{name}"' if name else kind.qualified

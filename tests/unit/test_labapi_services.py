@@ -440,8 +440,8 @@ def test_rbac_of_a_service_account_by_group_namespace_and_subresource(tmp_path):
              {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch", "update"]},
              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
              {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "update"],
-              "resourceNames": ["podbgp-allocator"]},
-             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+              "resourceNames": ["podbgp-allocator"], "namespace": "kube-system"},  # a RoleBinding's (lab.daemonset.rbac)
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"], "namespace": "kube-system"},
              {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
     allowed = [("GET", "/api/v1/services", {}), ("GET", "/api/v1/namespaces/a/services", {"watch": "true"}),
                ("PATCH", "/api/v1/namespaces/a/services/x/status", {}),
@@ -469,6 +469,12 @@ def test_rbac_of_a_service_account_by_group_namespace_and_subresource(tmp_path):
         ("GET", "/apis/coordination.k8s.io/v1/leases",
          f'leases.coordination.k8s.io is forbidden: {user} list resource "leases" in API group "coordination.k8s.io" '
          "at the cluster scope"),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/default/leases/podbgp-allocator",
+         f'leases.coordination.k8s.io "podbgp-allocator" is forbidden: {user} update resource "leases" '
+         'in API group "coordination.k8s.io" in the namespace "default"'),
+        ("POST", "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+         f'leases.coordination.k8s.io is forbidden: {user} create resource "leases" '
+         'in API group "coordination.k8s.io" in the namespace "default"'),
         ("PATCH", "/api/v1/nodes/n1/status",
          f'nodes "n1" is forbidden: {user} patch resource "nodes/status" in API group "" at the cluster scope'),
     ]
