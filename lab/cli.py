@@ -69,7 +69,8 @@ def status(name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"lab {doc['name']} (api pid {doc['apiserver']['pid']}, kubeconfig {doc['kubeconfig']})")
+    click.echo(f"lab {doc['name']} (api pid {doc['apiserver']['pid']}, proxy pid {doc['proxy']['pid']}, "
+               f"kubeconfig {doc['kubeconfig']})")
     for n in doc["nodes"]:
         click.echo(f"  {n['name']:<8} {n['role']:<5} {n['netns']:<22} {' '.join(n['addresses'])}")
     for p in doc["pods"]:

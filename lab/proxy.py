@@ -364,28 +364,38 @@ class Watcher(threading.Thread):
 
 
 def nft_apply(netns: str, script: str) -> None:
-    proc = subprocess.run(["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=False,
-                          capture_output=True, timeout=10)
+    # nsenter: only the network namespace (ip netns exec also remounts /sys: half again slower)
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "nft", "-f", "-"], input=script, text=True,
+                          check=False, capture_output=True, timeout=10)
     if proc.returncode != 0:
         raise OSError(f"nft -f in {netns}: {proc.stderr.strip()[:400]}")
 
 
 def sync(nodes: dict[str, str], services: list[dict], slices: list[dict], cidrs, applied: dict[str, str]) -> bool:
-    """Render every node's table and apply those that changed; True when all are in place."""
-    ok = True
-    for node, netns in sorted(nodes.items()):
-        text = render(node, services, slices, cidrs)
-        if applied.get(node) == text:
-            continue
+    """Render every node's table and apply those that changed, all nodes at once; True when all are in place."""
+    texts = {node: render(node, services, slices, cidrs) for node in sorted(nodes)}
+    changed = [node for node, text in texts.items() if applied.get(node) != text]
+    failed: dict[str, str] = {}
+
+    def apply(node: str) -> None:
         try:
-            nft_apply(netns, text)
-            applied[node] = text
-            log.info("table.replaced node=%s rules=%d", node, text.count("\n"))
+            nft_apply(nodes[node], texts[node])
         except (OSError, subprocess.SubprocessError) as exc:
+            failed[node] = str(exc)
+
+    threads = [threading.Thread(target=apply, args=(node,)) for node in changed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for node in changed:
+        if node in failed:
             applied.pop(node, None)
-            log.error("table.failed node=%s error=%s", node, exc)
-            ok = False
-    return ok
+            log.error("table.failed node=%s error=%s", node, failed[node])
+        else:
+            applied[node] = texts[node]
+            log.info("table.replaced node=%s lines=%d", node, texts[node].count("\n"))
+    return not failed
 
 
 def run_proxy(api: Api, nodes: dict[str, str], cidrs, stop: threading.Event, debounce: float = 0.02) -> None:

@@ -742,7 +742,8 @@ def status(name: str | None = None) -> dict:
         nodes.append(entry)
     return {"name": state.name, "topology": state.topology, "kubeconfig": state.kubeconfig,
             "apiserver": {"port": state.api_port, "pid": state.pids.get("apiserver")},
-            "nodes": nodes, "pods": state.pods}
+            "proxy": {"pid": state.pids.get("proxy")},
+            "nodes": nodes, "pods": [{**p, "httpPid": state.pids.get(f"podhttp:{p['name']}")} for p in state.pods]}
 
 
 def exec_argv(state: State, target: str, argv: list[str]) -> list[str]:
