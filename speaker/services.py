@@ -204,9 +204,11 @@ def slice_parser(own_node: str) -> Callable[[dict], tuple[str | None, SliceInfo 
 def _slice(obj: dict, key: str, service: str, own: str) -> SliceInfo:
     ready = local_ready = local_serving = local_total = 0
     for i, ep in enumerate(_list(obj.get("endpoints"), f"endpointslice {key}: endpoints")):
-        if not isinstance(ep, dict):
+        if not isinstance(ep, dict):  # reasons are formatted only when needed: this loop runs per endpoint
             raise _Bad(f"endpointslice {key}: endpoints[{i}] is not an object")
-        cond = _dict(ep, "conditions", f"endpointslice {key}: endpoints[{i}]")
+        cond = ep.get("conditions") or {}
+        if not isinstance(cond, dict):
+            raise _Bad(f"endpointslice {key}: endpoints[{i}]: conditions is not an object")
         terminating = cond.get("terminating") is True
         is_ready = cond.get("ready") is not False and not terminating
         ready += is_ready
