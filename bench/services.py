@@ -200,6 +200,8 @@ class Bench:
                                   check=False, cwd=sw.REPO, timeout=30).stdout
         if "--service-cidr" in helptext:
             argv += ["--service-cidr", sw.SERVICE[0], "--service-cidr", sw.SERVICE[1]]
+        if "--service-node-port-range" in helptext:
+            argv += ["--service-node-port-range", f"{sv.NODE_PORTS[0]}-{sv.NODE_PORTS[1]}"]
         proc = run.spawn("apiserver", argv, run.path("apiserver.log"), stdout=subprocess.PIPE)
         if proc.popen.stdout.readline().strip() != b"ready":
             raise BenchError(f"the API server did not start; see {run.path('apiserver.log')}")
