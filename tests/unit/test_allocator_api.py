@@ -276,3 +276,56 @@ def test_kubeclient_object_calls_against_the_lab_api(kube):
     ev = kube.create("/api/v1/namespaces/default/events",
                      event_body(Event("default/s", "PoolExhausted", "pool exhausted"), "node1"))
     assert ev["involvedObject"]["name"] == "s"
+
+
+def test_what_deploy_grants_is_enough_for_the_allocator(tmp_path):
+    """The speaker's service account with exactly the rules deploy/ binds to it (ClusterRole and
+    the Lease Role in kube-system): the election, the status patch and the Event all pass."""
+    import os
+    import yaml
+    from kubernetes.client.configuration import Configuration
+
+    from lab import daemonset
+    from lab.apiserver import serve
+    from lab.kubestore import Store
+    from speaker.kubeclient import KubeClient
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    objects = []
+    for name in ("rbac.yaml", "daemonset.yaml", "serviceaccount.yaml"):
+        with open(os.path.join(root, "deploy", name)) as f:
+            objects += [d for d in yaml.safe_load_all(f) if d]
+    user, rules = daemonset.rbac(objects)
+    store = Store(str(tmp_path / "state.json"), history=50)
+    servers, stopping = serve(store, [("127.0.0.1", 0, None)], token="admin", accounts=(("sa", user, rules),))
+
+    def client(token):
+        c = Configuration(host=f"http://127.0.0.1:{servers[0].server_address[1]}")
+        c.api_key, c.api_key_prefix = {"BearerToken": token}, {"BearerToken": "Bearer"}
+        return KubeClient(None, read_timeout=5.0, configuration=c)
+    admin, sa = client("admin"), client("sa")
+    one = ServicesConfig(pools=(Pool("one", (ipaddress.ip_network("203.0.113.7/32"),)),), allocate=True)
+    r = AllocatorRunner(sa, one, "node1", "kube-system", timings=FAST, tick=0.05)
+    try:
+        for n in ("a", "b"):
+            admin.create("/api/v1/namespaces/default/services", service_obj(n))
+        r.on_services([svc("a"), svc("b")], (), True)
+        r.start()
+        poll(lambda: lab_ip(admin, "a") == ["203.0.113.7"], 10, "a allocated with the account's rights")
+        poll(lambda: store_events(admin), 10, "the Event on b")
+        assert r.status()["error"] is None and r.status()["leader"]
+        with pytest.raises(KubeError) as err:  # the account has no rights beyond what deploy/ grants
+            sa.patch_object("/api/v1/namespaces/default/services/a", {"metadata": {"labels": {"x": "y"}}})
+        assert err.value.status == 403
+    finally:
+        r.stop()
+        stopping.set()
+        for s in servers:
+            s.shutdown()
+            s.server_close()
+        store.close()
+
+
+def store_events(admin):
+    items = list(admin.list("/api/v1/namespaces/default/events"))
+    return [e for e in items if e["involvedObject"]["name"] == "b" and e["reason"] == "PoolExhausted"]
