@@ -17,6 +17,7 @@ from lab import runner
 from tests.waiting import poll
 
 pytestmark = pytest.mark.lab
+NODES = ("node1", "node2", "node3")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,49 @@ def test_internal_traffic_policy_local_only_local_pods(lab, api, ns):
     out = subprocess.run(["ip", "netns", "exec", lab.nodes["node3"]["netns"], "curl", "-s", "-m", "1",
                           f"http://{ips[0]}/"], capture_output=True, text=True, timeout=10, check=False)
     assert out.returncode != 0 and out.stdout == ""
+
+
+def make_external(core, ns: str, name: str, ip: str, etp: str) -> None:
+    core.create_namespaced_service(ns, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {
+        "type": "ClusterIP", "externalIPs": [ip], "externalTrafficPolicy": etp,
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}})
+
+
+def test_workstation_through_the_tor_ecmp_cluster_and_local(lab, api, ns):
+    """The data plane under BGP, with static ECMP routes on the ToR standing in for the speakers'
+    announcements (192.0.2.0/24 is outside every range they announce): external traffic reaches
+    every node by L4 hash; Cluster policy is masqueraded to Pods anywhere (node3 has none),
+    Local policy answers from the receiving node's own Pods."""
+    core, disc = api
+    tor, ws = lab.nodes["tor"]["netns"], lab.nodes["workstation"]["netns"]
+    cluster_ip, local_ip = "192.0.2.10", "192.0.2.11"
+    make_external(core, ns, "ext", cluster_ip, "Cluster")
+    make_external(core, ns, "extlocal", local_ip, "Local")
+    put_slices(disc, ns, "ext", [pod(lab, "node1-pod1"), pod(lab, "node2-pod1")])
+    put_slices(disc, ns, "extlocal", [pod(lab, "node1-pod2"), pod(lab, "node2-pod2")])
+    routes = [(tor, [cluster_ip, "nexthop", "via", "192.168.50.11", "nexthop", "via", "192.168.50.12",
+                     "nexthop", "via", "192.168.50.13"]),
+              (tor, [local_ip, "nexthop", "via", "192.168.50.11", "nexthop", "via", "192.168.50.12"]),
+              (ws, ["192.0.2.0/24", "via", "192.168.50.1"])]
+    added = []
+    try:
+        for netns, spec in routes:
+            runner.run(["ip", "route", "add", *spec], netns=netns)
+            added.append((netns, spec[0]))
+
+        def from_ws(ip: str, count: int = 30) -> list[str]:
+            script = f"for i in $(seq {count}); do curl -s -m 1 http://{ip}/ || echo FAIL; done"
+            return runner.run(["sh", "-c", script], netns=ws, timeout=count * 1.5 + 5).stdout.split()
+
+        poll(lambda: all(f"daddr {ip} " in nft_table(lab, n) for ip in (cluster_ip, local_ip) for n in NODES), 5,
+             "both external Services in every node's table")
+        got = from_ws(cluster_ip)
+        assert "FAIL" not in got and set(got) == {"node1-pod1", "node2-pod1"}, got
+        got = from_ws(local_ip)
+        assert "FAIL" not in got and set(got) == {"node1-pod2", "node2-pod2"}, got  # both nodes: L4 hash
+        # Local policy on a node without a local endpoint: dropped, not sent to another node
+        runner.run(["ip", "route", "replace", local_ip, "via", "192.168.50.13"], netns=tor)
+        assert set(from_ws(local_ip, 3)) == {"FAIL"}
+    finally:
+        for netns, dst in reversed(added):
+            runner.run(["ip", "route", "del", dst], netns=netns, check=False)
