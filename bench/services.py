@@ -69,6 +69,23 @@ def rss_mib(pid: int) -> float | None:
         return None
 
 
+def thread_ticks(pid: int) -> dict[int, int]:
+    """utime+stime of each thread of pid."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+            out[int(tid)] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
 # ---- the receiver's output -------------------------------------------------------------------
 
 class Wire:
@@ -356,10 +373,15 @@ class Bench:
     def cpu(self, sp: sw.Proc, seconds: float, during) -> dict:
         roles = self.pids(sp)
         every = [p for pids in roles.values() for p in pids]
-        t0, c0 = time.monotonic(), cpu_ticks(every)
+        t0, c0, th0 = time.monotonic(), cpu_ticks(every), thread_ticks(sp.pid)
         extra = during(seconds) if during else self.settle(seconds)
-        t1, c1 = time.monotonic(), cpu_ticks(every)
+        t1, c1, th1 = time.monotonic(), cpu_ticks(every), thread_ticks(sp.pid)
         out = {}
+        # the speaker's own split: its asyncio loop (the main thread) and the other threads (list/watch)
+        main = (th1.get(sp.pid, 0) - th0.get(sp.pid, 0)) / CLK_TCK
+        rest = sum(th1[t] - th0[t] for t in th1 if t in th0 and t != sp.pid) / CLK_TCK
+        out["speaker_main_thread_cpu_pct"] = round(100 * main / (t1 - t0), 2)
+        out["speaker_other_threads_cpu_pct"] = round(100 * rest / (t1 - t0), 2)
         for role, pids in roles.items():
             used = sum(c1[p] - c0[p] for p in pids if p in c0 and p in c1) / CLK_TCK
             out[f"{role}_cpu_pct"] = round(100 * used / (t1 - t0), 2)
@@ -485,6 +507,8 @@ def summary(r: dict) -> str:
     for name, x in v.items():
         lines.append(f"  {name}: {x['value']} (target {x['target']}) {'PASS' if x['pass'] else 'FAIL'}")
     ch = r.get("churn", {})
+    lines.append(f"  speaker threads under churn: asyncio loop {ch.get('speaker_main_thread_cpu_pct')}%, list/watch threads "
+                 f"{ch.get('speaker_other_threads_cpu_pct')}% of a core")
     lines.append(f"  churn: {ch.get('writes')} writes at {ch.get('rate_per_s')}/s, {ch.get('announcement_changes')} "
                  f"changed node0's announcements; speaker {ch.get('speaker_cpu_pct')}%, ExaBGP {ch.get('exabgp_cpu_pct')}%, "
                  f"API child {ch.get('api_child_cpu_pct')}% of a core; change -> wire under churn "
