@@ -8,6 +8,11 @@ real changes with call_soon_threadsafe; ExaBGP's lines arrive on the loop (bgp.s
 change marks prefixes dirty in the reconciler (reconciler.loop), which applies them per pass.
 When this node's own facts change: its CNI conflist (speaker.cni), then the announcement, then
 its NetworkUnavailable condition (speaker.node_status), in that order.
+Services (speaker.services): two more watches, Services and EndpointSlices, feed a ServiceTable
+whose changes reach the peers as deltas (Sessions.update): nothing is announced or withdrawn for
+Services until both initial lists are complete, and the End-of-RIB that lets a restarted node's
+peers sweep what it announced before waits for that too. An elected allocator (speaker.allocator)
+may write LoadBalancer IPs into the Services' status.
 In direct mode (speaker.direct) a DirectSource takes the place of Sessions: no ExaBGP, the paths
 come from the other Nodes on a connected subnet, converged once the Nodes are listed.
 """
@@ -37,8 +42,17 @@ from .nodes import NodeInfo, NodeView
 from .peers import Mesh, event_of, plan as plan_peers, secret_files
 from .podcidr import Discovered, discover
 from .listwatch import ApiDown, Changed
+from .services import ServiceTable, node_eligible
+
+SERVICE_RESOURCES = frozenset({"services", "endpointslices"})  # the Changed.resource of their watches
 
 log = logging.getLogger(__name__)
+
+
+def services_enabled(cfg: Config) -> bool:
+    """Anything about Services configured: only then are Services and EndpointSlices watched."""
+    sc = cfg.services
+    return bool(sc.pools or sc.external_ip_cidrs or sc.cluster_ip_mode != "off" or sc.allocate)
 
 
 def _read_file(path: str) -> str | None:
@@ -52,9 +66,11 @@ def _read_file(path: str) -> str | None:
 class Speaker:
     def __init__(self, cfg: Config, kernel: RouteTable, start_watch: Callable[[Callable[[object], None]], Callable[[], None]],
                  env: dict[str, str] | None = None, bgp_factory: Callable[..., object] | None = None, monitor=None,
-                 cni: ConflistWriter | None = None, node_client: StatusClient | None = None) -> None:
+                 cni: ConflistWriter | None = None, node_client: StatusClient | None = None,
+                 allocator=None) -> None:
         """`cni` writes the conflist and `node_client` patches the Node's status; without them
-        (tests) neither is written, and status says so."""
+        (tests) neither is written, and status says so. `allocator`: the LoadBalancer IP allocator
+        (speaker.allocator.AllocatorRunner) when services.loadBalancer.allocate is on."""
         self.cfg, self.start_watch, self.monitor = cfg, start_watch, monitor
         self.cni = cni if cni is not None else ConflistWriter(replace(cfg.cni, enabled=False))
         self.condition = NetworkCondition(node_client, cfg.node_name)
@@ -73,7 +89,11 @@ class Speaker:
         self.direct: DirectSource | None = None
         self.bgp: Sessions | None = None
         self.source: RouteSource
-        self.announced: frozenset[Announcement] = frozenset()  # what this node asks its peers to carry
+        self.own_announced: frozenset[Announcement] = frozenset()  # this node's PodCIDRs
+        # Services: None when nothing about Services is configured (no watch of them either)
+        self.services = ServiceTable(cfg, cfg.node_name) if services_enabled(cfg) else None
+        self.services_synced: set[str] = set()  # the Service watches whose initial list is complete
+        self.allocator = allocator
         if cfg.mode == "direct":
             self.source = self.direct = DirectSource(
                 cfg.node_name, self.view.nodes, kernel.connected(),
@@ -83,12 +103,15 @@ class Speaker:
             self.source = self.bgp = Sessions(cfg.runtime_dir, cfg.exabgp, cfg.graceful_restart, cfg.convergence_timeout,
                                      on_paths=lambda prefixes: self.reconciler.mark(prefixes),
                                      on_converged=lambda why: self.reconciler.set_converged(why),
-                                     counters=self.counters, factory=bgp_factory)
+                                     counters=self.counters, factory=bgp_factory,
+                                     # a restarted node's peers sweep what it announced before only at
+                                     # End-of-RIB: not before its Service routes are known again
+                                     hold_eor=self.services is not None)
         self.kernel = kernel  # the route table, also read by explain (routes_at)
         self.reconciler = Reconciler(
             kernel, rib=self.source, owners=self.view.owners, disputed=self.view.disputed,
             cluster=cfg.cluster_cidrs, service=cfg.service_cidrs, strict_next_hop=cfg.strict_next_hop,
-            metric=cfg.route_metric, counters=self.counters)
+            metric=cfg.route_metric, counters=self.counters, service_ranges=cfg.services.ranges)
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.exit_code = 0
@@ -98,6 +121,8 @@ class Speaker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         stop_watch = self.start_watch(lambda ev: loop.call_soon_threadsafe(self.on_watch, ev))
+        if self.allocator is not None:
+            self.allocator.start()
         resync = asyncio.create_task(self._resync_loop(), name="resync")
         if self.monitor is not None:
             loop.add_reader(self.monitor.fileno(), self._on_kernel)
@@ -106,6 +131,8 @@ class Speaker:
         finally:
             log.info("speaker.stop leaving kernel routes in place")
             stop_watch()
+            if self.allocator is not None:  # stops writing, then releases the Lease (up to a few seconds)
+                await asyncio.to_thread(self.allocator.close)
             resync.cancel()
             self.condition.close()
             if self.monitor is not None:
@@ -148,6 +175,8 @@ class Speaker:
         self.api_up = True
         if not isinstance(ev, Changed):
             return
+        if ev.resource in SERVICE_RESOURCES:
+            return self._on_services(ev)
         me = self.cfg.node_name
         own_touched = mesh_changed = False
         for name in ev.deleted:
@@ -242,8 +271,86 @@ class Speaker:
         if self.bgp is None:  # no BGP: nothing to announce; the Node's PodCIDR is the announcement
             return
         self._configure_peers(me)
-        self.announced = announce.announcements(cidrs)
-        self.bgp.announce(self.announced)
+        old, self.own_announced = self.own_announced, announce.announcements(cidrs)
+        added, removed = set(self.own_announced - old), set(old - self.own_announced)
+        if self.services is not None:
+            # Services go out only from a node that announces its own PodCIDR (and is not excluded)
+            a, r = self.services.set_node(*node_eligible(me, bool(cidrs)))
+            if self.services_live:
+                added |= a
+                removed |= r
+        if added or removed:
+            self.bgp.update(added, removed)
+
+    @property
+    def announced(self) -> frozenset[Announcement]:
+        """What this node asks its peers to carry: its PodCIDRs, and the Service routes once live."""
+        if not self.services_live:
+            return self.own_announced
+        return self.own_announced | self.services.announcements()
+
+    @property
+    def services_live(self) -> bool:
+        """Service routes may be announced and withdrawn: both initial lists are complete."""
+        return self.services is not None and self.services_synced >= SERVICE_RESOURCES
+
+    # ---- Services: what this node announces for them (speaker.services) ----------------------
+    def _on_services(self, ev: Changed) -> None:
+        table = self.services
+        if table is None:
+            return
+        added: set[Announcement] = set()
+        removed: set[Announcement] = set()
+
+        def take(delta: tuple[frozenset[Announcement], frozenset[Announcement]]) -> None:
+            for a in delta[1]:
+                if a in added:
+                    added.discard(a)
+                else:
+                    removed.add(a)
+            for a in delta[0]:
+                if a in removed:
+                    removed.discard(a)
+                else:
+                    added.add(a)
+
+        if ev.resource == "services":
+            for key in ev.deleted:
+                take(table.delete_service(key))
+            for key, reason in ev.invalid:
+                self.counters["service_errors"] += 1
+                log.warning("service.invalid %s", reason)
+                take(table.set_invalid(key, reason))
+            for info in ev.values:
+                take(table.put_service(info))
+            if self.allocator is not None:
+                self.allocator.on_services(ev.values, ev.deleted, ev.synced)  # an invalid Service keeps its IP
+        else:
+            for key in ev.deleted:
+                take(table.delete_slice(key))
+            for key, reason in ev.invalid:
+                self.counters["endpointslice_errors"] += 1
+                log.warning("endpointslice.invalid %s", reason)
+                take(table.delete_slice(key))
+            for info in ev.values:
+                take(table.put_slice(info))
+        self.counters[f"{ev.resource}_changes"] += 1
+        if ev.synced and ev.resource not in self.services_synced:
+            self.services_synced.add(ev.resource)
+            log.info("%s.synced", ev.resource)
+            if self.services_live:
+                log.info("services.live announcements=%d", len(table.announcements()))
+                if self.bgp is not None:
+                    self.bgp.announce(self.announced)
+                    self.bgp.release_eor()
+            return
+        if not self.services_live or self.bgp is None or not (added or removed):
+            return
+        for a in sorted(removed, key=lambda a: (a.prefix.version, a.prefix)):
+            log.info("service.withdraw prefix=%s", a.prefix)
+        for a in sorted(added, key=lambda a: (a.prefix.version, a.prefix)):
+            log.info("service.announce prefix=%s", a.prefix)
+        self.bgp.update(added, removed)
 
     def _set_condition(self, _me: NodeInfo | None, cidrs: tuple[IPNetwork, ...]) -> None:
         if self.bgp is None or self.bgp.running:

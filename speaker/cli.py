@@ -75,24 +75,41 @@ async def _run_speaker(cfg) -> int:
     from reconciler.monitor import KernelMonitor
 
     from . import status
-    from .app import Speaker
+    from .app import Speaker, services_enabled
     from .cni import ConflistWriter
-    from .kubeclient import KubeClient
+    from .kubeclient import ENDPOINT_SLICES, SERVICES, KubeClient
+    from .listwatch import ListWatch
     from .nodewatch import NodeWatcher
 
-    kube = KubeClient(cfg.kubeconfig)  # one connection pool for the watch and the status patch
+    kube = KubeClient(cfg.kubeconfig)  # one connection pool for the watches and the writes
 
     def start_watch(emit):
         # of the other Nodes only the labels the mesh's scope reads; the own Node's all (nodeSelector)
         keys = cfg.mesh_node_selector.keys if cfg.mesh else frozenset()
-        watcher = NodeWatcher(kube, emit, backoff_max=cfg.api_backoff_max, label_keys=keys, own=cfg.node_name)
-        watcher.start()
-        return watcher.close
+        watchers = [NodeWatcher(kube, emit, backoff_max=cfg.api_backoff_max, label_keys=keys, own=cfg.node_name)]
+        if services_enabled(cfg):
+            from .services import parse_service, slice_parser
+            watchers += [ListWatch(kube, SERVICES, parse_service, emit, name="services", backoff_max=cfg.api_backoff_max),
+                         ListWatch(kube, ENDPOINT_SLICES, slice_parser(cfg.node_name), emit, name="endpointslices",
+                                   backoff_max=cfg.api_backoff_max)]
+        for w in watchers:
+            w.start()
+
+        def stop() -> None:
+            for w in watchers:
+                w.close()
+        return stop
+
+    allocator = None
+    if cfg.services.allocate:
+        from .election import pod_namespace
+        from .lbipam import AllocatorRunner
+        allocator = AllocatorRunner(kube, cfg.services, cfg.node_name, pod_namespace())
 
     kernel = KernelTable(protocol=cfg.route_protocol, table=cfg.route_table)
     monitor = KernelMonitor(cfg.route_protocol, table=cfg.route_table)
     sp = Speaker(cfg, kernel, start_watch, monitor=monitor, cni=ConflistWriter(cfg.cni),
-                 node_client=kube)
+                 node_client=kube, allocator=allocator)
     server = await status.serve(sp, cfg.status_address)
     logging.getLogger("speaker").info("speaker.start node=%s asn=%s status=%s", cfg.node_name,
                                       cfg.asn if cfg.asn is not None else "from-annotation", cfg.status_address)

@@ -56,11 +56,13 @@ class LeaseApi(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """Seconds. client-go's defaults are 15 / 10 / 2; podbgp renews every 3."""
-    duration: float = 15.0        # leaseDurationSeconds written to the Lease
-    renew_deadline: float = 10.0  # the leader gives up when it could not renew for this long
-    renew_interval: float = 3.0   # the leader renews this often
-    retry_interval: float = 2.0   # a candidate looks this often
+    """Seconds. client-go's defaults are 15 / 10 / 2 / 2; podbgp's are shorter so that another
+    speaker allocates within 12 s of the leader's death (a lease expires 10 s after the last
+    renewal a candidate saw, and a candidate looks every second)."""
+    duration: float = 10.0        # leaseDurationSeconds written to the Lease
+    renew_deadline: float = 7.0   # the leader gives up when it could not renew for this long
+    renew_interval: float = 2.0   # the leader renews this often
+    retry_interval: float = 1.0   # a candidate looks this often
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.renew_deadline < self.duration:

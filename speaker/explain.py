@@ -78,7 +78,28 @@ def explain(sp: Speaker, prefix: IPNetwork, kernel: list[KernelRoute] | None = N
         "kernel": _kernel(sp, rec, kernel, kernel_error),
     }
     doc["verdict"], doc["summary"] = _verdict(rec, doc)
-    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel")}
+    doc["services"] = _services(sp, prefix)
+    if doc["services"] and doc["verdict"] in ("absent", "rejected"):  # a Service IP: what matters is our announcement
+        doc["verdict"], doc["summary"] = _service_verdict(doc["services"])
+    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel",
+                                "services")}
+
+
+def _services(sp: Speaker, prefix: IPNetwork) -> list[dict]:
+    """The Services that own this address (a host prefix, or a Service CIDR), as status shows them."""
+    if sp.services is None:
+        return []
+    from .status import plain  # status imports this module
+    seen = [plain(r) for r in sp.services.explain(prefix.network_address)] if prefix.prefixlen == prefix.max_prefixlen else []
+    return seen or [plain(r) for r in sp.services.report() if r.prefix == prefix]
+
+
+def _service_verdict(services: list[dict]) -> tuple[str, str]:
+    first = services[0]
+    who = ", ".join(first.get("services") or ()) or "the Service CIDR"
+    if first.get("announced"):
+        return "service", f"a Service address of {who}: announced by this node ({first.get('why', '')})"
+    return "service", f"a Service address of {who}: not announced by this node: {first.get('why', '')}"
 
 
 def _owner(view: NodeView, prefix: IPNetwork) -> dict:
@@ -147,6 +168,9 @@ def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
         return f"{prefix} overlaps this node's own PodCIDR {_hits(prefix, policy.own)}"
     if reason is Reason.SERVICE_RANGE:
         return f"{prefix} overlaps the service range {_hits(prefix, policy.service)}"
+    if reason is Reason.SERVICE_ADDRESS:
+        return (f"{prefix} overlaps the Service address range {_hits(prefix, policy.service_ranges)} (a LoadBalancer "
+                "pool or allowed ExternalIP range): nodes announce Service addresses, they never install them from a peer")
     if reason is Reason.OUTSIDE_CLUSTER:
         mine = [c for c in policy.cluster if c.version == prefix.version]
         if not mine:
@@ -266,6 +290,9 @@ def render(doc: dict, now: float | None = None) -> str:
     """A few aligned lines, the verdict first."""
     now = time.time() if now is None else now
     rows = [("owner", doc["owner"]["reason"] + _ips(doc["owner"]))]
+    for r in doc.get("services") or ():
+        state = "announced" if r.get("announced") else "not announced"
+        rows.append(("service", f"{', '.join(r.get('services') or ()) or '-'} {r.get('kind', '')}: {state}, {r.get('why', '')}"))
     if doc["own"]["own"]:
         rows.append(("own", "announced" if doc["own"]["announced"] else "not announced"))
     for p in doc["paths"] or [None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import urllib.request
@@ -77,6 +78,9 @@ def _doc(sp: Speaker) -> dict:
         return ({"prefix": str(r.prefix), "peer": r.peer, "nextHop": str(r.next_hop), "reason": r.reason.value}
                 for r in rec.rejected)
 
+    def service_routes() -> Iterator[dict]:
+        return (plain(r) for r in (sp.services.report() if sp.services is not None else ()))
+
     return {
         "node": sp.cfg.node_name,
         "mode": sp.cfg.mode,
@@ -98,7 +102,39 @@ def _doc(sp: Speaker) -> dict:
         "cniConf": sp.cni.status(),
         "networkCondition": sp.condition.status(),
         "lastReconcile": rec.last_pass,
+        "services": _services(sp),
+        "serviceRoutes": service_routes,
     }
+
+
+def _services(sp: Speaker) -> dict | None:
+    """Whether Service routes are live, the Services refused (one line each), the allocator."""
+    table = sp.services
+    if table is None:
+        return None
+    return {"live": sp.services_live, "synced": sorted(sp.services_synced),
+            "announced": len(table.announcements()) if sp.services_live else 0,
+            "errors": dict(sorted(table.errors.items())),
+            "allocator": sp.allocator.status() if sp.allocator is not None else None}
+
+
+def plain(value: object) -> object:
+    """A dataclass of the speaker as JSON values: camelCase keys, addresses and networks as text."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {_camel(f.name): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list, frozenset, set)):
+        items = [plain(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w[:1].upper() + w[1:] for w in rest)
 
 
 # ---- /metrics: prometheus_client over the speaker's state, read at scrape time ---------------
@@ -123,7 +159,20 @@ class SpeakerCollector(Collector):
         yield up
         yield paths
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
-                                value=len(sp.announced))
+                                value=len(sp.own_announced))
+        if sp.services is not None:
+            table = sp.services
+            yield GaugeMetricFamily("podbgp_service_prefixes_announced",
+                                    "Service prefixes (LoadBalancer, external, cluster IPs) this node announces.",
+                                    value=len(table.announcements()) if sp.services_live else 0)
+            yield GaugeMetricFamily("podbgp_services_refused", "Services with an address podbgp refuses to announce.",
+                                    value=len(table.errors))
+            yield GaugeMetricFamily("podbgp_services_live", "1 once the Services and EndpointSlices are listed.",
+                                    value=int(sp.services_live))
+            if sp.allocator is not None:
+                st = sp.allocator.status()
+                yield GaugeMetricFamily("podbgp_allocator_leader", "1 while this speaker is the elected LoadBalancer IP allocator.",
+                                        value=int(bool(st.get("leader"))))
         yield GaugeMetricFamily("podbgp_installed_routes", "Our routes in the kernel table.",
                                 value=rec.installed)
         yield GaugeMetricFamily("podbgp_converged", "1 once the RIB has converged (End-of-RIB or the grace timer).",
@@ -214,6 +263,13 @@ def render_table(doc: dict) -> str:
     for p in doc["peers"]:
         out.append(f"{p['address']:<15} {p['asn']:<8} {p['state']:<6} {p['paths']:<6} {','.join(p['endOfRib']) or '-'}")
     out += ["", "ANNOUNCED"] + [f"  {a}" for a in doc["announced"]]
+    if doc.get("services") is not None:
+        sv = doc["services"]
+        out += ["", f"SERVICES  live={sv['live']} announced={sv['announced']}"]
+        for r in doc["serviceRoutes"]:
+            state = "announced" if r.get("announced") else "not announced"
+            out.append(f"  {r['prefix']} {state}: {r.get('why', '')}")
+        out += [f"  refused {k}: {v}" for k, v in sv["errors"].items()]
     out += ["", "INSTALLED"] + [f"  {r['prefix']} via {','.join(r['via'])}" for r in doc["installed"]]
     out += ["", "LEARNED"] + [f"  {x['prefix']} via {x['nextHop']} from {x['peer']}{' (stale)' if x['stale'] else ''}"
                               for x in doc["learned"]]

@@ -73,7 +73,13 @@ class FakeLeases:
         self.obj["metadata"]["resourceVersion"] = str(self.rv)
 
 
+# the numbers below are written for client-go's lease of 15 s (renew deadline 10, renew every 3,
+# retry every 2), given explicitly: the test of the defaults is test_default_timings_fail_over_within_12s
+CLIENT_GO = Timings(duration=15, renew_deadline=10, renew_interval=3, retry_interval=2)
+
+
 def elector(api, clock, name, changes=None, **kw):
+    kw.setdefault("timings", CLIENT_GO)
     return Elector(api, name, "kube-system", clock=clock, wall=lambda: f"t{clock.now}",
                    on_change=(changes.append if changes is not None else (lambda _: None)), **kw)
 
@@ -81,6 +87,12 @@ def elector(api, clock, name, changes=None, **kw):
 def test_namespace_from_the_downward_api():
     assert pod_namespace({"POD_NAMESPACE": "podbgp"}) == "podbgp"
     assert pod_namespace({}) == "kube-system"
+
+
+def test_default_timings_fail_over_within_12s():
+    t = Timings()
+    # a candidate that saw the last renewal up to one retry late takes over duration + retry after it
+    assert t.duration + t.retry_interval <= 12 and t.renew_deadline < t.duration
 
 
 def test_timings_must_make_sense():

@@ -45,7 +45,8 @@ class FakeSpeaker:
     def __init__(self):
         self.paths = {}
         self.source = FakeSource(self.paths)
-        self.announced = frozenset()
+        self.announced = self.own_announced = frozenset()
+        self.services = None  # no services block configured: no Service metrics
         self.reconciler = FakeReconciler()
         self.api_up = False
         self.synced = False
@@ -91,7 +92,7 @@ def test_values_follow_the_state_at_each_scrape(attempt):
     sp.source.state["192.168.50.1"] = SessionState.UP
     sp.source.state["fd00:50::1"] = SessionState.CONNECTED
     sp.paths["192.168.50.1"] = 4999
-    sp.announced = frozenset({"10.42.1.0/24", "fd00:42:0:1::/64"})
+    sp.announced = sp.own_announced = frozenset({"10.42.1.0/24", "fd00:42:0:1::/64"})
     sp.source.converged = True
     sp.api_up = True
     sp.reconciler.installed = 4998
