@@ -434,6 +434,9 @@ class Body:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "podbgp-lab-apiserver"
+    # TCP_NODELAY, as kube-apiserver (Go) has it: headers and body are written apart, and with
+    # Nagle the body waits for the client's delayed ACK (~40 ms per response)
+    disable_nagle_algorithm = True
     store: Store
     watch_list = True  # the WatchList feature gate (off emulates Kubernetes 1.33)
     token: bytes | None = None  # the bearer token every request but health/version must carry

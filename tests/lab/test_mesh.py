@@ -84,3 +84,45 @@ def test_a_node_outside_the_mesh_scope_is_never_a_peer(mesh):
     finally:
         runner.kubectl(mesh, "delete", "node", "ghost", "--wait=false")
     poll(lambda: "192.168.50.98" not in peers(mesh, "node1"), timeout=15)
+
+
+def test_service_routes_reach_no_mesh_member_unless_a_peer_exports_them(mesh):
+    """meshExportServices is false: every node serves the ExternalIP (eTP Cluster, one endpoint on
+    node1) yet none sends it to a mesh member; node1's annotation peer node2 with exportServices:
+    true then gets it, and refuses to install it (a Service address is never learned)."""
+    ns, ip = "meshsvc", "198.51.100.9"
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": ns},
+           "spec": {"type": "ClusterIP", "externalIPs": [ip], "externalTrafficPolicy": "Cluster",
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    pod = next(p for p in mesh.pods if p["node"] == "node1")
+    eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+           "metadata": {"name": "ext-1", "namespace": ns, "labels": {"kubernetes.io/service-name": "ext"}},
+           "endpoints": [{"addresses": [pod["ipv4"]], "nodeName": "node1", "conditions": {"ready": True}}],
+           "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
+    route = f"{ip}/32"
+
+    def announced(n):
+        return any(r["prefix"] == route and r["announced"] for r in runner.speaker_status(mesh, n)["serviceRoutes"])
+
+    def learned(n):
+        return {x["peer"] for x in runner.speaker_status(mesh, n)["learned"] if x["prefix"] == route}
+
+    for obj in (svc, eps):
+        runner.kubectl(mesh, "apply", "-f", "-", input=json.dumps(obj))
+    try:
+        poll(lambda: all(announced(n) for n in NODES), timeout=15)
+        peer = json.dumps([{"address": ADDR["node2"][0], "asn": 64512, "exportServices": True}])
+        runner.kubectl(mesh, "annotate", "--overwrite", "node", "node1", f"podbgp.io/peers={peer}")
+        try:
+            poll(lambda: learned("node2") == {ADDR["node1"][0]}, timeout=30)
+            # node1 sent the route to its exporting peer: the mesh members have had their chance
+            assert not learned("node3") and not learned("node4")
+            rejected = [r for r in runner.speaker_status(mesh, "node2")["rejected"] if r["prefix"] == route]
+            assert rejected and rejected[0]["reason"] == "service-address", rejected
+            assert route not in demo.installed(mesh, "node2")
+        finally:
+            runner.kubectl(mesh, "annotate", "node", "node1", "podbgp.io/peers-")
+        poll(lambda: not learned("node2"), timeout=30)
+    finally:
+        runner.kubectl(mesh, "delete", "service", "ext", "-n", ns, "--wait=false")
+        runner.kubectl(mesh, "delete", "endpointslice", "ext-1", "-n", ns, "--wait=false")
