@@ -71,8 +71,8 @@ class ServiceInfo:
 class SliceInfo:
     key: str  # "ns/slicename"
     service: str  # "ns/" + label kubernetes.io/service-name
-    ready: int = 0  # endpoints anywhere that are ready (true or unset) and not terminating
-    local_ready: int = 0  # the same, on this node
+    ready: bool = False  # some endpoint anywhere is ready (true or unset) and not terminating
+    local_ready: int = 0  # endpoints on this node that are ready and not terminating
     local_serving: int = 0  # on this node: terminating but serving
     local_total: int = 0  # on this node, whatever their conditions
 
@@ -88,7 +88,7 @@ class ServiceRoute:
     local_ready: int
     local_serving: int
     local_total: int
-    ready: int  # ready endpoints in the whole cluster
+    ready_slices: int  # the Service's EndpointSlices with a ready endpoint (anywhere in the cluster)
     announced: bool
     why: str
 
@@ -186,7 +186,11 @@ def _ports(raw: Any, where: str) -> tuple[tuple[str, int], ...]:
 
 
 def slice_parser(own_node: str) -> Callable[[dict], tuple[str | None, SliceInfo | str]]:
-    """The EndpointSlice parser of the node `own_node`: counts, never the endpoints themselves."""
+    """The EndpointSlice parser of the node `own_node`: counts, never the endpoints themselves, and
+    of the endpoints elsewhere only whether one is ready, which is all an announcement depends on:
+    a change that cannot change this node's announcements (90% of a busy cluster's: an endpoint on
+    another node of a slice that has other ready ones) parses to an equal value, and the watch
+    thread drops it (speaker.listwatch) before it wakes the loop."""
     def parse(obj: dict) -> tuple[str | None, SliceInfo | str]:
         key = object_key(obj)
         meta = obj.get("metadata") if isinstance(obj, dict) else None
@@ -202,7 +206,8 @@ def slice_parser(own_node: str) -> Callable[[dict], tuple[str | None, SliceInfo 
 
 
 def _slice(obj: dict, key: str, service: str, own: str) -> SliceInfo:
-    ready = local_ready = local_serving = local_total = 0
+    ready = False
+    local_ready = local_serving = local_total = 0
     for i, ep in enumerate(_list(obj.get("endpoints"), f"endpointslice {key}: endpoints")):
         if not isinstance(ep, dict):  # reasons are formatted only when needed: this loop runs per endpoint
             raise _Bad(f"endpointslice {key}: endpoints[{i}] is not an object")
@@ -211,7 +216,7 @@ def _slice(obj: dict, key: str, service: str, own: str) -> SliceInfo:
             raise _Bad(f"endpointslice {key}: endpoints[{i}]: conditions is not an object")
         terminating = cond.get("terminating") is True
         is_ready = cond.get("ready") is not False and not terminating
-        ready += is_ready
+        ready = ready or is_ready
         if ep.get("nodeName") == own:
             local_total += 1
             local_ready += is_ready
@@ -239,21 +244,22 @@ def node_eligible(node: NodeInfo | None, own_announced: bool) -> tuple[bool, str
 # ---- the table ---------------------------------------------------------------------------------
 
 class _Sums:
-    """A Service's endpoint counts over its slices, kept up to date slice by slice."""
+    """A Service's counts over its slices, kept up to date slice by slice: its slices with a ready
+    endpoint anywhere (what policy Cluster needs), its endpoints on this node by condition."""
 
-    __slots__ = ("ready", "local_ready", "local_serving", "local_total")
+    __slots__ = ("ready_slices", "local_ready", "local_serving", "local_total")
 
     def __init__(self) -> None:
-        self.ready = self.local_ready = self.local_serving = self.local_total = 0
+        self.ready_slices = self.local_ready = self.local_serving = self.local_total = 0
 
     def add(self, s: SliceInfo, sign: int) -> None:
-        self.ready += sign * s.ready
+        self.ready_slices += sign * s.ready
         self.local_ready += sign * s.local_ready
         self.local_serving += sign * s.local_serving
         self.local_total += sign * s.local_total
 
     def empty(self) -> bool:
-        return not (self.ready or self.local_ready or self.local_serving or self.local_total)
+        return not (self.ready_slices or self.local_ready or self.local_serving or self.local_total)
 
 
 _ZERO = _Sums()
@@ -470,7 +476,7 @@ class ServiceTable:
         sums = self._sums.get(key)
         if sums is None:
             return False
-        return (sums.local_ready if self._policy(self._services[key], ip) == "Local" else sums.ready) > 0
+        return (sums.local_ready if self._policy(self._services[key], ip) == "Local" else sums.ready_slices) > 0
 
     def _why(self, key: str, ip: IPAddress) -> str:
         if not self.eligible:
@@ -483,8 +489,8 @@ class ServiceTable:
                 return f"{name}=Local: {sums.local_ready} local endpoint(s) ready"
             return (f"{name}=Local: no local endpoint ready and not terminating ({sums.local_serving} "
                     f"terminating but serving, {sums.local_total} on this node in all)")
-        if sums.ready > 0:
-            return f"{name}=Cluster: {sums.ready} endpoint(s) ready in the cluster"
+        if sums.ready_slices > 0:
+            return f"{name}=Cluster: an endpoint ready in the cluster (in {sums.ready_slices} EndpointSlice(s))"
         return f"{name}=Cluster: no endpoint ready anywhere"
 
     def _kind_of(self, info: ServiceInfo, ip: IPAddress) -> str:
@@ -499,7 +505,7 @@ class ServiceTable:
 
     def _numbers(self, key: str) -> tuple[int, int, int, int]:
         s = self._sums.get(key, _ZERO)
-        return s.local_ready, s.local_serving, s.local_total, s.ready
+        return s.local_ready, s.local_serving, s.local_total, s.ready_slices
 
     def _route(self, ip: IPAddress) -> ServiceRoute:
         sent_with, key = self._decide(ip)

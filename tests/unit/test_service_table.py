@@ -38,7 +38,8 @@ def lb(name="web", ip="203.0.113.10", policy="Local", ns="default", **kw) -> Ser
 
 
 def sl(name="web-1", service="default/web", ready=0, local_ready=0, local_serving=0, local_total=0) -> SliceInfo:
-    return SliceInfo(f"default/{name}", service, ready, local_ready, local_serving, local_total)
+    """ready: whether an endpoint anywhere is ready (a count reads as its truth)."""
+    return SliceInfo(f"default/{name}", service, bool(ready), local_ready, local_serving, local_total)
 
 
 def ann(prefix, communities=("65000:100",), local_pref=200):
@@ -130,8 +131,22 @@ def test_slice_parser_counts_conditions():
         ep("node1", ready=False),                                  # not ready
         ep("node2", ready=True), ep("node2", ready=True, terminating=True), ep(None)]))
     assert key == "shop/web-abc"
-    assert info == SliceInfo("shop/web-abc", "shop/web", ready=4, local_ready=2, local_serving=1, local_total=5)
+    assert info == SliceInfo("shop/web-abc", "shop/web", ready=True, local_ready=2, local_serving=1, local_total=5)
     assert parse(slice_obj(None))[1] == SliceInfo("shop/web-abc", "shop/web")
+    _, elsewhere = parse(slice_obj([ep("node2", ready=False), ep("node2", terminating=True)]))
+    assert elsewhere == SliceInfo("shop/web-abc", "shop/web", ready=False)
+
+
+def test_slice_parser_an_endpoint_elsewhere_flipping_parses_equal():
+    """What cannot change this node's announcements parses to an equal value (the watch drops it)."""
+    parse = slice_parser("node1")
+    base = [ep("node1"), ep("node2"), ep("node3")]
+    flipped = [ep("node1"), ep("node2", ready=False, terminating=True), ep("node3")]
+    assert parse(slice_obj(base)) == parse(slice_obj(flipped))
+    local_flip = [ep("node1", ready=False), ep("node2"), ep("node3")]
+    assert parse(slice_obj(base)) != parse(slice_obj(local_flip))
+    # the last ready endpoint anywhere going: a change (policy Cluster withdraws)
+    assert parse(slice_obj([ep("node2")])) != parse(slice_obj([ep("node2", ready=False)]))
 
 
 def test_slice_parser_skips_and_refuses():
@@ -202,7 +217,12 @@ def test_cluster_policy_follows_ready_anywhere():
     assert t.put_slice(sl(ready=0, local_serving=0)) == removed(WEB)
     assert "no endpoint ready anywhere" in t.report()[0].why
     assert t.put_slice(sl("other", ready=1)) == added(WEB)
-    assert t.delete_slice("default/other") == removed(WEB)
+    assert t.put_slice(sl("third", ready=1)) == NONE
+    r, = t.report()
+    assert r.ready_slices == 2 and "in 2 EndpointSlice(s)" in r.why
+    assert t.delete_slice("default/other") == NONE  # third still has a ready endpoint
+    assert t.delete_slice("default/third") == removed(WEB)
+    assert t.report()[0].ready_slices == 0
 
 
 def test_lb_class_ipmode_type_and_pools():
@@ -251,7 +271,7 @@ def test_external_ips_allowed_and_refused():
     assert "spec.externalIPs[2] 10.43.0.9 is inside the Service range" in reason
     assert "spec.externalIPs[3] 100.64.1.1 is outside externalIPs.allowedCIDRs" in reason
     r, = t.explain(A("198.51.100.4"))
-    assert (r.kind, r.policy, r.announced, r.ready) == ("external", "Cluster", True, 1)
+    assert (r.kind, r.policy, r.announced, r.ready_slices) == ("external", "Cluster", True, 1)
     r, = t.explain(A("10.42.3.3"))
     assert r.kind == "external" and not r.announced and "Pod range" in r.why
 
