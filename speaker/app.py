@@ -94,6 +94,7 @@ class Speaker:
         self.services = ServiceTable(cfg, cfg.node_name) if services_enabled(cfg) else None
         self.services_synced: set[str] = set()  # the Service watches whose initial list is complete
         self.allocator = allocator
+        self.candidate: bool | None = None  # stands for election as the allocator (None: own Node not seen yet)
         if cfg.mode == "direct":
             self.source = self.direct = DirectSource(
                 cfg.node_name, self.view.nodes, kernel.connected(),
@@ -121,8 +122,6 @@ class Speaker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         stop_watch = self.start_watch(lambda ev: loop.call_soon_threadsafe(self.on_watch, ev))
-        if self.allocator is not None:
-            self.allocator.start()
         resync = asyncio.create_task(self._resync_loop(), name="resync")
         if self.monitor is not None:
             loop.add_reader(self.monitor.fileno(), self._on_kernel)
@@ -131,7 +130,7 @@ class Speaker:
         finally:
             log.info("speaker.stop leaving kernel routes in place")
             stop_watch()
-            if self.allocator is not None:  # stops writing, then releases the Lease (up to a few seconds)
+            if self.candidate:  # stops writing, then releases the Lease (up to a few seconds)
                 await asyncio.to_thread(self.allocator.close)
             resync.cancel()
             self.condition.close()
@@ -252,9 +251,25 @@ class Speaker:
                 log.info("podcidr.source source=%r cidrs=%s", found.source, ",".join(map(str, found.cidrs)))
             self.own = found
         cidrs = found.cidrs if found else ()
+        if self.allocator is not None and me is not None:
+            self._stand_for_allocator(me)
         self.reconciler.set_own(set(cidrs) | set(me.pod_cidrs if me else ()))
         for _name, step in self.own_steps:
             step(me, cidrs)
+
+    def _stand_for_allocator(self, me: NodeInfo) -> None:
+        """Run for the allocator's Lease if the own Node matches allocatorNodeSelector; decided
+        when the Node is first seen (a later label change takes effect at the next start)."""
+        match = self.cfg.services.allocator_node_selector.matches(dict(me.labels))
+        if self.candidate is None:
+            self.candidate = match
+            log.info("allocator.candidate node=%s candidate=%s", me.name, match)
+            if match:
+                self.allocator.start()
+        elif match != self.candidate:
+            self._report("allocator:candidate", f"node {me.name}: its labels now {'match' if match else 'do not match'} "
+                         "services.loadBalancer.allocatorNodeSelector; this takes effect when the speaker restarts",
+                         "allocator.candidate.changed", logging.WARNING)
 
     # ---- what follows from this node's own facts, step by step --------------------------------
     @property

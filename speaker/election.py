@@ -56,13 +56,14 @@ class LeaseApi(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """Seconds. client-go's defaults are 15 / 10 / 2 / 2; podbgp's are shorter so that another
+    """Seconds. client-go's defaults are 15 / 10 / 2 / 2; podbgp's lease is shorter so that another
     speaker allocates within 12 s of the leader's death (a lease expires 10 s after the last
-    renewal a candidate saw, and a candidate looks every second)."""
+    renewal a candidate saw, and a candidate looks every 2 s: one GET per candidate, which is
+    why services.loadBalancer.allocatorNodeSelector keeps the candidates few in a large cluster)."""
     duration: float = 10.0        # leaseDurationSeconds written to the Lease
     renew_deadline: float = 7.0   # the leader gives up when it could not renew for this long
     renew_interval: float = 2.0   # the leader renews this often
-    retry_interval: float = 1.0   # a candidate looks this often
+    retry_interval: float = 2.0   # a candidate looks this often
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval < self.renew_deadline < self.duration:

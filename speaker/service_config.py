@@ -39,6 +39,9 @@ class ServicesConfig:
     load_balancer_class: str = "podbgp.io/bgp"
     pools: tuple[Pool, ...] = ()
     allocate: bool = False
+    # the speakers that stand for election as the allocator (their own Node's labels): every
+    # candidate reads the Lease every retry interval, so a large cluster names a few nodes here
+    allocator_node_selector: Selector = selector.EVERYTHING
     external_ip_cidrs: tuple[IPNetwork, ...] = ()
     cluster_ip_mode: str = "off"  # "off" | "cidr" | "perService"
 
@@ -56,7 +59,7 @@ class ServicesConfig:
 
 
 _KEYS = {"loadBalancerClass", "loadBalancer", "externalIPs", "clusterIP"}
-_LB_KEYS = {"pools", "allocate"}
+_LB_KEYS = {"pools", "allocate", "allocatorNodeSelector"}
 _POOL_KEYS = {"name", "cidrs", "serviceSelector", "communities", "localPreference"}
 W = "services"
 
@@ -87,6 +90,7 @@ def parse_services(raw: Any) -> ServicesConfig:
     return ServicesConfig(
         load_balancer_class=cls.strip(), pools=pools,
         allocate=boolean(lb.get("allocate", d.allocate), f"{W}.loadBalancer.allocate"),
+        allocator_node_selector=label_selector(lb.get("allocatorNodeSelector"), f"{W}.loadBalancer.allocatorNodeSelector"),
         external_ip_cidrs=allowed, cluster_ip_mode=_mode(cip.get("mode", d.cluster_ip_mode)))
 
 

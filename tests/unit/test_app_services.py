@@ -109,3 +109,55 @@ def test_without_a_services_block_nothing_is_watched_and_eor_is_not_held(tmp_pat
         await settle()
         assert sp.bgp.exabgp.sent[-1] == f"{PEER} announce eor ipv4 unicast"
     asyncio.run(body())
+
+
+class FakeAllocator:
+    def __init__(self):
+        self.started = self.closed = 0
+        self.seen = []
+
+    def start(self):
+        self.started += 1
+
+    def close(self):
+        self.closed += 1
+
+    def on_services(self, values, deleted=(), synced=False):
+        self.seen.append((tuple(v.key for v in values), tuple(deleted), synced))
+
+    def status(self):
+        return {"leader": False}
+
+
+def allocating(tmp_path, selector, labels):
+    from speaker import app, config as cfgmod
+    from tests.unit.test_app import FakeExaBGP, FakeKernel
+    services = {**SERVICES, "loadBalancer": {**SERVICES["loadBalancer"], "allocate": True,
+                                             "allocatorNodeSelector": selector}}
+    cfg = cfgmod.parse({"nodeName": "node1", "asn": 65001, "peers": [{"address": "192.168.50.1", "asn": 65000}],
+                        "clusterCIDRs": ["10.42.0.0/16"], "serviceCIDRs": ["10.43.0.0/16"], "runtimeDir": str(tmp_path),
+                        "services": services})
+    alloc = FakeAllocator()
+    sp = app.Speaker(cfg, FakeKernel(), lambda emit: (lambda: None), env={}, bgp_factory=FakeExaBGP, allocator=alloc)
+    me = dict(NODES[0], metadata={"name": "node1", "labels": labels})
+    return sp, alloc, me
+
+
+def test_only_nodes_in_the_allocator_selector_stand_for_election(tmp_path):
+    async def body():
+        sp, alloc, me = allocating(tmp_path, "podbgp.io/allocator=true", {"rack": "r1"})
+        sp.on_watch(Snapshot((me, *NODES[1:]), "10"))
+        sp.on_watch(services_event(svc("web", "203.0.113.5"), synced=True))
+        await settle()
+        assert sp.candidate is False and alloc.started == 0
+        assert alloc.seen == [(("default/web",), (), True)]  # fed all the same: cheap, and ready if elected later
+        sp.on_watch(Snapshot((dict(me, metadata={"name": "node1", "labels": {"podbgp.io/allocator": "true"}}),
+                              *NODES[1:]), "11"))
+        await settle()
+        assert alloc.started == 0 and "allocator:candidate" in sp.node_errors  # takes effect at the next start
+
+        sp2, alloc2, me2 = allocating(tmp_path, "podbgp.io/allocator=true", {"podbgp.io/allocator": "true"})
+        sp2.on_watch(Snapshot((me2, *NODES[1:]), "10"))
+        await settle()
+        assert sp2.candidate is True and alloc2.started == 1
+    asyncio.run(body())
