@@ -188,6 +188,27 @@ def test_a_collection_and_a_watch_of_another_path(answering):
     assert [i["metadata"]["name"] for i in listing] == ["web"] and listing.resource_version == "9"
 
 
+def test_a_watch_stream_decoded_line_by_line(answering):
+    """Events as the API streams them, one JSON line each; the last one cut off is not an event."""
+    events = [{"type": "ADDED", "object": {"metadata": {"name": "a", "resourceVersion": "1"}}},
+              {"type": "MODIFIED", "object": {"metadata": {"name": "ü", "resourceVersion": "2"}}}]
+    body = b"".join(json.dumps(e, ensure_ascii=False).encode() + b"\n" for e in events) + b'{"type": "MOD'
+    host = answering(200, body)
+    got = list(client_for(host).watch(kubeclient.SERVICES, "1", 30, threading.Event()))
+    assert got == events
+
+
+@pytest.mark.parametrize("chunks, lines", [
+    ([b"a\nb\n"], [b"a", b"b"]),
+    ([b"a", b"b\n", b"\n", b"c\n\r\n"], [b"ab", b"c"]),
+    ([b"x" * 5, b"y" * 5, b"z\nw"], [b"xxxxxyyyyyz"]),  # an unterminated last line is dropped
+    ([b"\xc3", b"\xbc\n"], ["ü".encode()]),  # a character split across chunks
+    ([], []),
+])
+def test_split_lines(chunks, lines):
+    assert list(kubeclient.split_lines(iter(chunks))) == lines
+
+
 def test_in_cluster_configuration_rereads_the_bound_token(in_cluster, secure_api, monkeypatch):
     """The DaemonSet's path: token and CA from the service account's files; once the loader's
     minute has passed, a rotated token file is read again for the next request."""
