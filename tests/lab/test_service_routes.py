@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -116,6 +117,20 @@ def tor_next_hops(lab, ip: str) -> set[str]:
     return set(re.findall(r"via (\S+)", out))
 
 
+def status_or_none(lab, node: str) -> dict | None:
+    """The speaker's status, or None while it does not answer (starting)."""
+    try:
+        return runner.speaker_status(lab, node)
+    except runner.LabError:
+        return None
+
+
+def announces(lab, node: str, ip: str, key: str) -> bool:
+    """The node's speaker announces ip/32 for the Service key."""
+    return any(r["prefix"] == f"{ip}/32" and r["announced"] and key in r["services"]
+               for r in runner.speaker_status(lab, node)["serviceRoutes"])
+
+
 def pod_node(lab, pod: str) -> str:
     return next(x["node"] for x in lab.pods if x["name"] == pod)
 
@@ -162,6 +177,64 @@ def test_local_lb_is_announced_by_the_nodes_with_endpoints_and_every_request_ans
     doc = runner.speaker_status(lab, "node1")
     mine = [r for r in doc["serviceRoutes"] if r["prefix"] == f"{ip}/32"]
     assert mine and mine[0]["announced"] and f"{ns}/web" in mine[0]["services"], mine
+
+
+# ---- a speaker restart withdraws nothing that is served -----------------------------------------
+
+def test_a_speaker_restart_keeps_every_service_path_and_request(lab, api, ns):
+    """node1's speaker stops and starts again: the ToR keeps node1's path all along (graceful
+    restart, then End-of-RIB only once the restarted speaker has listed the Services again) and
+    no request fails."""
+    core, disc, _ = api
+    service(core, ns, "rs")
+    ip = ingress_ip(core, ns, "rs")
+    put_slice(disc, ns, "rs", [endpoint(lab, "node1-pod1"), endpoint(lab, "node2-pod1")])
+    # the address may be one an earlier test's Service just released: wait until both nodes announce
+    # it for this Service, not for that one, before watching the ToR
+    poll(lambda: all(announces(lab, n, ip, f"{ns}/rs") for n in ("node1", "node2")), timeout=5)
+    poll(lambda: nodes_of(tor_next_hops(lab, ip)) == {"node1", "node2"}, timeout=5)
+    seen: list[set[str]] = []
+    at: list[float] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 90
+        while not done.is_set() and time.monotonic() < deadline:
+            at.append(time.time())
+            seen.append(nodes_of(tor_next_hops(lab, ip)))
+            done.wait(0.02)
+
+    out = tempfile.mktemp(prefix="pbs-restart-")
+    load = subprocess.Popen(["ip", "netns", "exec", lab.netns("workstation"), sys.executable, "-m", "tests.lab.httpload",
+                             f"http://{ip}/", "--rate", "20", "--seconds", "90", "--out", out], cwd=ROOT)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        before = runner.speaker_status(lab, "node1")["exabgpPid"]
+        poll(lambda: os.path.exists(out) and os.path.getsize(out) > 0, timeout=5)
+        stopped_at = time.time()
+        runner.stop_speaker(lab, "node1")
+        runner.start_speaker(lab, "node1")
+        poll(lambda: (status_or_none(lab, "node1") or {}).get("services", {}).get("live"), timeout=30)
+        poll(lambda: all(p["state"] == "up" for p in runner.speaker_status(lab, "node1")["peers"]), timeout=30)
+        assert runner.speaker_status(lab, "node1")["exabgpPid"] != before
+        live_at = time.time()
+        time.sleep(2.0)  # past the End-of-RIB: a sweep of the path would show now
+    finally:
+        done.set()
+        watcher.join(5)
+        load.terminate()
+        load.wait(timeout=10)
+    with open(out) as f:
+        rows = [json.loads(x) for x in f]
+    os.unlink(out)
+    failed = [r for r in rows if not r["ok"]]
+    print(f"speaker restart: {len(seen)} looks at the ToR, node1's path missing in "
+          f"{sum('node1' not in s for s in seen)}; {len(rows)} requests, {len(failed)} failed")
+    missing = [(round(t - stopped_at, 3), sorted(s)) for t, s in zip(at, seen) if s != {"node1", "node2"}]
+    assert seen and not missing, (f"ToR paths other than node1+node2, seconds after the stop (live after "
+                                  f"{live_at - stopped_at:.2f}s): {missing[:5]}")
+    assert rows[0]["t"] < stopped_at and rows[-1]["t"] > live_at + 1 and not failed, failed[:5]
 
 
 # ---- 2. a rolling update under 20 requests/s fails no request -----------------------------------
