@@ -145,6 +145,9 @@ def test_internal_traffic_policy_local_only_local_pods(lab, api, ns):
     pods = [pod(lab, "node1-pod1"), pod(lab, "node1-pod2"), pod(lab, "node2-pod1")]
     put_slices(disc, ns, "local", pods)
     for node, local in (("node1", {"node1-pod1", "node1-pod2"}), ("node2", {"node2-pod1"})):
+        # the proxy has rendered the slice on this node before any request (else: no endpoint, rejected)
+        poll(lambda node=node, local=local: all(pod(lab, p)["ipv4"] in nft_table(lab, node) for p in local), 5,
+             f"{node}'s table with its local endpoints")
         seen: set[str] = set()
         poll(lambda node=node, local=local, seen=seen: seen.update(answers(lab, node, ips[0])) or local <= seen, 10,
              f"{node}'s own Pods through the Local Service")
