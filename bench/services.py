@@ -32,13 +32,14 @@ Measured:
 Progress goes to stderr; the summary (or one JSON object with --json) to stdout.
 --py-spy PATH samples the speaker through the churn (a pointer to where its CPU goes).
 
-Seen 2026-12-03 at the defaults (3 runs, load average 3-4.7 on 2 cores from other sessions' tests):
-start -> all 5,297 prefixes 7.9-9.2 s (lists done ~5 s after start; the rest is ExaBGP taking one
-`announce route` command at a time: 5,297 of them alone take it 4.9-5.1 s to put on the wire,
-`announce attributes ... nlri` batches 2.1-2.6 s); change -> wire median 2.0-3.3 ms, p95 5.8-8.4,
-max 6.9-26.6 (under churn p95 11-17, max 39-68); speaker CPU under 50 changes/s 6.4-6.8% (FAIL:
-list/watch threads 5.1, of which json.loads of each 22 KB slice event is the largest part; asyncio
-loop 1.7), ExaBGP 3.0-3.4%; speaker RSS +20.1-21.6 MiB (37.8-39.4 -> 59.4-59.5), ExaBGP +10.3.
+Seen 2026-12-03 at the defaults, after SliceInfo.ready became "a ready endpoint in this slice" and
+watch lines are decoded with orjson (3 runs, load average 1.4-2.9 on 2 cores): speaker CPU under
+50 changes/s 3.45-3.85% (asyncio loop 0.42-0.50, list/watch threads 3.0-3.34; target 5%: PASS),
+ExaBGP 2.7-3.0%; change -> wire median 2.3-3.6 ms, p95 4.1-9.7, max 4.6-13.3 (under churn p95
+5.3-8.1, max 25-40); start -> all 5,297 prefixes 5.8-7.0 s (ExaBGP takes one `announce route`
+command at a time: 5,297 of them alone take it 4.9-5.1 s to put on the wire, `announce attributes
+... nlri` batches 2.1-2.6 s); speaker RSS +20.7-21.9 MiB (36.3-37.8 -> 58.2-58.5), ExaBGP +10.3.
+Before those two changes: CPU 6.4-6.8% (FAIL), json.loads of each 22 KB slice event the largest part.
 """
 from __future__ import annotations
 
