@@ -241,6 +241,7 @@ def test_a_speaker_restart_keeps_every_service_path_and_request(lab, api, ns):
 
 def test_rolling_update_under_load_fails_no_request(lab, api, ns):
     core, disc, _ = api
+    since = {n: {p["address"]: p["since"] for p in runner.speaker_status(lab, n)["peers"]} for n in NODE_IP}
     service(core, ns, "roll")
     ip = ingress_ip(core, ns, "roll")
     live = ["node1-pod1", "node2-pod1"]
@@ -283,6 +284,8 @@ def test_rolling_update_under_load_fails_no_request(lab, api, ns):
     assert len(rows) >= 20 * 10, len(rows)
     assert not failed, failed[:5]
     assert {r["body"] for r in rows} >= {"node1-pod1", "node3-pod1", "node1-pod2"}
+    # Services and endpoints came and went: no session of any node was reset
+    assert {n: {p["address"]: p["since"] for p in runner.speaker_status(lab, n)["peers"]} for n in NODE_IP} == since
 
 
 # ---- 3. eTP=Cluster follows "any endpoint ready"; deletion; ExternalIPs -------------------------
