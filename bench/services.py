@@ -217,7 +217,7 @@ class Bench:
         # response (and on watch events that follow a write). --api-nagle keeps the lab's default.
         # The node port range widened as kube-apiserver's --service-node-port-range does: 5,000
         # eTP=Local LoadBalancer Services need a health check node port each (30000-32767 holds 2,768).
-        boot = (f"import sys, lab.apiserver as a, lab.kubestore as k; k.NODE_PORTS = {sv.NODE_PORTS!r}; "
+        boot = (f"import sys, lab.apiserver as a, lab.kinds as k; k.NODE_PORTS = {sv.NODE_PORTS!r}; "
                 f"a.Handler.disable_nagle_algorithm = {not self.args.api_nagle}; raise SystemExit(a.main(sys.argv[1:]))")
         argv = [sys.executable, "-c", boot, "--state", run.path("nodes.json"),
                 "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],

@@ -13,394 +13,36 @@ with that token that no rule allows gets kube-apiserver's 403.
 
 Built for 5,000-10,000 Nodes: lists and watches write each Node's stored JSON bytes as they are,
 a batch at a time, and never build the whole answer in memory.
+
+This module is the HTTP side (routing, RBAC, the handler, the server); the store is
+lab.kubestore, each kind's rules lab.kinds, discovery and tables lab.discovery, list options,
+continue tokens, watch lines and selectors lab.listing.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import logging
 import random
-import re
 import socket
 import ssl
 import threading
 import time
 from bisect import bisect_left
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .kubestore import KINDS, ApiError, Entry, Store, check_service_cidrs, dumps
+from .discovery import (GROUP_LIST, GROUP_VERSIONS, MINOR, OPEN_PATHS, OPENAPI_DOCS, OPENAPI_INDEX, RESOURCES, TABLES,
+                        resource_list, table_row)
+from .kinds import KINDS, ApiError, check_service_cidrs, dumps
+from .kubestore import Entry, Store
+from .listing import (CONTINUE_EXPIRED, ListOptions, bookmark, decode_continue, encode_continue, event_line, matches,
+                      parse_list_options)
 from .patch import apply_patch
 
 log = logging.getLogger(__name__)
-MINOR = "32"
 BOOKMARK_INTERVAL = 5.0
 BATCH = 256 << 10  # bytes written to the socket at a time
-
-VERBS_ALL = ["create", "delete", "get", "list", "patch", "update", "watch"]
-SINGULAR_STATUS = ["get", "patch", "update"]
-
-
-def resource_list(group_version: str) -> dict:
-    """The APIResourceList of one group version: its kinds and their status subresources."""
-    out = []
-    for kind in KINDS.values():
-        if kind.api_version != group_version:
-            continue
-        item = {"name": kind.resource, "singularName": kind.kind.lower(), "namespaced": kind.namespaced,
-                "kind": kind.kind, "verbs": VERBS_ALL}
-        if kind.short_names:
-            item["shortNames"] = list(kind.short_names)
-        if kind.resource == "services":
-            item["categories"] = ["all"]
-        out.append(item)
-        if kind.status:
-            out.append({"name": f"{kind.resource}/status", "singularName": "", "namespaced": kind.namespaced,
-                        "kind": kind.kind, "verbs": SINGULAR_STATUS})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": out}
-
-
-GROUPS = sorted({k.group for k in KINDS.values() if k.group})
-GROUP_LIST = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-    {"name": g, "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-     "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"}} for g in GROUPS]}
-GROUP_VERSIONS = ["v1", *(f"{g}/v1" for g in GROUPS)]
-RESOURCES = resource_list("v1")
-OPENAPI_HASH = "podbgplab2"
-OPEN_PATHS = (["healthz"], ["readyz"], ["livez"], ["version"])
-SCHEMA_PACKAGE = {"": "core", "discovery.k8s.io": "discovery", "coordination.k8s.io": "coordination",
-                  "events.k8s.io": "events"}
-
-
-def _openapi_path(group_version: str) -> str:
-    return "api/v1" if group_version == "v1" else f"apis/{group_version}"
-
-
-def openapi_v3(group_version: str) -> dict:
-    """A minimal OpenAPI v3 document of one group version: what kubectl create/apply looks for (the
-    group-version-kind of the POST and PATCH operations, and that they take fieldValidation)."""
-    paths, schemas = {}, {}
-    param = [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}]
-    for kind in KINDS.values():
-        if kind.api_version != group_version:
-            continue
-        gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
-        ext = {"x-kubernetes-group-version-kind": gvk}
-        base = f"/{_openapi_path(group_version)}/" + ("namespaces/{namespace}/" if kind.namespaced else "")
-        paths[f"{base}{kind.resource}"] = {"post": {**ext, "x-kubernetes-action": "post", "parameters": param,
-                                                    "responses": {"201": {"description": "Created"}}}}
-        paths[f"{base}{kind.resource}/{{name}}"] = {"patch": {**ext, "x-kubernetes-action": "patch", "parameters": param,
-                                                               "responses": {"200": {"description": "OK"}}}}
-        schemas[f"io.k8s.api.{SCHEMA_PACKAGE[kind.group]}.{kind.version}.{kind.kind}"] = {
-            "type": "object", "x-kubernetes-group-version-kind": [gvk]}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": f"v1.{MINOR}.0"},
-            "paths": paths, "components": {"schemas": schemas}}
-
-
-OPENAPI_INDEX = {"paths": {_openapi_path(gv): {"serverRelativeURL": f"/openapi/v3/{_openapi_path(gv)}?hash={OPENAPI_HASH}"}
-                           for gv in GROUP_VERSIONS}}
-OPENAPI_DOCS = {_openapi_path(gv): openapi_v3(gv) for gv in GROUP_VERSIONS}
-
-def _age(ts: str) -> str:
-    try:
-        then = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    except (TypeError, ValueError):
-        return "<unknown>"
-    secs = int((datetime.now(timezone.utc) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if secs >= size:
-            return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
-
-
-def _columns(*cols: tuple[str, int]) -> list[dict]:
-    return [{"name": n, "type": "string", "format": "name" if n == "Name" else "", "description": n, "priority": p}
-            for i, (n, p) in enumerate(cols)]
-
-
-def _node_cells(node: dict) -> list:
-    meta, status = node["metadata"], node.get("status", {})
-    addrs: dict = {}
-    for a in status.get("addresses", []):
-        addrs.setdefault(a.get("type"), a.get("address"))
-    ready = next((c.get("status") for c in status.get("conditions", []) if c.get("type") == "Ready"), None)
-    roles = sorted(k.split("/", 1)[1] for k in meta.get("labels", {}) if k.startswith("node-role.kubernetes.io/"))
-    info = status.get("nodeInfo", {})
-    return [meta["name"], "Ready" if ready == "True" else ("NotReady" if ready else "Unknown"),
-            ",".join(roles) or "<none>", _age(meta.get("creationTimestamp", "")),
-            info.get("kubeletVersion", ""), addrs.get("InternalIP", "<none>"), addrs.get("ExternalIP", "<none>"),
-            info.get("osImage", "<unknown>"), info.get("kernelVersion", "<unknown>"),
-            info.get("containerRuntimeVersion", "<unknown>")]
-
-
-def _service_cells(svc: dict) -> list:
-    """kubectl's columns for a Service (k8s.io/kubernetes pkg/printers/internalversion printService)."""
-    meta, spec, status = svc["metadata"], svc.get("spec", {}), svc.get("status", {})
-    typ = spec.get("type", "ClusterIP")
-    external = list(spec.get("externalIPs") or [])
-    if typ == "LoadBalancer":
-        ingress = [i.get("ip") or i.get("hostname") for i in (status.get("loadBalancer") or {}).get("ingress") or []]
-        external = ingress + external or ["<pending>"]
-    elif typ == "ExternalName":
-        external = [spec.get("externalName", "")]
-    ports = [f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
-             for p in spec.get("ports") or []]
-    selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
-    return [meta["name"], typ, spec.get("clusterIP") or "<none>", ",".join(external) or "<none>",
-            ",".join(ports) or "<none>", _age(meta.get("creationTimestamp", "")), selector or "<none>"]
-
-
-def _slice_cells(s: dict) -> list:
-    ports = ",".join(str(p.get("port")) for p in s.get("ports") or [] if p.get("port") is not None) or "<unset>"
-    addrs = [a for ep in s.get("endpoints") or [] for a in ep.get("addresses") or []]
-    shown = ",".join(addrs[:3]) + (f" + {len(addrs) - 3} more..." if len(addrs) > 3 else "")
-    return [s["metadata"]["name"], s.get("addressType", ""), ports, shown or "<unset>",
-            _age(s["metadata"].get("creationTimestamp", ""))]
-
-
-def _lease_cells(lease: dict) -> list:
-    return [lease["metadata"]["name"], (lease.get("spec") or {}).get("holderIdentity", ""),
-            _age(lease["metadata"].get("creationTimestamp", ""))]
-
-
-def _event_cells(ev: dict) -> list:
-    obj = ev.get("involvedObject") or ev.get("regarding") or {}
-    last = ev.get("lastTimestamp") or ev.get("eventTime") or ev["metadata"].get("creationTimestamp", "")
-    return [_age(last), ev.get("type", ""), ev.get("reason", ""),
-            f"{(obj.get('kind') or '').lower()}/{obj.get('name', '')}", ev.get("message") or ev.get("note") or ""]
-
-
-TABLES = {
-    "nodes": (_columns(("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1),
-                       ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)),
-              _node_cells),
-    "services": (_columns(("Name", 0), ("Type", 0), ("Cluster-IP", 0), ("External-IP", 0), ("Port(s)", 0),
-                          ("Age", 0), ("Selector", 1)), _service_cells),
-    "endpointslices": (_columns(("Name", 0), ("AddressType", 0), ("Ports", 0), ("Endpoints", 0), ("Age", 0)),
-                       _slice_cells),
-    "leases": (_columns(("Name", 0), ("Holder", 0), ("Age", 0)), _lease_cells),
-    "events": (_columns(("Last Seen", 0), ("Type", 0), ("Reason", 0), ("Object", 0), ("Message", 0)), _event_cells),
-}
-TABLES["events.events.k8s.io"] = TABLES["events"]
-
-
-def _row(res: str, obj: dict) -> dict:
-    partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
-    return {"cells": TABLES[res][1](obj), "object": partial}
-
-
-# -- list options: parsing and the real API server's validation -----------------------------------
-
-@dataclass(slots=True)
-class ListOptions:
-    watch: bool = False
-    resource_version: str = ""
-    match: str = ""  # resourceVersionMatch
-    send_initial: bool | None = None  # sendInitialEvents (None: not given)
-    bookmarks: bool = False
-    limit: int = 0
-    cont: str = ""
-    labels: str | None = None
-    fields: str | None = None
-    timeout: float | None = None
-
-
-def _bool(name: str, value: str) -> bool:
-    """strconv.ParseBool, as the API server decodes boolean query parameters."""
-    if value in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if value in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise ApiError(400, "BadRequest", f'strconv.ParseBool: parsing "{value}": invalid syntax ({name})')
-
-
-def parse_list_options(q: dict[str, str], watch_list: bool) -> ListOptions:
-    """The query of a list or watch, defaulted as the API server does (SetListOptionsDefaults)."""
-    try:
-        opts = ListOptions(watch=_bool("watch", q["watch"]) if "watch" in q else False,
-                           resource_version=q.get("resourceVersion", ""), match=q.get(RVM, ""),
-                           send_initial=_bool(SIE, q[SIE]) if SIE in q else None,
-                           bookmarks=_bool("allowWatchBookmarks", q.get("allowWatchBookmarks", "false")),
-                           limit=int(q.get("limit") or 0), cont=q.get("continue", ""),
-                           labels=q.get("labelSelector"), fields=q.get("fieldSelector"),
-                           timeout=float(q["timeoutSeconds"]) if q.get("timeoutSeconds") else None)
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", str(exc)) from None
-    # with the WatchList gate on, a watch from "" or "0" is a watch-list (its bookmark, if asked
-    # for, carries the initial-events-end annotation)
-    if watch_list and opts.watch and opts.send_initial is None and not opts.match \
-            and opts.resource_version in ("", "0"):
-        opts.send_initial, opts.match = True, "NotOlderThan"
-    errs = validate_watch(opts, watch_list) if opts.watch else validate_list(opts)
-    if errs:
-        raise invalid_list_options(errs)
-    return opts
-
-
-def _forbidden(field: str, detail: str) -> tuple[str, str, str]:
-    return field, "FieldValueForbidden", f"Forbidden: {detail}"
-
-
-def _not_supported(field: str, value: str, supported: list[str]) -> tuple[str, str, str]:
-    values = ", ".join(f'"{v}"' for v in supported)
-    return field, "FieldValueNotSupported", f'Unsupported value: "{value}": supported values: {values}'
-
-
-RVM, SIE = "resourceVersionMatch", "sendInitialEvents"
-
-
-def validate_list(o: ListOptions) -> list[tuple[str, str, str]]:
-    """ValidateListOptions for a list (k8s.io/apimachinery internalversion/validation)."""
-    errs = []
-    if o.match:
-        if not o.resource_version:
-            errs.append(_forbidden(RVM, f"{RVM} is forbidden unless resourceVersion is provided"))
-        if o.cont:
-            errs.append(_forbidden(RVM, f"{RVM} is forbidden when continue is provided"))
-        if o.match not in ("Exact", "NotOlderThan"):
-            errs.append(_not_supported(RVM, o.match, ["Exact", "NotOlderThan", ""]))
-        if o.match == "Exact" and o.resource_version == "0":
-            errs.append(_forbidden(RVM, f'{RVM} "exact" is forbidden for resourceVersion "0"'))
-    if o.send_initial is not None:
-        errs.append(_forbidden(SIE, f"{SIE} is forbidden for list"))
-    return errs
-
-
-def validate_watch(o: ListOptions, watch_list: bool) -> list[tuple[str, str, str]]:
-    """validateWatchOptions; watch_list is the WatchList feature gate."""
-    errs = []
-    if o.send_initial is not None:
-        if o.match != "NotOlderThan":
-            errs.append(_forbidden(RVM, f"{SIE} requires setting {RVM} to NotOlderThan"))
-        if not watch_list:
-            errs.append(_forbidden(SIE, f"{SIE} is forbidden for watch unless the WatchList feature gate is enabled"))
-    if o.match:
-        if o.send_initial is None:
-            errs.append(_forbidden(RVM, f"{RVM} is forbidden for watch unless {SIE} is provided"))
-        if o.match != "NotOlderThan":
-            errs.append(_not_supported(RVM, o.match, ["NotOlderThan"]))
-        if o.cont:
-            errs.append(_forbidden(RVM, f"{RVM} is forbidden when continue is provided"))
-    return errs
-
-
-def invalid_list_options(errs: list[tuple[str, str, str]]) -> ApiError:
-    """errors.NewInvalid(meta.k8s.io/ListOptions, "", errs): 422 with one cause per field error."""
-    texts = [f"{field}: {body}" for field, _, body in dict.fromkeys(errs)]
-    agg = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
-    return ApiError(422, "Invalid", f'ListOptions.meta.k8s.io "" is invalid: {agg}',
-                    {"group": "meta.k8s.io", "kind": "ListOptions",
-                     "causes": [{"reason": r, "message": body, "field": f} for f, r, body in errs]})
-
-
-# -- continue tokens (the API server's: base64url of {"v","rv","start"}) ----------------------------
-
-def encode_continue(rv: int, start: str) -> str:
-    data = dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start})
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def decode_continue(token: str) -> tuple[int, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if data.get("v") != "meta.k8s.io/v1":
-            raise ValueError("unknown version")
-        rv, start = int(data["rv"]), str(data["start"])
-        if rv == 0 or rv < -1:
-            raise ValueError("incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
-        return rv, start
-    except (ValueError, KeyError, TypeError, binascii.Error, AttributeError) as exc:
-        raise ApiError(400, "BadRequest", f"continue key is not valid: {exc}") from None
-
-
-CONTINUE_EXPIRED = (
-    "The provided continue parameter is too old to display a consistent list result. You can start a new "
-    "list without the continue parameter, or use the continue token in this response to retrieve the "
-    "remainder of the results. Continuing with the provided token results in an inconsistent list - objects "
-    "that were created, modified, or deleted between the time the first chunk was returned and now may show "
-    "up in the list.")
-
-
-# -- what a watch sends --------------------------------------------------------------------------
-
-EMPTY_NODE_STATUS = {"daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-                     "nodeInfo": {k: "" for k in ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage",
-                                                  "containerRuntimeVersion", "kubeletVersion", "kubeProxyVersion",
-                                                  "operatingSystem", "architecture")}}
-# what an empty object of each kind serializes to in Go (the body of a BOOKMARK)
-EMPTY_BODY = {"nodes": {"spec": {}, "status": EMPTY_NODE_STATUS},
-              "services": {"spec": {}, "status": {"loadBalancer": {}}},
-              "endpointslices": {"addressType": "", "endpoints": None},
-              "leases": {"spec": {}},
-              "events": {"involvedObject": {}, "reportingComponent": "", "reportingInstance": "",
-                         "source": {}, "firstTimestamp": None, "lastTimestamp": None, "eventTime": None},
-              "events.events.k8s.io": {"eventTime": None, "reportingController": "", "reportingInstance": ""}}
-
-
-def bookmark(rv: int, initial_events_end: bool = False, res: str = "nodes") -> bytes:
-    """A BOOKMARK event as kube-apiserver 1.32 writes it: an empty object of the kind carrying the version."""
-    meta: dict = {"resourceVersion": str(rv), "creationTimestamp": None}
-    if initial_events_end:
-        meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-    kind = KINDS[res]
-    obj = {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": meta, **EMPTY_BODY[res]}
-    return b'{"type":"BOOKMARK","object":%s}\n' % dumps(obj)
-
-
-def event_line(kind: str, raw: bytes) -> bytes:
-    return b'{"type":"%s","object":%s}\n' % (kind.encode(), raw)
-
-
-SELECTOR_TERMS = re.compile(r",(?![^()]*\))")  # the commas between terms, not those inside "in (a,b)"
-SET_TERM = re.compile(r"^(!?)\s*([^\s!=]+)\s+(in|notin)\s*\((.*)\)$")
-
-
-def _field_getter(e: Entry):
-    """A field selector's view of an object: name and namespace from the key, other fields parsed."""
-    def get(path: str) -> str | None:
-        if path == "metadata.name":
-            return e.name.rpartition("/")[2]
-        if path == "metadata.namespace":
-            return e.name.rpartition("/")[0]
-        value = json.loads(e.raw)
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return None if value is None else str(value)
-    return get
-
-
-def _matches(e: Entry, labels: str | None, fields: str | None) -> bool:
-    for sel, getter in ((labels, e.labels.get), (fields, _field_getter(e) if fields else None)):
-        if not sel:
-            continue
-        for term in SELECTOR_TERMS.split(sel):
-            term = term.strip()
-            in_set = SET_TERM.match(term)
-            if in_set:
-                values = {v.strip() for v in in_set.group(4).split(",")}
-                if (getter(in_set.group(2)) in values) != (in_set.group(3) == "in"):
-                    return False
-            elif "!=" in term:
-                k, v = term.split("!=", 1)
-                if getter(k.strip()) == v.strip():
-                    return False
-            elif "=" in term:
-                k, v = term.replace("==", "=").split("=", 1)
-                if getter(k.strip()) != v.strip():
-                    return False
-            elif term.startswith("!"):
-                if getter(term[1:].strip()) is not None:
-                    return False
-            elif term and getter(term) is None:
-                return False
-    return True
-
 
 class Body:
     """A response body written in batches: chunked, or raw after a Content-Length."""
@@ -651,7 +293,7 @@ class Handler(BaseHTTPRequestHandler):
             return (items[:limit], max(0, len(items) - limit)) if limit else (items, 0)
         page = []
         for i, e in enumerate(items):
-            if _matches(e, o.labels, o.fields):
+            if matches(e, o.labels, o.fields):
                 page.append(e)
                 if limit and len(page) == limit:
                     return page, len(items) - i - 1
@@ -662,7 +304,7 @@ class Handler(BaseHTTPRequestHandler):
         body.write(b'{"kind":"Table","apiVersion":"meta.k8s.io/v1","metadata":%s,"columnDefinitions":%s,"rows":['
                    % (dumps(meta), dumps(TABLES[res][0])))
         for i, e in enumerate(page):
-            body.write((b"," if i else b"") + dumps(_row(res, e.obj())))
+            body.write((b"," if i else b"") + dumps(table_row(res, e.obj())))
         body.write(b"]}")
         body.end()
 
@@ -693,7 +335,7 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 rv = want
             for e in initial:
-                if _matches(e, o.labels, o.fields):
+                if matches(e, o.labels, o.fields):
                     body.write(self._event("ADDED", e, table, res))
             if o.send_initial and o.bookmarks:
                 body.write(bookmark(rv, initial_events_end=True, res=res))
@@ -719,7 +361,7 @@ class Handler(BaseHTTPRequestHandler):
                 body.write(event_line("ERROR", dumps(err.status())))
                 return
             for ev in events:
-                if (prefix is None or ev.entry.name.startswith(prefix)) and _matches(ev.entry, o.labels, o.fields):
+                if (prefix is None or ev.entry.name.startswith(prefix)) and matches(ev.entry, o.labels, o.fields):
                     body.write(self._event(ev.kind, ev.entry, table, res))
             if o.bookmarks and time.monotonic() >= next_bookmark:
                 body.write(bookmark(rv, res=res))
@@ -732,7 +374,7 @@ class Handler(BaseHTTPRequestHandler):
             return event_line(kind, e.raw)
         return event_line(kind, dumps({"kind": "Table", "apiVersion": "meta.k8s.io/v1",
                                        "metadata": {"resourceVersion": str(e.rv)},
-                                       "columnDefinitions": [], "rows": [_row(res, e.obj())]}))
+                                       "columnDefinitions": [], "rows": [table_row(res, e.obj())]}))
 
 
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
