@@ -14,6 +14,7 @@ class Rib:
     def __init__(self) -> None:
         self._by_peer: dict[str, dict[IPNetwork, Path]] = {}
         self._by_prefix: dict[IPNetwork, dict[str, Path]] = {}
+        self._v6: dict[str, int] = {}  # IPv6 paths per peer (for maxPrefixes per family)
 
     def _drop(self, peer: str, prefix: IPNetwork) -> None:
         paths = self._by_prefix.get(prefix)
@@ -26,15 +27,22 @@ class Rib:
         """Apply one UPDATE; return the prefixes whose paths changed."""
         table = self._by_peer.setdefault(ev.peer, {})
         changed: set[IPNetwork] = set()
+        v6 = 0
         for prefix in ev.withdrawn:
             if table.pop(prefix, None) is not None:
                 self._drop(ev.peer, prefix)
                 changed.add(prefix)
+                v6 -= prefix.version == 6
         for path in ev.announced:
-            if table.get(path.prefix) != path:
+            old = table.get(path.prefix)
+            if old != path:
+                if old is None:
+                    v6 += path.prefix.version == 6
                 table[path.prefix] = path
                 self._by_prefix.setdefault(path.prefix, {})[ev.peer] = path
                 changed.add(path.prefix)
+        if v6:
+            self._v6[ev.peer] = self._v6.get(ev.peer, 0) + v6
         return changed
 
     def peer_down(self, peer: str, keep_stale: bool) -> set[IPNetwork]:
@@ -52,6 +60,7 @@ class Rib:
                     self._by_prefix[prefix][peer] = stale
             return set()
         del self._by_peer[peer]
+        self._v6.pop(peer, None)
         for prefix in table:
             self._drop(peer, prefix)
         return set(table)
@@ -63,6 +72,8 @@ class Rib:
         for prefix in stale:
             del table[prefix]
             self._drop(peer, prefix)
+        if v6 := sum(p.version == 6 for p in stale):
+            self._v6[peer] -= v6
         return stale
 
     def paths_for(self, prefix: IPNetwork) -> Iterable[Path]:
@@ -76,7 +87,9 @@ class Rib:
         for peer in sorted(self._by_peer):
             yield from self._by_peer[peer].values()
 
-    def count(self, peer: str | None = None) -> int:
+    def count(self, peer: str | None = None, family: str | None = None) -> int:
+        """Paths held, of one peer or all, of one family ("ipv4", "ipv6") or both."""
         if peer is not None:
-            return len(self._by_peer.get(peer, {}))
+            n, v6 = len(self._by_peer.get(peer, {})), self._v6.get(peer, 0)
+            return n if family is None else v6 if family == "ipv6" else n - v6
         return sum(len(t) for t in self._by_peer.values())
