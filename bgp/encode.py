@@ -34,6 +34,13 @@ def eor(peer: str, family: str) -> str:
     return f"neighbor {peer} announce eor {family} unicast"
 
 
+def teardown(peer: str, subcode: int = 1) -> str:
+    """End the session with a Cease NOTIFICATION of this subcode (1: maximum number of prefixes
+    reached, RFC 4486). ExaBGP 5.0 (reactor/api/command/neighbor.py) sends it to an established
+    peer and then reconnects as usual: keeping it away is a reload without the peer."""
+    return f"neighbor {peer} teardown {subcode}"
+
+
 def for_peer(cfg: PeerConfig, ann: Announcement | None) -> Announcement | None:
     """The announcement as this peer gets it, or None if it gets none: only its families, Service
     routes only if it exports them, LOCAL_PREF only inside the AS (iBGP)."""

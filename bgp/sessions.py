@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import encode, render, security
+from . import encode, limits, render, security
 from .decode import decode_line
 from .process import ExaBGP, api_command
 from .rib import Rib
@@ -67,10 +67,19 @@ class _Peer:
     # peer is removed or ExaBGP restarts. One dict per peer, changed in place by update().
     sent: dict[IPNetwork, Announcement] = field(default_factory=dict)
     eor_due: bool = False  # up, with graceful restart, and our End-of-RIB not yet sent (held: release_eor)
+    refused: limits.RefusedCount = field(default_factory=limits.RefusedCount)  # this session's, counted
+    over: limits.Over = ()  # the families over maxPrefixes, as last counted
+    tearing: bool = False  # a teardown for maxPrefixes was sent; at its "down" the peer is suspended
+    resume_at: float | None = None  # unix time a suspended peer is configured in ExaBGP again
+    resume_timer: asyncio.TimerHandle | None = None
 
     @property
     def reason(self) -> str:
         return security.combine(self.exabgp_reason, self.hint)
+
+    @property
+    def suspended(self) -> bool:
+        return self.resume_timer is not None
 
     def cancel_stale(self) -> None:
         if self.stale_timer is not None:
@@ -85,7 +94,8 @@ class Sessions(RibPaths):
                  on_paths: Callable[[set[IPNetwork]], None], on_converged: Callable[[str], None],
                  counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] | None = None,
                  read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
-                 clock: Callable[[], float] = time.monotonic, hold_eor: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, hold_eor: bool = False,
+                 refuse: Callable[[IPNetwork], str | None] | None = None) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
         self.graceful_restart = graceful_restart
         self.convergence_timeout = convergence_timeout
@@ -103,6 +113,9 @@ class Sessions(RibPaths):
         # End-of-RIB waits for release_eor(): what is announced is not complete yet (Services not
         # listed), and a peer that kept our routes across our restart sweeps the rest at our EoR
         self.hold_eor = hold_eor
+        # the static part of the import policy: a reason for a prefix refused whatever the API
+        # says later; such paths are counted per peer and never stored (bgp.limits)
+        self.refuse = refuse
 
     # ---- the route source --------------------------------------------------------------------
     def peers(self) -> tuple[PeerStatus, ...]:
@@ -116,7 +129,15 @@ class Sessions(RibPaths):
         c = rec.config
         return PeerStatus(key=c.key, address=c.address, asn=c.asn, local_address=c.local_address,
                           local_asn=c.local_asn, families=c.families, state=rec.state, since=rec.since,
-                          reason=rec.reason, end_of_rib=frozenset(rec.eor), paths=self.rib.count(c.key))
+                          reason=rec.reason, end_of_rib=frozenset(rec.eor), paths=self.rib.count(c.key),
+                          refused=tuple(sorted(rec.refused.by_reason.items())),
+                          counted=tuple((f, self._counted(rec, f)) for f in sorted(c.families)),
+                          max_prefixes=c.max_prefixes, over=limits.describe(rec.over),
+                          excess=max((n - lim for _, n, lim in rec.over), default=0), resume_at=rec.resume_at)
+
+    def _counted(self, rec: _Peer, family: str) -> int:
+        """What counts toward the peer's maxPrefixes of a family: paths held plus refused ones."""
+        return self.rib.count(rec.config.key, family) + rec.refused.held(family)
 
     @property
     def converged(self) -> bool:
@@ -159,7 +180,7 @@ class Sessions(RibPaths):
         if self.exabgp is not None and list(map(_session, peers)) == list(map(_session, self.configured)):
             self._set_exports(peers)  # only what the peers export: no reload, sessions untouched
             return
-        text = render.render(peers, api_command(os.path.join(self.runtime_dir, "api.sock")))
+        text = self._render(peers)
         old = {p.key: p for p in self.configured}
         new = {p.key: p for p in peers}
         exports = [k for k in old.keys() & new.keys() if old[k].export_services != new[k].export_services]
@@ -197,10 +218,17 @@ class Sessions(RibPaths):
                  ",".join(changed) or "-")
         self._check_converged()
 
+    def _render(self, peers: list[PeerConfig]) -> str:
+        """ExaBGP's configuration: the peers but those suspended after a maxPrefixes teardown."""
+        active = [p for p in peers if not ((rec := self._peers.get(p.key)) is not None and rec.suspended)]
+        return render.render(active, api_command(os.path.join(self.runtime_dir, "api.sock")))
+
     def _remove(self, peer: str) -> None:
         """A peer left the configuration: forget it, and drop its paths now, stale ones included."""
         rec = self._peers.pop(peer)
         rec.cancel_stale()
+        if rec.resume_timer is not None:
+            rec.resume_timer.cancel()
         self.hints.forget(peer)
         paths = self.rib.count(peer)
         dropped = self.rib.peer_down(peer, keep_stale=False)
@@ -302,9 +330,14 @@ class Sessions(RibPaths):
             log.debug("bgp.event.removed_peer peer=%s event=%s", peer, type(ev).__name__)
             return
         if isinstance(ev, UpdateEvent):
+            rec = self._peers.get(ev.peer)
+            if self.refuse is not None and rec is not None:
+                ev = self._screen(rec, ev)
             changed = self.rib.apply(ev)
             if changed:
                 self.on_paths(changed)
+            if rec is not None and rec.config.max_prefixes:
+                self._check_limit(rec)
         elif isinstance(ev, StateEvent):
             self._on_state(ev)
         elif isinstance(ev, OpenEvent):
@@ -320,6 +353,64 @@ class Sessions(RibPaths):
             log.info("bgp.exabgp.shutdown")
         else:
             self.counters[f"ignored_{ev.kind}"] += 1
+
+    def _screen(self, rec: _Peer, ev: UpdateEvent) -> UpdateEvent:
+        """The UPDATE without the paths refused for good: those are counted (a withdraw of one
+        uncounts it), never stored. The event is returned as it came when nothing is refused."""
+        refuse, refused = self.refuse, rec.refused
+        # (RefusedCount's methods return None: a refused path is counted, then left out)
+        kept = [p for p in ev.announced if (reason := refuse(p.prefix)) is None or refused.announced(p.prefix, reason)]
+        gone = [p for p in ev.withdrawn if refuse(p) is None or refused.withdrawn(p)]
+        if len(kept) == len(ev.announced) and len(gone) == len(ev.withdrawn):
+            return ev
+        return UpdateEvent(peer=ev.peer, announced=tuple(kept), withdrawn=tuple(gone))
+
+    # ---- maxPrefixes -------------------------------------------------------------------------
+    def _check_limit(self, rec: _Peer) -> None:
+        """After an UPDATE of a peer with maxPrefixes: say when it goes over (once per crossing),
+        and under `teardown` end its session."""
+        cfg = rec.config
+        over = limits.over_limit(cfg, {f: self._counted(rec, f) for f, _ in cfg.max_prefixes})
+        was, rec.over = rec.over, over
+        if over and not was:
+            self.counters["max_prefixes_exceeded"] += 1
+            log.warning("bgp.peer.max_prefixes peer=%s action=%s %s", cfg.key, cfg.max_prefixes_action,
+                        limits.describe(over))
+            if cfg.max_prefixes_action == "teardown" and rec.state == SessionState.UP and not rec.tearing:
+                self._teardown(rec)
+        elif was and not over:
+            log.info("bgp.peer.max_prefixes.cleared peer=%s", cfg.key)
+
+    def _teardown(self, rec: _Peer) -> None:
+        """Cease "maximum number of prefixes reached"; at the session's "down" the peer is left
+        out of ExaBGP's configuration for restart_after seconds, so ExaBGP cannot reconnect."""
+        if self._send([encode.teardown(rec.config.key, 1)]):
+            rec.tearing = True
+            self.counters["max_prefixes_teardowns"] += 1
+
+    def _suspend(self, rec: _Peer) -> None:
+        cfg = rec.config
+        rec.tearing = False
+        rec.resume_at = time.time() + cfg.restart_after
+        rec.resume_timer = asyncio.get_running_loop().call_later(cfg.restart_after, self._resume, cfg.key)
+        log.warning("bgp.peer.suspended peer=%s reason=max-prefixes restart_after=%ss", cfg.key, cfg.restart_after)
+        self._reload()
+
+    def _resume(self, key: str) -> None:
+        rec = self._peers.get(key)
+        if rec is None:
+            return
+        rec.resume_timer = rec.resume_at = None
+        rec.over = ()
+        log.info("bgp.peer.resumed peer=%s", key)
+        self._set_state(rec, SessionState.IDLE, "re-established after a maxPrefixes teardown")
+        self._reload()
+
+    def _reload(self) -> None:
+        if self.exabgp is not None:
+            action = self.exabgp.reconfigure(self._render(self.configured))
+            log.info("bgp.config.reload action=%s suspended=%s", action,
+                     ",".join(r.config.key for r in self._peers.values() if r.suspended) or "-")
 
     def _on_eor(self, ev: EorEvent) -> None:
         rec = self._peers.get(ev.peer)
@@ -356,6 +447,8 @@ class Sessions(RibPaths):
         if rec is None:
             self.counters["events_unknown_peer"] += 1
             log.debug("bgp.event.unknown_peer peer=%s state=%s", ev.peer, ev.state.value)
+            return
+        if rec.suspended:  # out of ExaBGP's configuration until restart_after: its "down" echoes
             return
         if ev.state == SessionState.DOWN and rec.state == SessionState.UP:
             # only the end of an established session touches the RIB; the failed connection
@@ -411,7 +504,10 @@ class Sessions(RibPaths):
         # graceful restart is negotiated when both sides advertised it: keep the peer's paths,
         # marked stale, for the restart time the peer advertised (RFC 4724)
         restart = rec.restart_time or 0
-        keep = self.graceful_restart > 0 and restart > 0
+        keep = self.graceful_restart > 0 and restart > 0 and not rec.tearing  # torn down: not restarting
+        rec.refused.reset()  # the peer sends its table again in its next session
+        if not rec.tearing:
+            rec.over = ()
         log.info("bgp.peer.down peer=%s reason=%r paths=%d kept_stale_for=%ss", peer, reason, self.rib.count(peer),
                  restart if keep else 0)
         dropped = self.rib.peer_down(peer, keep_stale=keep)
@@ -420,6 +516,8 @@ class Sessions(RibPaths):
             rec.stale_timer = asyncio.get_running_loop().call_later(restart, self._end_stale, peer)
         if dropped:
             self.on_paths(dropped)
+        if rec.tearing:
+            self._suspend(rec)
 
     def _end_stale(self, peer: str) -> None:
         rec = self._peers.get(peer)
@@ -467,8 +565,9 @@ class Sessions(RibPaths):
 
 
 def _session(p: PeerConfig) -> PeerConfig:
-    """The part of a peer's config that ExaBGP's configuration holds (all but export_services)."""
-    return p if p.export_services else replace(p, export_services=True)
+    """The part of a peer's config that ExaBGP's configuration holds (all but export_services and
+    the maxPrefixes settings, which podbgp enforces itself)."""
+    return replace(p, export_services=True, max_prefixes=(), max_prefixes_action="warn", restart_after=60)
 
 
 def _same(a: Announcement | None, b: Announcement) -> bool:

@@ -25,7 +25,12 @@ class PeerStatus:
     reason: why it is in that state, in words (ExaBGP's reason, then what podbgp can tell about
     TCP MD5 or GTSM when no TCP connection comes up). end_of_rib: the families whose End-of-RIB
     arrived in the current session. paths: the paths from this peer now in the RIB (stale ones
-    of a graceful restart included)."""
+    of a graceful restart included). refused: paths of this session the import policy refuses for
+    good, counted and not stored, per reason (bgp.limits). counted: per family, what counts
+    toward maxPrefixes (paths held plus refused ones held). max_prefixes: the limits, per family.
+    over: how the peer is over its limits, in words ("" when it is not); excess: by how many paths
+    (the largest excess of its families, as last counted: kept while torn down). resume_at: unix time a
+    session torn down for maxPrefixes comes back (None: not torn down)."""
 
     key: str
     address: IPAddress
@@ -38,6 +43,12 @@ class PeerStatus:
     reason: str
     end_of_rib: frozenset[str]
     paths: int
+    refused: tuple[tuple[str, int], ...] = ()
+    counted: tuple[tuple[str, int], ...] = ()
+    max_prefixes: tuple[tuple[str, int], ...] = ()
+    over: str = ""
+    excess: int = 0
+    resume_at: float | None = None
 
 
 class RouteSource(Protocol):

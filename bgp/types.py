@@ -65,6 +65,12 @@ class PeerConfig:
     both ends connect and BGP's collision detection keeps one session.
     export_services: the peer gets announcements with service=True. Not part of ExaBGP's config
     (render ignores it), so flipping it changes only what is announced, never the session.
+    max_prefixes: (family, limit) pairs, sorted; empty: no limit. What counts toward a family's
+    limit: the peer's paths held in the RIB plus the paths of that family it sent that the import
+    policy refuses for good (counted, not stored: bgp.limits). Over the limit, max_prefixes_action
+    "warn" logs, counts and shows it and keeps the session; "teardown" ends the session with a
+    Cease "maximum number of prefixes reached" (RFC 4486 subcode 1) and re-establishes it
+    restart_after seconds later. Not part of ExaBGP's config either (render ignores them).
     """
 
     address: IPAddress
@@ -83,6 +89,9 @@ class PeerConfig:
     keepalive: int | None = None
     listen: bool = False
     export_services: bool = True
+    max_prefixes: tuple[tuple[str, int], ...] = ()
+    max_prefixes_action: str = "warn"  # "warn" | "teardown"
+    restart_after: int = 60  # seconds, after a teardown
 
     @property
     def key(self) -> str:

@@ -52,6 +52,27 @@ def _inside(span: Span, spans: tuple[Span, ...]) -> bool:
     return any(w == v and lo <= first and last <= hi for w, lo, hi in spans)
 
 
+PERMANENT = frozenset({Reason.DEFAULT_ROUTE, Reason.SERVICE_RANGE, Reason.SERVICE_ADDRESS, Reason.OUTSIDE_CLUSTER})
+
+
+def static_check(policy: Policy, prefix: IPNetwork) -> Reason | None:
+    """The reason `prefix` is refused whatever the Nodes say, or None: a default route, inside the
+    Service range or a Service pool, outside every cluster CIDR (all from the configuration,
+    fixed for the life of the process). Whenever this gives a reason, check() refuses the path
+    too (it tests the same conditions, in its own order, after OWN_CIDR only), so a route source
+    may count such paths instead of storing them (bgp.limits)."""
+    if prefix.prefixlen == 0:
+        return Reason.DEFAULT_ROUTE
+    span = _span(prefix)
+    if _overlaps(span, _spans(policy.service)):
+        return Reason.SERVICE_RANGE
+    if policy.service_ranges and _overlaps(span, _spans(policy.service_ranges)):
+        return Reason.SERVICE_ADDRESS
+    if not _inside(span, _spans(policy.cluster)):
+        return Reason.OUTSIDE_CLUSTER
+    return None
+
+
 def check(policy: Policy, path: Path) -> Reason | None:
     """The reason a path is refused, or None if it may be installed.
 
