@@ -32,6 +32,7 @@ from bgp.source import RouteSource
 from bgp.types import Announcement, IPNetwork
 from reconciler.kernel import RouteTable
 from reconciler.loop import Reconciler
+from reconciler.policy import static_check
 
 from . import announce
 from .cni import ConflistWriter
@@ -107,7 +108,9 @@ class Speaker:
                                      counters=self.counters, factory=bgp_factory,
                                      # a restarted node's peers sweep what it announced before only at
                                      # End-of-RIB: not before its Service routes are known again
-                                     hold_eor=self.services is not None)
+                                     hold_eor=self.services is not None,
+                                     # paths refused whatever the Nodes say: counted, never stored
+                                     refuse=self._refused_for_good)
         self.kernel = kernel  # the route table, also read by explain (routes_at)
         self.reconciler = Reconciler(
             kernel, rib=self.source, owners=self.view.owners, disputed=self.view.disputed,
@@ -116,6 +119,11 @@ class Speaker:
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self.exit_code = 0
+
+    def _refused_for_good(self, prefix: IPNetwork) -> str | None:
+        """The static part of the import policy, as Sessions wants it (bgp imports no reconciler)."""
+        reason = static_check(self.reconciler.policy, prefix)
+        return None if reason is None else reason.value
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

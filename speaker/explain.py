@@ -20,7 +20,7 @@ import urllib.parse
 from typing import TYPE_CHECKING
 
 from bgp.types import IPNetwork, Path, SessionState
-from reconciler.policy import Policy, evaluate
+from reconciler.policy import Policy, evaluate, static_check
 from reconciler.report import PrefixReport, net_key
 from reconciler.types import KernelRoute, Reason, ReconcilerError
 
@@ -76,13 +76,25 @@ def explain(sp: Speaker, prefix: IPNetwork, kernel: list[KernelRoute] | None = N
         "desired": None if route is None else {"via": [str(g) for g in route.gateways], "metric": route.metric,
                                                 "ecmp": len(route.gateways) > 1},
         "kernel": _kernel(sp, rec, kernel, kernel_error),
+        "refused": _for_good(sp, prefix, policy),
     }
     doc["verdict"], doc["summary"] = _verdict(rec, doc)
     doc["services"] = _services(sp, prefix)
     if doc["services"] and doc["verdict"] in ("absent", "rejected"):  # a Service IP: what matters is our announcement
         doc["verdict"], doc["summary"] = _service_verdict(doc["services"])
-    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "desired", "kernel",
-                                "services")}
+    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "refused", "desired",
+                                "kernel", "services")}
+
+
+def _for_good(sp: Speaker, prefix: IPNetwork, policy: Policy) -> dict | None:
+    """A prefix the policy refuses whatever the Nodes say: such paths are counted per peer and
+    reason, not stored (bgp.limits), so what is known is the reason and each peer's count of
+    paths refused for it in its current session, not whether this very prefix was among them."""
+    reason = static_check(policy, prefix)
+    if reason is None:
+        return None
+    peers = [{"peer": p.key, "paths": n} for p in sp.source.peers() for r, n in p.refused if r == reason.value and n]
+    return {"reason": reason.value, "why": why_prefix(prefix, reason, policy), "peers": peers}
 
 
 def _services(sp: Speaker, prefix: IPNetwork) -> list[dict]:
@@ -162,20 +174,10 @@ def _accepted(sp: Speaker, path: Path, policy: Policy) -> str:
 def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
     """The policy's reason for refusing `path`, as a sentence naming what it collided with."""
     prefix, hop = path.prefix, path.next_hop
-    if reason is Reason.DEFAULT_ROUTE:
-        return "a default route is never installed"
+    if (text := why_prefix(prefix, reason, policy)) is not None:
+        return text
     if reason is Reason.OWN_CIDR:
         return f"{prefix} overlaps this node's own PodCIDR {_hits(prefix, policy.own)}"
-    if reason is Reason.SERVICE_RANGE:
-        return f"{prefix} overlaps the service range {_hits(prefix, policy.service)}"
-    if reason is Reason.SERVICE_ADDRESS:
-        return (f"{prefix} overlaps the Service address range {_hits(prefix, policy.service_ranges)} (a LoadBalancer "
-                "pool or allowed ExternalIP range): nodes announce Service addresses, they never install them from a peer")
-    if reason is Reason.OUTSIDE_CLUSTER:
-        mine = [c for c in policy.cluster if c.version == prefix.version]
-        if not mine:
-            return f"{prefix} is outside the cluster CIDRs (none of IPv{prefix.version} is configured)"
-        return f"{prefix} is outside the cluster CIDRs ({', '.join(map(str, sorted(mine, key=net_key)))})"
     if reason is Reason.CONNECTED:
         return f"{prefix} overlaps {_hits(prefix, policy.connected)}, a subnet connected to this node"
     if reason is Reason.LINK_LOCAL_NEXT_HOP:
@@ -188,6 +190,24 @@ def why(sp: Speaker, path: Path, reason: Reason, policy: Policy) -> str:
     if reason is Reason.NO_SUCH_NODE and owner["state"] == "inside":
         return f"{prefix} is more specific than {owner['node']}'s PodCIDR {owner['cidr']}; no Node holds it (a hijack?)"
     return owner["reason"]  # disputed, unusable, or no Node at all
+
+
+def why_prefix(prefix: IPNetwork, reason: Reason, policy: Policy) -> str | None:
+    """The sentence for a reason that depends on the prefix alone (reconciler.policy.PERMANENT);
+    None for the others."""
+    if reason is Reason.DEFAULT_ROUTE:
+        return "a default route is never installed"
+    if reason is Reason.SERVICE_RANGE:
+        return f"{prefix} overlaps the service range {_hits(prefix, policy.service)}"
+    if reason is Reason.SERVICE_ADDRESS:
+        return (f"{prefix} overlaps the Service address range {_hits(prefix, policy.service_ranges)} (a LoadBalancer "
+                "pool or allowed ExternalIP range): nodes announce Service addresses, they never install them from a peer")
+    if reason is Reason.OUTSIDE_CLUSTER:
+        mine = [c for c in policy.cluster if c.version == prefix.version]
+        if not mine:
+            return f"{prefix} is outside the cluster CIDRs (none of IPv{prefix.version} is configured)"
+        return f"{prefix} is outside the cluster CIDRs ({', '.join(map(str, sorted(mine, key=net_key)))})"
+    return None
 
 
 def _hits(prefix: IPNetwork, nets: frozenset[IPNetwork]) -> str:
@@ -253,6 +273,9 @@ def _verdict(rec: PrefixReport, doc: dict) -> tuple[str, str]:
     if refused:
         more = f" (and {len(refused) - 1} more path(s))" if len(refused) > 1 else ""
         return "rejected", f"rejected: {refused[0]['why']}{more}{stays}"
+    if (good := doc["refused"]) is not None and good["peers"]:  # refused whatever the Nodes say: counted
+        counts = "; ".join(f"{p['paths']:,} such path{'s' * (p['paths'] != 1)} from {p['peer']}" for p in good["peers"])
+        return "rejected", f"rejected: {good['why']}; {counts}{stays}"
     node = f" ({owner['node']}'s PodCIDR)" if owner["state"] == "owned" else f"; {owner['reason']}"
     return "absent", f"no peer offers it{node}{stays}"
 
@@ -303,6 +326,10 @@ def render(doc: dict, now: float | None = None) -> str:
         stale = " stale" if p["stale"] else ""
         verdict = "accepted" if p["verdict"] == "accepted" else f"rejected, {p['reason']}: {p['why']}"
         rows.append(("path", f"from {p['peer']}{up} via {p['nextHop']}{stale}: {verdict}"))
+    good = doc.get("refused")
+    for p in (good or {}).get("peers", ()):
+        rows.append(("refused", f"from {p['peer']}: {p['paths']:,} paths {good['reason']} this session "
+                                "(counted, not stored)"))
     want = doc["desired"]
     rows.append(("desired", f"via {', '.join(want['via'])} metric {want['metric']}" if want else "none"))
     k = doc["kernel"]

@@ -1,7 +1,14 @@
 """BGP peers as configured: the global `peers:` of the config file and a Node's podbgp.io/peers
 annotation, each peer's keys (address, asn, port, holdTime, keepaliveTime, multihop,
-ttlSecurity, passwordKey, exportServices; in the config also families and nodeSelector) parsed
-into a `Peer`.
+ttlSecurity, passwordKey, exportServices, maxPrefixes; in the config also families and
+nodeSelector) parsed into a `Peer`.
+
+maxPrefixes: an int (the limit of each family), or a mapping {ipv4: N, ipv6: N, action: warn |
+teardown, restartAfter: seconds}; a family left out has no limit. action warn (the default)
+alarms and keeps the session; teardown ends it with a Cease "maximum number of prefixes reached"
+and re-establishes it restartAfter seconds later (default 60). What counts: the peer's paths held
+in the RIB plus the ones the import policy refuses for good (counted, not stored), so a leak of
+routes outside the cluster trips it too (bgp.limits).
 
 Every default is a `Peer` field default, read from there by the parser. Every refusal is a
 ConfigError with one line naming the peer and the field.
@@ -41,6 +48,9 @@ class Peer:
     families: frozenset[str] = frozenset()  # empty: the family of the address
     node_selector: Selector = selector.EVERYTHING  # the nodes this peer applies to
     export_services: bool = True  # the peer gets this node's Service routes (not only its PodCIDRs)
+    max_prefixes: tuple[tuple[str, int], ...] = ()  # (family, limit), sorted; empty: no limit
+    max_prefixes_action: str = "warn"  # warn | teardown
+    restart_after: int = 60  # seconds after a teardown
 
     def __post_init__(self) -> None:
         if self.keepalive_time is None:
@@ -49,7 +59,7 @@ class Peer:
 
 # the keys of a peer in a Node's podbgp.io/peers annotation; the config adds families and nodeSelector
 ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey",
-                        "exportServices"}
+                        "exportServices", "maxPrefixes"}
 PEER_KEYS = ANNOTATION_PEER_KEYS | {"families", "nodeSelector"}
 _DEFAULT = defaults(Peer)
 
@@ -96,7 +106,29 @@ def parse_peer(raw: Any, where: str, keys: Iterable[str] = PEER_KEYS) -> Peer:
         families=fams,
         node_selector=label_selector(raw.get("nodeSelector"), f"{where}.nodeSelector"),
         export_services=boolean(raw.get("exportServices", _DEFAULT.export_services), f"{where}.exportServices"),
+        **_max_prefixes(raw.get("maxPrefixes"), f"{where}.maxPrefixes"),
     )
+
+
+MAX_PREFIXES_KEYS = {"ipv4", "ipv6", "action", "restartAfter"}
+
+
+def _max_prefixes(value: Any, where: str) -> dict[str, Any]:
+    """maxPrefixes as Peer's fields: an int for every family, or a mapping (see the module doc)."""
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        n = integer(value, where, 1, 2**32 - 1)
+        return {"max_prefixes": (("ipv4", n), ("ipv6", n))}
+    known_keys(value, MAX_PREFIXES_KEYS, where)
+    limits = tuple((f, integer(value[f], f"{where}.{f}", 1, 2**32 - 1)) for f in ("ipv4", "ipv6") if f in value)
+    if not limits:
+        raise ConfigError(f"{where}: give a limit for ipv4, ipv6 or both (or one int for every family)")
+    action = str(value.get("action", _DEFAULT.max_prefixes_action))
+    if action not in ("warn", "teardown"):
+        raise ConfigError(f"{where}.action: {action!r} is not warn or teardown")
+    after = integer(value.get("restartAfter", _DEFAULT.restart_after), f"{where}.restartAfter", 1, 86400)
+    return {"max_prefixes": limits, "max_prefixes_action": action, "restart_after": after}
 
 
 def _hold(value: Any, where: str) -> int:

@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -59,7 +60,9 @@ def _doc(sp: Speaker) -> dict:
     src, rec = sp.source, sp.reconciler.report()
     peers = [{"address": p.key, "asn": p.asn, "localAddress": str(p.local_address), "localAsn": p.local_asn,
               "state": p.state.value, "since": p.since, "reason": p.reason, "families": sorted(p.families),
-              "endOfRib": sorted(p.end_of_rib), "paths": p.paths} for p in src.peers()]
+              "endOfRib": sorted(p.end_of_rib), "paths": p.paths, "refused": dict(p.refused),
+              "counted": dict(p.counted), "maxPrefixes": dict(p.max_prefixes), "overLimit": p.over,
+              "overBy": p.excess, "resumeAt": p.resume_at} for p in src.peers()]
     errors = dict(sp.node_errors)
     for cidr, names in sp.view.disputed.items():
         errors[f"disputed:{cidr}"] = f"podCIDR {cidr} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"
@@ -95,6 +98,7 @@ def _doc(sp: Speaker) -> dict:
         "installed": installed,
         "rejected": rejected,
         "rejectedByReason": {k.value: v for k, v in rec.counts.rejected_by_reason},
+        "refusedNotStored": _refused(peers),
         "blocked": [str(p) for p in rec.blocked],
         "nodeErrors": dict(sorted(errors.items())),
         "counters": dict(sorted(sp.counters.items())),
@@ -105,6 +109,16 @@ def _doc(sp: Speaker) -> dict:
         "services": _services(sp),
         "serviceRoutes": service_routes,
     }
+
+
+def _refused(peers: list[dict]) -> dict[str, int]:
+    """Paths refused for good (bgp.limits: counted, never stored), per reason, over every peer's
+    current session: beside rejectedByReason, which counts the refused paths the RIB holds."""
+    total: dict[str, int] = {}
+    for p in peers:
+        for reason, n in p["refused"].items():
+            total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
 
 
 def _services(sp: Speaker) -> dict | None:
@@ -153,11 +167,23 @@ class SpeakerCollector(Collector):
         up = GaugeMetricFamily("podbgp_peer_up", "1 if the BGP session is Established.", labels=("peer", "asn"))
         paths = GaugeMetricFamily("podbgp_peer_received_paths", "Paths learned from the peer and held in the RIB.",
                                   labels=("peer",))
+        prefixes = GaugeMetricFamily("podbgp_peer_prefixes", "Paths of the peer's session that count toward its "
+                                     "maxPrefixes: held in the RIB plus refused for good (counted, not stored).",
+                                     labels=("peer", "family"))
+        exceeded = GaugeMetricFamily("podbgp_peer_max_prefixes_exceeded", "How many paths the peer is over its "
+                                     "maxPrefixes (the largest excess of its families; 0: within them).", labels=("peer",))
+        refused = GaugeMetricFamily("podbgp_peer_refused_paths", "Paths of the peer's session refused for good by the "
+                                    "import policy, counted and never stored, by reason.", labels=("peer", "reason"))
         for p in src.peers():
             up.add_metric((p.key, str(p.asn)), int(p.state == SessionState.UP))
             paths.add_metric((p.key,), p.paths)
-        yield up
-        yield paths
+            for fam, n in p.counted:
+                prefixes.add_metric((p.key, fam), n)
+            if p.max_prefixes:
+                exceeded.add_metric((p.key,), p.excess)
+            for reason, n in p.refused:
+                refused.add_metric((p.key, reason), n)
+        yield from (up, paths, prefixes, exceeded, refused)
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
                                 value=len(sp.own_announced))
         if sp.services is not None:
@@ -252,6 +278,18 @@ def _respond(sp: Speaker, path: str, registry: CollectorRegistry | None = None, 
     return "404 Not Found", "text/plain", b"not found\n"
 
 
+def _peer_notes(p: dict) -> list[str]:
+    """Under a peer's line: the paths it sent that are refused for good (counted, not stored),
+    and by how much it is over its maxPrefixes."""
+    out = []
+    if p.get("refused"):
+        out.append("  refused, not stored: " + ", ".join(f"{n:,} {r}" for r, n in sorted(p["refused"].items())))
+    if p.get("overLimit"):
+        back = " (torn down; back in {:.0f}s)".format(max(0, p["resumeAt"] - time.time())) if p.get("resumeAt") else ""
+        out.append(f"  OVER maxPrefixes: {p['overLimit']}{back}")
+    return out
+
+
 def fetch(address: str, path: str = "/status", timeout: float = 5.0) -> dict:
     with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as resp:
         return json.loads(resp.read())
@@ -262,6 +300,7 @@ def render_table(doc: dict) -> str:
            f"converged={doc['converged']}  podCIDR source: {doc['podCIDRSource']}", "", "PEER            ASN      STATE  PATHS  EOR"]
     for p in doc["peers"]:
         out.append(f"{p['address']:<15} {p['asn']:<8} {p['state']:<6} {p['paths']:<6} {','.join(p['endOfRib']) or '-'}")
+        out += _peer_notes(p)
     out += ["", "ANNOUNCED"] + [f"  {a}" for a in doc["announced"]]
     if doc.get("services") is not None:
         sv = doc["services"]

@@ -165,7 +165,10 @@ def test_learned_routes_installed_only_when_vouched_and_pruned_after_convergence
         await settle()
         assert sorted(map(str, kernel.routes)) == ["10.42.2.0/24", "10.42.3.0/24"]
         assert {r.value: n for r, n in sp.reconciler.counts().rejected_by_reason} == {
-            "own-cidr": 1, "default-route": 1, "no-such-node": 1}
+            "own-cidr": 1, "no-such-node": 1}
+        # the default route is refused for good: counted for its peer, never in the RIB
+        assert sp.bgp.peer("192.168.50.1").refused == (("default-route", 1),)
+        assert not list(sp.bgp.paths_for(ia.ip_network("0.0.0.0/0")))
         sp.on_watch(NodeEvent("DELETED", NODES[2]))
         await settle()
         assert "10.42.3.0/24" in map(str, kernel.routes), "pruned before convergence"
@@ -297,11 +300,14 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
         assert doc["peers"][0]["state"] == "up" and doc["peers"][0]["endOfRib"] == ["ipv4"]
         assert doc["announced"] == ["10.42.1.0/24"] and doc["converged"]
         assert [r["prefix"] for r in doc["installed"]] == ["10.42.2.0/24"]
-        assert doc["rejectedByReason"] == {"default-route": 1, "next-hop-mismatch": 1}
+        assert doc["rejectedByReason"] == {"next-hop-mismatch": 1}  # the RIB's; a default route is not stored:
+        assert doc["refusedNotStored"] == {"default-route": 1} and doc["peers"][0]["refused"] == {"default-route": 1}
         assert "bad" in doc["nodeErrors"]
         text = status._respond(sp, "/metrics")[2].decode()  # prometheus_client: labels sorted, values as floats
         assert 'podbgp_peer_up{asn="65000",peer="192.168.50.1"} 1.0' in text
         assert 'podbgp_rejected_routes{reason="next-hop-mismatch"} 1.0' in text
+        assert 'podbgp_peer_refused_paths{peer="192.168.50.1",reason="default-route"} 1.0' in text
+        assert 'podbgp_peer_prefixes{family="ipv4",peer="192.168.50.1"} 3.0' in text  # 2 held + the default
         assert "podbgp_installed_routes 1.0" in text
         assert 'podbgp_events_total{event="decode_errors"} 1.0' in text
         assert 'podbgp_events_total{event="node_errors"} 1.0' in text

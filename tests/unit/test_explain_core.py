@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from bgp.types import EorEvent, OpenEvent, Path, SessionState, StateEvent, UpdateEvent
 from reconciler.kernel import ApplyResult
-from reconciler.types import KernelRoute, ReconcilerError
+from reconciler.policy import PERMANENT
+from reconciler.types import KernelRoute, Reason, ReconcilerError
 from speaker import config as cfgmod
 from speaker import explain as ex
 from speaker import status
@@ -170,6 +171,13 @@ def test_rejected_path_gives_the_policy_reason_and_a_sentence(tmp_path, prefix, 
         sp, kernel = make(tmp_path)
         await up(sp, (prefix, hop))
         doc = explain(sp, prefix)
+        if Reason(reason) in PERMANENT:  # refused whatever the Nodes say: counted, not stored
+            assert doc["verdict"] == "rejected" and doc["summary"] == f"rejected: {sentence}; 1 such path from {TOR}"
+            assert doc["paths"] == [] and doc["refused"] == {"reason": reason, "why": sentence,
+                                                             "peers": [{"peer": TOR, "paths": 1}]}
+            assert doc["desired"] is None and N(prefix) not in kernel.routes and not sp.reconciler.rejections()
+            assert f"  refused  from {TOR}: 1 paths {reason} this session (counted, not stored)" in ex.render(doc)
+            return
         assert doc["verdict"] == "rejected" and doc["summary"] == f"rejected: {sentence}"
         (path,) = doc["paths"]
         assert (path["verdict"], path["reason"], path["why"]) == ("rejected", reason, sentence)
