@@ -321,6 +321,7 @@ class Bench:
         self.nexthop = {nl.route_key(n.cidr4): n.v4.packed for n in self.others}
         self.nexthop.update({nl.route_key(n.cidr6): n.v6.packed for n in self.others})
         self.api: Api | None = None
+        self.peer_extra = ""  # more keys of each peer in the speaker's config (bench.leak)
         self.result: dict = {"nodes": args.nodes, "routes": len(self.expected), "repeat": args.repeat,
                              "bird_repeat": 0 if args.skip_bird else args.bird_repeat,
                              "run_id": rid, "podbgp": {}, "bird": {},
@@ -367,11 +368,14 @@ class Bench:
             raise BenchError(f"birdc {' '.join(cmd)}: {(p.stderr or p.stdout).strip()[:300]}")
         return p.stdout
 
+    def tor_config(self) -> str:
+        return w.tor_config(self.nodes, self.withdraw_nodes, self.run.path("tor.log"))
+
     def start_tor(self) -> None:
         run = self.run
         conf = run.path("tor.conf")
         with open(conf, "w") as f:
-            f.write(w.tor_config(self.nodes, self.withdraw_nodes, run.path("tor.log")))
+            f.write(self.tor_config())
         self.tor_sock = run.path("tor.ctl")
         run.spawn("bird-tor", ["bird", "-f", "-c", conf, "-s", self.tor_sock, "-P", run.path("tor.pid")],
                   run.path("tor.out"), netns=self.tor)
@@ -444,7 +448,8 @@ class Bench:
         with open(conf, "w") as f:
             self.status_address = f"127.0.0.1:{w.free_port()}"
             f.write(w.speaker_config(os.path.join(rt, "run"), self.status_address,
-                                     kubeconfig=run.path("kubeconfig") if self.args.kubeconfig else None))
+                                     kubeconfig=run.path("kubeconfig") if self.args.kubeconfig else None,
+                                     peer_extra=self.peer_extra))
         self.speaker_log = log
         conv = Converge(self.tor, self.pod_ns, POD_PROTO, w.POD_RX, self.expected)
         synced: list[float] = []

@@ -1,0 +1,210 @@
+"""A ToR that leaks a large table to one node (issue 14, part 1).
+
+    sudo .venv/bin/python -m bench.leak [--routes 1200000] [--nodes 1000] [--json] [--keep]
+                                        [--max-prefixes N --action warn|teardown --restart-after S]
+
+The world of bench.scale (N Node objects in the lab API server, a BIRD 2 ToR with every other
+node's two PodCIDRs, the speaker run as the DaemonSet's Pod, one IPv4 and one IPv6 session), and
+on the ToR two more static protocols, disabled at start: --routes routes outside the cluster,
+five sixths IPv4 /24s from 11.0.0.0 up, one sixth IPv6 /48s from 2a00::/16 up, all blackholes
+exported with the ToR as next hop (BIRD packs many into one UPDATE, as a real table leak does).
+Once the speaker has converged on the Pod routes, `birdc enable` of both is the leak. Measured:
+
+- rss_mib before (after convergence), peak (sampled every 100 ms during the leak) and after (the
+  leak digested, 3 s later): speaker, ExaBGP and the API child, from /proc; speaker_vmhwm_mib.
+- cpu_s: CPU seconds of the speaker and its descendants from the leak's start until the speaker
+  has counted every leaked path (digest_s: that moment, from its status endpoint).
+- pod_routes_deleted: RTM_DELROUTE of our protocol during the leak (the deleted Node's excluded).
+- session_resets: peers whose `since` changed or that are not up at the end.
+- node_delete_to_kernel_ms: one Node deleted --delete-after seconds into the leak -> both its
+  routes gone from the kernel.
+
+Measured 2026-12-03 (2 shared cores), 1,000 nodes, 1,200,000 routes (1,000,000 IPv4 /24s +
+200,000 IPv6 /48s), no maxPrefixes: speaker RSS 41.5 -> 44.1 MiB (+2.6; peak the same), ExaBGP
+29.6 -> 32.0, total 72.7 -> 77.7 MiB (issue 14 saw the speaker alone at 877 MiB); every leaked
+path counted 27.1 s after the leak began, 38.1 CPU seconds (speaker + ExaBGP + API child); 0 Pod
+routes deleted, 0 session resets; a Node deleted 3 s into the leak left the kernel in 3.4 ms.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from . import _scale_nl as nl
+from . import _scale_world as w
+from .scale import CLK_TCK, POD_PROTO, Bench, BenchError, _preflight, _raise_interrupt, cpu_ticks, rss_split, say, vm_hwm
+
+
+def leak_config(n4: int, n6: int) -> str:
+    """Two disabled static protocols: n4 IPv4 /24s from 11.0.0.0, n6 IPv6 /48s from 2a00::."""
+    out = ["protocol static leak4 {", "  ipv4;", "  disabled;"]
+    base4 = int(ipaddress.IPv4Address("11.0.0.0"))
+    out += [f"  route {ipaddress.IPv4Address(base4 + (i << 8))}/24 blackhole;" for i in range(n4)]
+    out += ["}", "protocol static leak6 {", "  ipv6;", "  disabled;"]
+    base6 = int(ipaddress.IPv6Address("2a00::"))
+    out += [f"  route {ipaddress.IPv6Address(base6 + (i << 80))}/48 blackhole;" for i in range(n6)]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+class LeakBench(Bench):
+    def __init__(self, args) -> None:
+        args.repeat, args.skip_bird, args.samples, args.kubeconfig = 1, True, 1, False
+        super().__init__(args)
+        self.n6 = args.routes // 6
+        self.n4 = args.routes - self.n6
+        if args.max_prefixes:
+            self.peer_extra = (f", maxPrefixes: {{ipv4: {args.max_prefixes}, ipv6: {args.max_prefixes}, "
+                               f"action: {args.action}, restartAfter: {args.restart_after}}}")
+        self.result = {"nodes": args.nodes, "pod_routes": len(self.expected), "leaked_routes": args.routes,
+                       "leaked_ipv4": self.n4, "leaked_ipv6": self.n6, "run_id": self.run.id,
+                       "max_prefixes": args.max_prefixes or None, "action": args.action if args.max_prefixes else None}
+
+    def tor_config(self) -> str:
+        t = time.monotonic()
+        text = super().tor_config() + leak_config(self.n4, self.n6)
+        say(f"ToR config with {self.n4 + self.n6} leak routes written in {time.monotonic() - t:.1f}s")
+        return text
+
+    def status(self) -> dict:
+        out = subprocess.run(["ip", "netns", "exec", self.pod_ns, sys.executable, "-m", "speaker.cli", "status", "--json",
+                              "--address", self.status_address], capture_output=True, text=True, timeout=30)
+        return json.loads(out.stdout) if out.returncode == 0 else {}
+
+    def peers(self) -> dict:
+        """The speaker's peers as its status endpoint lists them (without the route lists: a
+        status of the whole RIB is not what is measured)."""
+        return {p["address"]: p for p in self.status().get("peers", [])}
+
+    def podbgp_extras(self, sp, conv) -> dict:
+        time.sleep(2.0)
+        res: dict = {}
+        before = rss_split(sp.pid)
+        res["rss_before_mib"] = {**before, "total": round(sum(before.values()), 1)}
+        peers0 = self.peers()
+        say(f"before the leak: RSS {res['rss_before_mib']}")
+        peak = dict(before)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                now = rss_split(sp.pid)
+                for k, v in now.items():
+                    peak[k] = max(peak.get(k, 0.0), v)
+                peak["total"] = max(peak.get("total", 0.0), sum(now.values()))
+
+        mon = nl.RouteMonitor(self.pod_ns, POD_PROTO)
+        sampler = threading.Thread(target=sample, daemon=True)
+        pids = w.descendants(sp.pid)
+        c0, t0 = cpu_ticks(pids), time.monotonic()
+        sampler.start()
+        self.birdc(self.tor_sock, "enable", "leak4")
+        self.birdc(self.tor_sock, "enable", "leak6")
+        say(f"leak of {self.args.routes} routes enabled at the ToR")
+        victim = self.delete_nodes[0]
+        gone = {nl.route_key(victim.cidr4), nl.route_key(victim.cidr6)}
+        time.sleep(self.args.delete_after)
+        conv.drain()
+        td = time.monotonic()
+        self.api.call("DELETE", f"/api/v1/nodes/{victim.name}")
+        res["node_delete_to_kernel_ms"] = round((conv.wait_deleted(gone) - td) * 1000, 1)
+        say(f"Node delete {self.args.delete_after:.0f}s into the leak -> kernel {res['node_delete_to_kernel_ms']:.0f} ms")
+        res.update(self.wait_digested(sp, t0))
+        c1 = cpu_ticks(pids)
+        res["cpu_s"] = round(sum(c1[p] - c0[p] for p in c1 if p in c0) / CLK_TCK, 1)
+        time.sleep(3.0)
+        stop.set()
+        sampler.join()
+        after = rss_split(sp.pid)
+        res["rss_peak_mib"] = {k: round(v, 1) for k, v in peak.items()}
+        res["rss_after_mib"] = {**after, "total": round(sum(after.values()), 1)}
+        res["speaker_vmhwm_mib"] = vm_hwm(sp.pid)
+        res["speaker_rss_growth_mib"] = round(after.get("speaker", 0) - before.get("speaker", 0), 1)
+        deleted = set()
+        while True:
+            _added, dels, overrun = mon.read(0.0)
+            if not dels and not overrun:
+                break
+            deleted |= set(dels)
+        mon.close()
+        res["pod_routes_deleted"] = len((deleted & self.expected) - gone)
+        peers1 = self.peers()
+        res["session_resets"] = sum(1 for a, p in peers0.items()
+                                    if a not in peers1 or peers1[a]["since"] != p["since"] or peers1[a]["state"] != "up")
+        res["peers_after"] = {a: {k: p.get(k) for k in ("state", "paths", "refused", "counted", "overLimit", "overBy")}
+                              for a, p in peers1.items()}
+        say(f"after: RSS {res['rss_after_mib']}, peak {res['rss_peak_mib']}, CPU {res['cpu_s']}s, "
+            f"Pod routes deleted {res['pod_routes_deleted']}, session resets {res['session_resets']}")
+        return res
+
+    def wait_digested(self, sp, t0: float) -> dict:
+        """Until the speaker has counted every leaked path (or a teardown took the sessions down)."""
+        deadline = t0 + self.args.timeout
+        last = -1
+        while time.monotonic() < deadline:
+            peers = self.peers()
+            refused = sum(sum(p.get("refused", {}).values()) for p in peers.values())
+            over = [p for p in peers.values() if p.get("resumeAt")]
+            if refused >= self.args.routes or (over and self.args.action == "teardown"):
+                return {"digest_s": round(time.monotonic() - t0, 2), "refused_counted": refused,
+                        "torn_down": len(over)}
+            if refused != last:
+                say(f"  {time.monotonic() - t0:.1f}s: {refused} refused paths counted")
+                last = refused
+            if not sp.alive():
+                raise BenchError("the speaker exited during the leak")
+            time.sleep(1.0)
+        raise BenchError(f"the leak was not digested within {self.args.timeout:.0f}s ({last} counted)")
+
+    def measure(self) -> dict:
+        self.result["podbgp"] = self.podbgp_once(0, extra=True)
+        return self.result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench.leak", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--routes", type=int, default=1_200_000)
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--delete-after", type=float, default=3.0, help="seconds into the leak a Node is deleted")
+    ap.add_argument("--timeout", type=float, default=600.0)
+    ap.add_argument("--max-prefixes", type=int, default=0, help="each peer's maxPrefixes per family (0: none)")
+    ap.add_argument("--action", choices=("warn", "teardown"), default="warn")
+    ap.add_argument("--restart-after", type=int, default=60)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        _preflight(args)
+    except BenchError as exc:
+        print(f"leak: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
+    bench = LeakBench(args)
+    try:
+        bench.setup()
+        result = bench.measure()
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+    except (BenchError, RuntimeError, TimeoutError, OSError) as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    finally:
+        if bench.api:
+            bench.api.close()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        bench.run.teardown()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    print(json.dumps(result, sort_keys=True, indent=None if args.json else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
