@@ -331,6 +331,10 @@ class Sessions(RibPaths):
             return
         if isinstance(ev, UpdateEvent):
             rec = self._peers.get(ev.peer)
+            if rec is not None and rec.suspended:
+                # a reconnect ExaBGP made before the reload without the peer took effect
+                self.counters["events_suspended_peer"] += 1
+                return
             if self.refuse is not None and rec is not None:
                 ev = self._screen(rec, ev)
             changed = self.rib.apply(ev)

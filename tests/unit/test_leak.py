@@ -198,6 +198,8 @@ def test_teardown_sends_cease_1_keeps_exabgp_away_and_comes_back_after_restart_a
         st = s.peer(p.key)
         assert st.state == SessionState.DOWN and st.resume_at is not None and st.over.startswith("ipv4 ")
         s.on_event(StateEvent(p.key, SessionState.DOWN, "echo"))  # ignored while suspended
+        s.on_event(pods(p.key, "10.42.1.0/24"))  # a reconnect before the reload took effect: ignored
+        assert s.rib.count(p.key) == 0 and s.counters["events_suspended_peer"] == 1
         assert s.peer(p.key).reason == "notification sent (6,1)"
         now[0] += 29
         await asyncio.sleep(0)
