@@ -109,7 +109,9 @@ def test_hostile_tor_routes_never_reach_a_kernel_and_foreign_routes_stay(lab):
 
         def seen_everywhere():
             docs = {n: runner.speaker_status(lab, n) for n in NODES}
-            return all(expected <= set(d["rejectedByReason"]) for d in docs.values()) and docs
+            # refused whatever the Nodes say: counted per peer, not stored (refusedNotStored)
+            return all(expected <= set(d["refusedNotStored"]) and not expected & set(d["rejectedByReason"])
+                       for d in docs.values()) and docs
 
         poll(seen_everywhere, timeout=15, interval=0.2)
         docs = {n: runner.speaker_status(lab, n) for n in NODES}
