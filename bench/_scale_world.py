@@ -178,14 +178,15 @@ def bird_rx_config(log: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def speaker_config(runtime_dir: str, status: str, kubeconfig: str | None = None, peer_extra: str = "") -> str:
+def speaker_config(runtime_dir: str, status: str, kubeconfig: str | None = None, peer_extra: str = "",
+                   graceful_restart: int = 120) -> str:
     """The speaker's configuration; without kubeconfig it reads the in-cluster one, as in a Pod.
     peer_extra: more keys of each peer's flow mapping (", maxPrefixes: 20000")."""
     return (f"peers:\n  - {{address: {TOR[0]}, asn: {TOR_ASN}, holdTime: 9{peer_extra}}}\n"
             f"  - {{address: \"{TOR[1]}\", asn: {TOR_ASN}, holdTime: 9{peer_extra}}}\n"
             f"clusterCIDRs: [{CLUSTER[0]}, \"{CLUSTER[1]}\"]\n"
             f"serviceCIDRs: [{SERVICE[0]}, \"{SERVICE[1]}\"]\n"
-            "gracefulRestart: 120\nconvergenceTimeout: 30\n"
+            f"gracefulRestart: {graceful_restart}\nconvergenceTimeout: 30\n"
             + (f"kubeconfig: {kubeconfig}\n" if kubeconfig else "")
             + f"runtimeDir: {runtime_dir}\nstatusAddress: {status}\n")
 

@@ -24,6 +24,15 @@ Measured 2026-12-03 (2 shared cores), 1,000 nodes, 1,200,000 routes (1,000,000 I
 29.6 -> 32.0, total 72.7 -> 77.7 MiB (issue 14 saw the speaker alone at 877 MiB); every leaked
 path counted 27.1 s after the leak began, 38.1 CPU seconds (speaker + ExaBGP + API child); 0 Pod
 routes deleted, 0 session resets; a Node deleted 3 s into the leak left the kernel in 3.4 ms.
+
+maxPrefixes 50,000 with teardown, restartAfter 15, 100 nodes, a 200,000-route leak (166,667
+IPv4: over; 33,333 IPv6: under): the IPv4 session torn down, back 15.5 s (GR off) / 15.7 s (GR
+on) after the teardown; its 98 IPv4 Pod routes left the kernel with it (one ToR: nothing else
+offers them), the IPv6 session untouched. What the ToR's BIRD saw: with the speaker's
+gracefulRestart 0, "Received: Maximum number of prefixes reached" (Cease 1); with graceful
+restart negotiated (the default, 120), "Socket: Connection reset by peer": ExaBGP 5.0 closes a
+session that negotiated GR without any NOTIFICATION (reactor/peer.py, _main), whatever code the
+teardown asked for, so the ToR keeps our routes stale as for a restart.
 """
 from __future__ import annotations
 
@@ -59,12 +68,13 @@ class LeakBench(Bench):
         super().__init__(args)
         self.n6 = args.routes // 6
         self.n4 = args.routes - self.n6
+        self.graceful_restart = args.graceful_restart
         if args.max_prefixes:
             self.peer_extra = (f", maxPrefixes: {{ipv4: {args.max_prefixes}, ipv6: {args.max_prefixes}, "
                                f"action: {args.action}, restartAfter: {args.restart_after}}}")
         self.result = {"nodes": args.nodes, "pod_routes": len(self.expected), "leaked_routes": args.routes,
                        "leaked_ipv4": self.n4, "leaked_ipv6": self.n6, "run_id": self.run.id,
-                       "max_prefixes": args.max_prefixes or None, "action": args.action if args.max_prefixes else None}
+                       "max_prefixes": args.max_prefixes or None, "graceful_restart": args.graceful_restart, "action": args.action if args.max_prefixes else None}
 
     def tor_config(self) -> str:
         t = time.monotonic()
@@ -111,11 +121,16 @@ class LeakBench(Bench):
         gone = {nl.route_key(victim.cidr4), nl.route_key(victim.cidr6)}
         time.sleep(self.args.delete_after)
         conv.drain()
+        present = gone & nl.dump_routes(self.pod_ns, POD_PROTO).keys()  # a teardown may have taken them already
         td = time.monotonic()
         self.api.call("DELETE", f"/api/v1/nodes/{victim.name}")
-        res["node_delete_to_kernel_ms"] = round((conv.wait_deleted(gone) - td) * 1000, 1)
-        say(f"Node delete {self.args.delete_after:.0f}s into the leak -> kernel {res['node_delete_to_kernel_ms']:.0f} ms")
+        res["node_delete_to_kernel_ms"] = round((conv.wait_deleted(present) - td) * 1000, 1) if present else None
+        res["node_delete_routes"] = len(present)
+        say(f"Node delete {self.args.delete_after:.0f}s into the leak -> kernel {res['node_delete_to_kernel_ms']} ms "
+            f"({len(present)} of its 2 routes were in the kernel)")
         res.update(self.wait_digested(sp, t0))
+        if res["torn_down"]:
+            res.update(self.teardown_cycle())
         c1 = cpu_ticks(pids)
         res["cpu_s"] = round(sum(c1[p] - c0[p] for p in c1 if p in c0) / CLK_TCK, 1)
         time.sleep(3.0)
@@ -162,6 +177,25 @@ class LeakBench(Bench):
             time.sleep(1.0)
         raise BenchError(f"the leak was not digested within {self.args.timeout:.0f}s ({last} counted)")
 
+    def teardown_cycle(self) -> dict:
+        """maxPrefixes with teardown: what the ToR's BIRD says it received, and when the
+        sessions are Established again (from the moment the speaker suspended the first peer:
+        its resumeAt - restartAfter, unix time)."""
+        resume = [p["resumeAt"] for p in self.peers().values() if p.get("resumeAt")]
+        down_unix = min(resume) - self.args.restart_after
+        shown = self.birdc(self.tor_sock, "show", "protocols", "all", "pod_4", check=False)
+        last = next((ln.strip() for ln in shown.splitlines() if "Last error" in ln), "")
+        say(f"teardown: the ToR's pod_4: {last or shown.strip().splitlines()[-1:]}")
+        deadline = down_unix + self.args.restart_after + 60
+        while time.time() < deadline:
+            peers = self.peers()
+            if peers and all(p["state"] == "up" for p in peers.values()):
+                back = round(time.time() - down_unix, 1)
+                say(f"teardown: sessions up again {back}s after the teardown (restartAfter {self.args.restart_after})")
+                return {"tor_last_error": last, "back_after_s": back}
+            time.sleep(0.2)
+        return {"tor_last_error": last, "back_after_s": None}
+
     def measure(self) -> dict:
         self.result["podbgp"] = self.podbgp_once(0, extra=True)
         return self.result
@@ -176,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-prefixes", type=int, default=0, help="each peer's maxPrefixes per family (0: none)")
     ap.add_argument("--action", choices=("warn", "teardown"), default="warn")
     ap.add_argument("--restart-after", type=int, default=60)
+    ap.add_argument("--graceful-restart", type=int, default=120,
+                    help="the speaker's gracefulRestart (ExaBGP 5.0 closes a GR session without a NOTIFICATION)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args(argv)

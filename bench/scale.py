@@ -322,6 +322,7 @@ class Bench:
         self.nexthop.update({nl.route_key(n.cidr6): n.v6.packed for n in self.others})
         self.api: Api | None = None
         self.peer_extra = ""  # more keys of each peer in the speaker's config (bench.leak)
+        self.graceful_restart = 120  # the speaker's gracefulRestart (bench.leak --graceful-restart)
         self.result: dict = {"nodes": args.nodes, "routes": len(self.expected), "repeat": args.repeat,
                              "bird_repeat": 0 if args.skip_bird else args.bird_repeat,
                              "run_id": rid, "podbgp": {}, "bird": {},
@@ -449,7 +450,7 @@ class Bench:
             self.status_address = f"127.0.0.1:{w.free_port()}"
             f.write(w.speaker_config(os.path.join(rt, "run"), self.status_address,
                                      kubeconfig=run.path("kubeconfig") if self.args.kubeconfig else None,
-                                     peer_extra=self.peer_extra))
+                                     peer_extra=self.peer_extra, graceful_restart=self.graceful_restart))
         self.speaker_log = log
         conv = Converge(self.tor, self.pod_ns, POD_PROTO, w.POD_RX, self.expected)
         synced: list[float] = []
