@@ -59,7 +59,7 @@ def static_check(policy: Policy, prefix: IPNetwork) -> Reason | None:
     """The reason `prefix` is refused whatever the Nodes say, or None: a default route, inside the
     Service range or a Service pool, outside every cluster CIDR (all from the configuration,
     fixed for the life of the process). Whenever this gives a reason, check() refuses the path
-    too (it tests the same conditions, in its own order, after OWN_CIDR only), so a route source
+    too (it asks this after OWN_CIDR only), so a route source
     may count such paths instead of storing them (bgp.limits)."""
     if prefix.prefixlen == 0:
         return Reason.DEFAULT_ROUTE
@@ -79,17 +79,12 @@ def check(policy: Policy, path: Path) -> Reason | None:
     Ranges are compared as integers (the same answers as ipaddress's overlaps/subnet_of, at a
     tenth of the cost: this runs once per learned path and UPDATE)."""
     prefix = path.prefix
-    if prefix.prefixlen == 0:
-        return Reason.DEFAULT_ROUTE
     span = _span(prefix)
-    if _overlaps(span, _spans(policy.own)):
+    if prefix.prefixlen and _overlaps(span, _spans(policy.own)):
         return Reason.OWN_CIDR
-    if _overlaps(span, _spans(policy.service)):
-        return Reason.SERVICE_RANGE
-    if policy.service_ranges and _overlaps(span, _spans(policy.service_ranges)):
-        return Reason.SERVICE_ADDRESS
-    if not _inside(span, _spans(policy.cluster)):
-        return Reason.OUTSIDE_CLUSTER
+    reason = static_check(policy, prefix)  # the reasons no Node can lift, in one place
+    if reason is not None:
+        return reason
     if _overlaps(span, _spans(policy.connected)):
         return Reason.CONNECTED
     if prefix in policy.disputed:
