@@ -56,6 +56,20 @@ def local_address(cfg: Config, node: NodeInfo | None, version: int) -> IPAddress
     return node.address(version) if node is not None else None
 
 
+def local_address_for(cfg: Config, node: NodeInfo | None, peer: IPAddress) -> IPAddress | None:
+    """The node's own address for a session to peer: configured explicitly, else the Node's
+    InternalIP of that family sharing the longest prefix with the peer (a node on two ToRs' segments
+    speaks to each from its address there), the first listed on a tie."""
+    explicit = next((a for a in cfg.node_addresses if a.version == peer.version), None)
+    if explicit is not None or node is None:
+        return explicit
+    mine = [a for a in node.addresses if a.version == peer.version]
+    if not mine:
+        return None
+    width = peer.max_prefixlen
+    return max(mine, key=lambda a: width - (int(a) ^ int(peer)).bit_length())  # max keeps the first on a tie
+
+
 def router_id(cfg: Config, node: NodeInfo | None) -> ipaddress.IPv4Address:
     v4 = local_address(cfg, node, 4)
     if v4 is not None:

@@ -195,7 +195,7 @@ def _router_id(cfg: Config, me: NodeInfo | None, errors: dict[str, str]) -> ipad
 def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: int,
              rid: ipaddress.IPv4Address, read_secret: SecretReader) -> PeerConfig:
     name = cfg.node_name
-    local = announce.local_address(cfg, me, p.address.version)
+    local = announce.local_address_for(cfg, me, p.address)
     if local is None:
         raise ConfigError(f"node {name}: {where}: {p.address} is IPv{p.address.version} but the node has no "
                           "address of that family; this peer is left out")

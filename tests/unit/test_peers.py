@@ -85,6 +85,21 @@ def test_session_fields_reach_the_peer_config():
     assert (p.port, p.keepalive) == (1179, 10)
 
 
+def test_a_node_on_two_segments_speaks_to_each_tor_from_its_address_there():
+    c = cfg(peers=[{"address": a, "asn": 65000} for a in ("192.168.51.1", "192.168.52.1", "fd00:51::1", "fd00:52::1")])
+    me = info(addrs=("192.168.51.11", "192.168.52.11", "fd00:51::11", "fd00:52::11"))
+    assert summary(plan(c, me, {}, NONE)) == [
+        ("192.168.51.1", 65000, "192.168.51.11", 64512), ("192.168.52.1", 65000, "192.168.52.11", 64512),
+        ("fd00:51::1", 65000, "fd00:51::11", 64512), ("fd00:52::1", 65000, "fd00:52::11", 64512)]
+    # the router ID stays the first InternalIP; a peer near neither address gets the first one
+    assert {str(p.router_id) for p in plan(c, me, {}, NONE).peers} == {"192.168.51.11"}
+    far = cfg(peers=[{"address": "10.9.9.9", "asn": 65000, "multihop": 3}])
+    assert summary(plan(far, me, {}, NONE))[0][2] == "192.168.51.11"
+    # an explicit nodeAddresses wins
+    pinned = cfg(peers=[{"address": "192.168.52.1", "asn": 65000}], nodeAddresses=["192.168.51.11"])
+    assert summary(plan(pinned, me, {}, NONE))[0][2] == "192.168.51.11"
+
+
 def test_a_peer_of_a_family_the_node_lacks_is_left_out_and_reported():
     c = cfg(peers=[{"address": "192.168.50.1", "asn": 65000}, {"address": "fd00:50::1", "asn": 65000}])
     p = plan(c, info(), {}, NONE)
