@@ -259,10 +259,19 @@ def frr_dir(state: State, node: str) -> str:
 def _start_frr(state: State, topo: topo_mod.Topology) -> None:
     for node in topo.nodes:
         if node.is_frr:
-            start_frr(state, node.name)
+            start_frr(state, node.name, frr_daemons(node))
+
+
+def frr_daemons(node: topo_mod.LabNode) -> tuple[str, ...]:
+    """The FRR daemons a node runs: label podbgp.io/frr-daemons (comma-separated, in start order,
+    e.g. zebra,bgpd,bfdd), else zebra and bgpd."""
+    named = tuple(d.strip() for d in node.label("podbgp.io/frr-daemons").split(",") if d.strip())
+    return named or ("zebra", "bgpd")
 
 
 def start_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("zebra", "bgpd")) -> None:
+    """Start FRR daemons of a node: bgpd reads the bound frr.conf, the others a bare config of their
+    own (bfdd's sessions come from bgpd's `neighbor ... bfd`); bfdd's control socket is private."""
     node = topo_mod.load(state.topology).node(node_name)
     ns = state.nodes[node_name]["netns"]
     d = frr_dir(state, node_name)
@@ -271,8 +280,10 @@ def start_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("zebra",
     if not src:
         raise LabError(f"FRR node {node_name} binds no /etc/frr/frr.conf")
     shutil.copyfile(src, os.path.join(d, "bgpd.conf"))
-    with open(os.path.join(d, "zebra.conf"), "w") as f:
-        f.write(f"hostname {node_name}\n")
+    for daemon in daemons:
+        if daemon != "bgpd":
+            with open(os.path.join(d, f"{daemon}.conf"), "w") as f:
+                f.write(f"hostname {node_name}\n")
     with open(os.path.join(d, "vtysh.conf"), "w") as f:
         f.write("username root nopassword\n")
     for path in [d] + [os.path.join(d, f) for f in os.listdir(d)]:
@@ -281,9 +292,10 @@ def start_frr(state: State, node_name: str, daemons: tuple[str, ...] = ("zebra",
         pidfile = os.path.join(d, f"{daemon}.pid")
         if os.path.exists(pidfile):
             os.unlink(pidfile)
+        extra = ["--bfdctl", os.path.join(d, "bfdd.sock")] if daemon == "bfdd" else []
         run([f"{FRR_DIR}/{daemon}", "-d", "-u", "frr", "-g", "frr", "-f", os.path.join(d, f"{daemon}.conf"),
              "-i", pidfile, "-z", os.path.join(d, "zserv.api"), "--vty_socket", d,
-             "--log", f"file:{os.path.join(d, daemon + '.log')}", "-A", "127.0.0.1"], netns=ns)
+             "--log", f"file:{os.path.join(d, daemon + '.log')}", "-A", "127.0.0.1", *extra], netns=ns)
         pid = int(_wait(lambda path=pidfile: _read(path), 10, f"{daemon} pid file in {d}"))
         state.pids[f"frr:{node_name}:{daemon}"] = pid
         state.save()
