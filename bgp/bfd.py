@@ -11,6 +11,7 @@ framing and payloads below are pure; `Engine` is the thin shell (process, socket
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .types import IPAddress
+from .types import IPAddress, IPNetwork, PeerConfig
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,59 @@ class BfdSession:
 
 @dataclass(frozen=True, slots=True)
 class BfdEvent:
-    peer: str
-    state: str  # up | down | init | adm-down
+    peer: str  # "" with state RESTARTED: every session starts again
+    state: str  # up | down | init | adm-down | restarted
     diagnostics: int = 0
+
+
+RESTARTED = "restarted"  # bfdd was started again: what it said before no longer holds
+
+# RFC 5880 section 4.1's diagnostic codes, as status and logs say them
+DIAGNOSTICS = {0: "no diagnostic", 1: "control detection time expired", 2: "echo function failed",
+               3: "neighbor signaled session down", 4: "forwarding plane reset", 5: "path down",
+               6: "concatenated path down", 7: "administratively down", 8: "reverse concatenated path down"}
+
+
+def peer_key(address: str) -> str:
+    """A peer's key (PeerConfig.key) from the address bfdd names it by."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
+
+
+def session_for(cfg: PeerConfig) -> BfdSession | None:
+    """The BFD session a peer's config asks for (None: no BFD): multihop when the peer may be more
+    than one hop away (eBGP multihop or GTSM with more than one hop)."""
+    t = cfg.bfd
+    if t is None:
+        return None
+    multihop = (cfg.multihop or 1) > 1 or (cfg.ttl_security or 1) > 1
+    return BfdSession(peer=cfg.address, local=cfg.local_address, min_rx=t.min_rx, min_tx=t.min_tx,
+                      multiplier=t.multiplier, multihop=multihop)
+
+
+@dataclass(slots=True)
+class Watch:
+    """What the speaker keeps about one peer's BFD session.
+
+    state: bfdd's last word ("" before any, or since bfdd or the session was started again).
+    held: BFD went from up to down; the BGP session is kept out of ExaBGP until BFD is up again.
+    dropped: the prefixes whose paths from the peer were dropped then (explain names them)."""
+
+    session: BfdSession
+    state: str = ""
+    since: float | None = None
+    diagnostics: int = 0
+    downs: int = 0
+    held: bool = False
+    dropped: frozenset[IPNetwork] = frozenset()
+    dropped_at: float | None = None
+
+    def restart(self) -> None:
+        """The session was asked for again (new timers, a new bfdd): its next "down" is no failure
+        until it has been "up"."""
+        self.state, self.since = "", time.time()
 
 
 def frame(msg_id: int, kind: int, payload: bytes) -> bytes:
@@ -213,6 +264,7 @@ class Engine:
             self._stop_proc()
             try:
                 self._spawn()
+                self.deliver(self.on_event, BfdEvent(peer="", state=RESTARTED))
             except (OSError, BfdError) as exc:
                 log.error("bfd.restart.failed error=%r", exc)
                 time.sleep(1)

@@ -13,7 +13,13 @@ is kept stale), a new peer gets our routes and End-of-RIB when it comes up.
 
 What each peer gets: the announcements of its families; Service routes (Announcement.service)
 only if its export_services, which ExaBGP's configuration does not hold, so a change of it alone
-is commands to ExaBGP, never a reload. `update(added, removed)` costs in proportion to the change;
+is commands to ExaBGP, never a reload.
+
+BFD (bgp.bfd, FRR's bfdd as our child, read in a thread of its own): for a peer whose config asks
+for it, a BFD session runs beside the BGP one. When it goes from up to down, the forwarding path
+is dead: the peer's paths leave the RIB at once (stale ones too: graceful restart is for a
+restarting control plane, not a dead link) and the peer is left out of ExaBGP's configuration until
+BFD is up again, so no session comes back over a path that drops packets. `update(added, removed)` costs in proportion to the change;
 each peer's `sent` (what ExaBGP holds for it) is kept exact for the full resync at session up
 and after an API reconnect.
 """
@@ -27,11 +33,11 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
-from . import encode, limits, render, security
+from . import bfd, encode, limits, render, security
 from .decode import decode_line
 from .process import ExaBGP, api_command
 from .rib import Rib
-from .source import PeerStatus, RibPaths
+from .source import BfdStatus, PeerStatus, RibPaths
 from .types import (
     AckEvent,
     Announcement,
@@ -72,6 +78,7 @@ class _Peer:
     tearing: bool = False  # a teardown for maxPrefixes was sent; at its "down" the peer is suspended
     resume_at: float | None = None  # unix time a suspended peer is configured in ExaBGP again
     resume_timer: asyncio.TimerHandle | None = None
+    bfd: bfd.Watch | None = None  # the BFD session beside this one, when the config asks for it
 
     @property
     def reason(self) -> str:
@@ -79,7 +86,8 @@ class _Peer:
 
     @property
     def suspended(self) -> bool:
-        return self.resume_timer is not None
+        """Left out of ExaBGP's configuration: after a maxPrefixes teardown, or while BFD is down."""
+        return self.resume_timer is not None or (self.bfd is not None and self.bfd.held)
 
     def cancel_stale(self) -> None:
         if self.stale_timer is not None:
@@ -95,7 +103,8 @@ class Sessions(RibPaths):
                  counters: collections.Counter | None = None, factory: Callable[..., ExaBGP] | None = None,
                  read_counters: Callable[[], dict[str, int] | None] = security.read_counters,
                  clock: Callable[[], float] = time.monotonic, hold_eor: bool = False,
-                 refuse: Callable[[IPNetwork], str | None] | None = None) -> None:
+                 refuse: Callable[[IPNetwork], str | None] | None = None,
+                 bfd_engine: Callable[..., bfd.Engine] = bfd.Engine) -> None:
         self.runtime_dir, self.exabgp_path = runtime_dir, exabgp
         self.graceful_restart = graceful_restart
         self.convergence_timeout = convergence_timeout
@@ -116,6 +125,9 @@ class Sessions(RibPaths):
         # the static part of the import policy: a reason for a prefix refused whatever the API
         # says later; such paths are counted per peer and never stored (bgp.limits)
         self.refuse = refuse
+        self.bfd_engine = bfd_engine  # tests hand in a fake
+        self.bfd: bfd.Engine | None = None  # started when a peer first asks for BFD
+        self.bfd_error = ""  # why bfdd could not be started ("" when it runs or is not needed)
 
     # ---- the route source --------------------------------------------------------------------
     def peers(self) -> tuple[PeerStatus, ...]:
@@ -133,7 +145,18 @@ class Sessions(RibPaths):
                           refused=tuple(sorted(rec.refused.by_reason.items())),
                           counted=tuple((f, self._counted(rec, f)) for f in sorted(c.families)),
                           max_prefixes=c.max_prefixes, over=limits.describe(rec.over),
-                          excess=max((n - lim for _, n, lim in rec.over), default=0), resume_at=rec.resume_at)
+                          excess=max((n - lim for _, n, lim in rec.over), default=0), resume_at=rec.resume_at,
+                          bfd=self._bfd_status(rec))
+
+    def _bfd_status(self, rec: _Peer) -> BfdStatus | None:
+        w = rec.bfd
+        if w is None:
+            return None
+        t = w.session
+        return BfdStatus(state=w.state or ("unavailable" if self.bfd_error else "unknown"), since=w.since,
+                         min_rx=t.min_rx, min_tx=t.min_tx, multiplier=t.multiplier, multihop=t.multihop,
+                         diagnostics=bfd.DIAGNOSTICS.get(w.diagnostics, str(w.diagnostics)), downs=w.downs,
+                         held=w.held, dropped=w.dropped, dropped_at=w.dropped_at, error=self.bfd_error)
 
     def _counted(self, rec: _Peer, family: str) -> int:
         """What counts toward the peer's maxPrefixes of a family: paths held plus refused ones."""
@@ -178,7 +201,8 @@ class Sessions(RibPaths):
         if self.exabgp is not None and peers == self.configured:
             return
         if self.exabgp is not None and list(map(_session, peers)) == list(map(_session, self.configured)):
-            self._set_exports(peers)  # only what the peers export: no reload, sessions untouched
+            self._set_exports(peers)  # only what the peers export, or BFD: no reload, sessions untouched
+            self._sync_bfd()
             return
         text = self._render(peers)
         old = {p.key: p for p in self.configured}
@@ -200,6 +224,7 @@ class Sessions(RibPaths):
                 rec.config = p
             records[p.key] = rec
         self._peers = records
+        self._sync_bfd()
         for key in sorted(exports):
             self._refresh_exports(records[key])
         if any(p.secured for p in peers):
@@ -227,6 +252,8 @@ class Sessions(RibPaths):
         """A peer left the configuration: forget it, and drop its paths now, stale ones included."""
         rec = self._peers.pop(peer)
         rec.cancel_stale()
+        if rec.bfd is not None and self.bfd is not None:
+            self.bfd.remove(rec.config.address)
         if rec.resume_timer is not None:
             rec.resume_timer.cancel()
         self.hints.forget(peer)
@@ -243,8 +270,9 @@ class Sessions(RibPaths):
         for p in peers:
             rec = self._peers[p.key]
             if rec.config != p:
-                rec.config = p
-                self._refresh_exports(rec)
+                old, rec.config = rec.config, p
+                if old.export_services != p.export_services:
+                    self._refresh_exports(rec)
 
     def _refresh_exports(self, rec: _Peer) -> None:
         """A peer's export_services changed: announce or withdraw its Service routes (work in
@@ -297,6 +325,9 @@ class Sessions(RibPaths):
     async def stop(self) -> None:
         for rec in self._peers.values():
             rec.cancel_stale()
+        if self.bfd is not None:
+            engine, self.bfd = self.bfd, None
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
         if self._security_timer is not None:
             self._security_timer.cancel()
         if self.exabgp is not None:
@@ -532,6 +563,93 @@ class Sessions(RibPaths):
             log.info("bgp.stale.swept peer=%s paths=%d", peer, len(swept))
             self.on_paths(swept)
 
+    # ---- BFD ------------------------------------------------------------------------------------
+    def _sync_bfd(self) -> None:
+        """Ask bfdd for the BFD sessions the peers' configs want, and no others."""
+        for rec in self._peers.values():
+            want = bfd.session_for(rec.config)
+            w = rec.bfd
+            if want is None:
+                if w is not None:
+                    rec.bfd = None
+                    if self.bfd is not None:
+                        self.bfd.remove(rec.config.address)
+                    if w.held:
+                        self._bfd_release(rec, "BFD no longer asked for")
+                continue
+            if w is None:
+                rec.bfd = bfd.Watch(session=want, since=time.time())
+            elif w.session != want:
+                w.session = want
+                w.restart()
+            if self.bfd is None and not self.bfd_error:
+                self._start_bfd()
+            if self.bfd is not None:
+                self.bfd.add(want)
+
+    def _start_bfd(self) -> None:
+        loop = asyncio.get_running_loop()
+        engine = self.bfd_engine(os.path.join(self.runtime_dir, "bfd"), self._on_bfd, loop.call_soon_threadsafe)
+        try:
+            engine.start()
+        except (OSError, bfd.BfdError) as exc:
+            self.bfd_error = f"bfdd could not be started: {exc}"
+            log.error("bfd.unavailable error=%r (the sessions run without BFD)", str(exc))
+            return
+        self.bfd = engine
+
+    def _on_bfd(self, ev: bfd.BfdEvent) -> None:
+        """A BFD session's state changed (in the loop, handed over by bfd.Engine's reader thread)."""
+        if ev.state == bfd.RESTARTED:
+            for rec in self._peers.values():
+                if rec.bfd is not None:
+                    rec.bfd.restart()
+            return
+        rec = self._peers.get(bfd.peer_key(ev.peer))
+        w = rec.bfd if rec is not None else None
+        if w is None:
+            self.counters["bfd_events_unknown_peer"] += 1
+            return
+        was = w.state
+        if ev.state == was:
+            return
+        w.state, w.since, w.diagnostics = ev.state, time.time(), ev.diagnostics
+        log.info("bfd.state peer=%s state=%s was=%s diagnostics=%r", rec.config.key, ev.state, was or "-",
+                 bfd.DIAGNOSTICS.get(ev.diagnostics, ev.diagnostics))
+        if ev.state == "up" and w.held:
+            self._bfd_release(rec, "BFD up again")
+        elif ev.state == "down" and was == "up":  # a session that never came up is no failure
+            w.downs += 1
+            self.counters["bfd_downs"] += 1
+            self._bfd_hold(rec, ev.diagnostics)
+
+    def _bfd_hold(self, rec: _Peer, diagnostics: int) -> None:
+        """BFD says the path to the peer is dead: drop its paths now, with no graceful restart,
+        and keep the session out of ExaBGP until BFD is up again."""
+        key, w = rec.config.key, rec.bfd
+        assert w is not None
+        why = bfd.DIAGNOSTICS.get(diagnostics, str(diagnostics))
+        w.held = True
+        rec.cancel_stale()
+        rec.eor.clear()
+        rec.refused.reset()
+        rec.over, rec.tearing = (), False
+        rec.sent = {}  # ExaBGP forgets the peer at the reload: a new Adj-RIB-Out when it returns
+        self._set_state(rec, SessionState.DOWN, f"BFD down ({why}): paths dropped, held down until BFD is up")
+        dropped = self.rib.peer_down(key, keep_stale=False)
+        w.dropped, w.dropped_at = frozenset(dropped), time.time()
+        log.warning("bfd.down peer=%s diagnostics=%r paths_dropped=%d session=held", key, why, len(dropped))
+        if dropped:
+            self.on_paths(dropped)
+        self._reload()
+
+    def _bfd_release(self, rec: _Peer, why: str) -> None:
+        if rec.bfd is not None:
+            rec.bfd.held = False
+        log.info("bfd.release peer=%s reason=%r", rec.config.key, why)
+        self._set_state(rec, SessionState.IDLE, why)
+        self._reload()
+
     # ---- MD5 and GTSM: why a secured peer has no TCP connection (bgp.security) ----------------
     def _arm_security_check(self, delay: float) -> None:
         timer = self._security_timer
@@ -569,9 +687,9 @@ class Sessions(RibPaths):
 
 
 def _session(p: PeerConfig) -> PeerConfig:
-    """The part of a peer's config that ExaBGP's configuration holds (all but export_services and
-    the maxPrefixes settings, which podbgp enforces itself)."""
-    return replace(p, export_services=True, max_prefixes=(), max_prefixes_action="warn", restart_after=60)
+    """The part of a peer's config that ExaBGP's configuration holds (all but export_services, the
+    maxPrefixes settings and BFD, which podbgp runs itself)."""
+    return replace(p, export_services=True, max_prefixes=(), max_prefixes_action="warn", restart_after=60, bfd=None)
 
 
 def _same(a: Announcement | None, b: Announcement) -> bool:

@@ -18,6 +18,27 @@ from .types import IPAddress, IPNetwork, Path, SessionState
 
 
 @dataclass(frozen=True, slots=True)
+class BfdStatus:
+    """A peer's BFD session: bfdd's last state (up, down, init, adm-down; "unknown" before its
+    first word, "unavailable" when bfdd cannot run: error says why), since when, the timers asked
+    for (ms), the last diagnostic in words, how many times it went from up to down, whether the BGP
+    session is held down for it, and the prefixes whose paths were dropped at its last down."""
+
+    state: str
+    since: float | None
+    min_rx: int
+    min_tx: int
+    multiplier: int
+    multihop: bool
+    diagnostics: str
+    downs: int
+    held: bool
+    dropped: frozenset[IPNetwork] = frozenset()
+    dropped_at: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class PeerStatus:
     """One peer's session as a source reports it, at the moment it was asked.
 
@@ -30,7 +51,8 @@ class PeerStatus:
     toward maxPrefixes (paths held plus refused ones held). max_prefixes: the limits, per family.
     over: how the peer is over its limits, in words ("" when it is not); excess: by how many paths
     (the largest excess of its families, as last counted: kept while torn down). resume_at: unix time a
-    session torn down for maxPrefixes comes back (None: not torn down)."""
+    session torn down for maxPrefixes comes back (None: not torn down). bfd: its BFD session (None:
+    the config asks for none)."""
 
     key: str
     address: IPAddress
@@ -49,6 +71,7 @@ class PeerStatus:
     over: str = ""
     excess: int = 0
     resume_at: float | None = None
+    bfd: BfdStatus | None = None
 
 
 class RouteSource(Protocol):

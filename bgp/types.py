@@ -34,6 +34,17 @@ def span(net: IPNetwork) -> tuple[int, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class BfdTimers:
+    """BFD (RFC 5880) asked for a BGP session: the intervals we want, in milliseconds, and the
+    detect multiplier. A peer is declared down after multiplier x the negotiated receive interval
+    without a packet (300 ms x 3: 0.9 s)."""
+
+    min_rx: int = 300
+    min_tx: int = 300
+    multiplier: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Announcement:
     """One prefix this node originates, with the next hop it wants (None = next-hop self).
 
@@ -71,6 +82,10 @@ class PeerConfig:
     "warn" logs, counts and shows it and keeps the session; "teardown" ends the session with a
     Cease "maximum number of prefixes reached" (RFC 4486 subcode 1) and re-establishes it
     restart_after seconds later. Not part of ExaBGP's config either (render ignores them).
+    bfd: the BFD timers of a BFD session run beside the BGP session by podbgp (bgp.bfd, FRR's
+    bfdd), single hop unless multihop; when it goes from up to down the peer's paths are dropped
+    at once (no graceful restart) and the session stays down until BFD is up again. Not part of
+    ExaBGP's config (render ignores it): a change of it is no reload.
     """
 
     address: IPAddress
@@ -92,6 +107,7 @@ class PeerConfig:
     max_prefixes: tuple[tuple[str, int], ...] = ()
     max_prefixes_action: str = "warn"  # "warn" | "teardown"
     restart_after: int = 60  # seconds, after a teardown
+    bfd: BfdTimers | None = None  # BFD on this session (bgp.bfd); None: none
 
     @property
     def key(self) -> str:

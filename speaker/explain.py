@@ -77,13 +77,21 @@ def explain(sp: Speaker, prefix: IPNetwork, kernel: list[KernelRoute] | None = N
                                                 "ecmp": len(route.gateways) > 1},
         "kernel": _kernel(sp, rec, kernel, kernel_error),
         "refused": _for_good(sp, prefix, policy),
+        "bfd": _bfd_dropped(sp, prefix),
     }
     doc["verdict"], doc["summary"] = _verdict(rec, doc)
     doc["services"] = _services(sp, prefix)
     if doc["services"] and doc["verdict"] in ("absent", "rejected"):  # a Service IP: what matters is our announcement
         doc["verdict"], doc["summary"] = _service_verdict(doc["services"])
-    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "refused", "desired",
-                                "kernel", "services")}
+    return {k: doc[k] for k in ("prefix", "verdict", "summary", "owner", "own", "paths", "refused", "bfd",
+                                "desired", "kernel", "services")}
+
+
+def _bfd_dropped(sp: Speaker, prefix: IPNetwork) -> list[dict]:
+    """The peers whose path to prefix was dropped when their BFD session went down and that are
+    still held down for it."""
+    return [{"peer": p.key, "at": p.bfd.dropped_at, "diagnostics": p.bfd.diagnostics}
+            for p in sp.source.peers() if p.bfd is not None and p.bfd.held and prefix in p.bfd.dropped]
 
 
 def _for_good(sp: Speaker, prefix: IPNetwork, policy: Policy) -> dict | None:
@@ -277,7 +285,8 @@ def _verdict(rec: PrefixReport, doc: dict) -> tuple[str, str]:
         counts = "; ".join(f"{p['paths']:,} such path{'s' * (p['paths'] != 1)} from {p['peer']}" for p in good["peers"])
         return "rejected", f"rejected: {good['why']}; {counts}{stays}"
     node = f" ({owner['node']}'s PodCIDR)" if owner["state"] == "owned" else f"; {owner['reason']}"
-    return "absent", f"no peer offers it{node}{stays}"
+    dead = "".join(f"; the path from {b['peer']} was dropped when its BFD session went down" for b in doc.get("bfd") or ())
+    return "absent", f"no peer offers it{node}{dead}{stays}"
 
 
 def _proto(held: dict | None) -> str:
@@ -326,6 +335,9 @@ def render(doc: dict, now: float | None = None) -> str:
         stale = " stale" if p["stale"] else ""
         verdict = "accepted" if p["verdict"] == "accepted" else f"rejected, {p['reason']}: {p['why']}"
         rows.append(("path", f"from {p['peer']}{up} via {p['nextHop']}{stale}: {verdict}"))
+    for b in doc.get("bfd") or ():
+        rows.append(("bfd", f"the path from {b['peer']} was dropped {_span(b['at'], now)} ago: BFD down "
+                            f"({b['diagnostics']}); its session is held down until BFD is up"))
     good = doc.get("refused")
     for p in (good or {}).get("peers", ()):
         rows.append(("refused", f"from {p['peer']}: {p['paths']:,} paths {good['reason']} this session "

@@ -1,6 +1,6 @@
 """BGP peers as configured: the global `peers:` of the config file and a Node's podbgp.io/peers
 annotation, each peer's keys (address, asn, port, holdTime, keepaliveTime, multihop,
-ttlSecurity, passwordKey, exportServices, maxPrefixes; in the config also families and
+ttlSecurity, passwordKey, exportServices, maxPrefixes, bfd; in the config also families and
 nodeSelector) parsed into a `Peer`.
 
 maxPrefixes: an int (the limit of each family), or a mapping {ipv4: N, ipv6: N, action: warn |
@@ -9,6 +9,10 @@ alarms and keeps the session; teardown ends it with a Cease "maximum number of p
 and re-establishes it restartAfter seconds later (default 60). What counts: the peer's paths held
 in the RIB plus the ones the import policy refuses for good (counted, not stored), so a leak of
 routes outside the cluster trips it too (bgp.limits).
+
+bfd: true (300 ms x 3), false, or a mapping {minRx: ms, minTx: ms, multiplier: n} (defaults 300,
+300, 3): a BFD session beside the BGP session; when BFD goes from up to down, the peer's paths
+leave the kernel at once and the session is held down until BFD is up again (bgp.sessions).
 
 Every default is a `Peer` field default, read from there by the parser. Every refusal is a
 ConfigError with one line naming the peer and the field.
@@ -20,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bgp.types import IPAddress
+from bgp.types import BfdTimers, IPAddress
 
 from . import selector
 from .config_values import ConfigError, boolean, defaults, integer, ip, known_keys, label_selector, listed
@@ -51,6 +55,7 @@ class Peer:
     max_prefixes: tuple[tuple[str, int], ...] = ()  # (family, limit), sorted; empty: no limit
     max_prefixes_action: str = "warn"  # warn | teardown
     restart_after: int = 60  # seconds after a teardown
+    bfd: BfdTimers | None = None  # BFD beside the session; None: none
 
     def __post_init__(self) -> None:
         if self.keepalive_time is None:
@@ -59,7 +64,7 @@ class Peer:
 
 # the keys of a peer in a Node's podbgp.io/peers annotation; the config adds families and nodeSelector
 ANNOTATION_PEER_KEYS = {"address", "asn", "port", "holdTime", "keepaliveTime", "multihop", "ttlSecurity", "passwordKey",
-                        "exportServices", "maxPrefixes"}
+                        "exportServices", "maxPrefixes", "bfd"}
 PEER_KEYS = ANNOTATION_PEER_KEYS | {"families", "nodeSelector"}
 _DEFAULT = defaults(Peer)
 
@@ -107,6 +112,7 @@ def parse_peer(raw: Any, where: str, keys: Iterable[str] = PEER_KEYS) -> Peer:
         node_selector=label_selector(raw.get("nodeSelector"), f"{where}.nodeSelector"),
         export_services=boolean(raw.get("exportServices", _DEFAULT.export_services), f"{where}.exportServices"),
         **_max_prefixes(raw.get("maxPrefixes"), f"{where}.maxPrefixes"),
+        bfd=_bfd(raw.get("bfd"), f"{where}.bfd"),
     )
 
 
@@ -129,6 +135,23 @@ def _max_prefixes(value: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}.action: {action!r} is not warn or teardown")
     after = integer(value.get("restartAfter", _DEFAULT.restart_after), f"{where}.restartAfter", 1, 86400)
     return {"max_prefixes": limits, "max_prefixes_action": action, "restart_after": after}
+
+
+BFD_KEYS = {"minRx", "minTx", "multiplier"}
+_BFD = defaults(BfdTimers)
+
+
+def _bfd(value: Any, where: str) -> BfdTimers | None:
+    """bfd: absent or false (none), true (the defaults) or {minRx, minTx, multiplier}."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, dict):
+        return BfdTimers() if boolean(value, where) else None
+    known_keys(value, BFD_KEYS, where)
+    # bfdd's bounds: intervals of 10 ms to 60 s, a multiplier of 2 to 255
+    return BfdTimers(min_rx=integer(value.get("minRx", _BFD.min_rx), f"{where}.minRx", 10, 60000),
+                     min_tx=integer(value.get("minTx", _BFD.min_tx), f"{where}.minTx", 10, 60000),
+                     multiplier=integer(value.get("multiplier", _BFD.multiplier), f"{where}.multiplier", 2, 255))
 
 
 def _hold(value: Any, where: str) -> int:

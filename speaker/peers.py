@@ -206,7 +206,8 @@ def _session(cfg: Config, me: NodeInfo | None, p: Peer, where: str, local_asn: i
         multihop=p.multihop, ttl_security=p.ttl_security, port=p.port, keepalive=p.keepalive_time,
         listen=where.startswith(MESH_WHERE),  # mesh members connect both ways
         export_services=p.export_services,  # mesh members: meshExportServices
-        max_prefixes=p.max_prefixes, max_prefixes_action=p.max_prefixes_action, restart_after=p.restart_after)
+        max_prefixes=p.max_prefixes, max_prefixes_action=p.max_prefixes_action, restart_after=p.restart_after,
+        bfd=p.bfd)
 
 
 def _password(cfg: Config, p: Peer, where: str, read_secret: SecretReader) -> str | None:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from bgp.source import BfdStatus
 from bgp.types import SessionState
 from reconciler.report import net_key
 from reconciler.types import Reason
@@ -62,7 +63,7 @@ def _doc(sp: Speaker) -> dict:
               "state": p.state.value, "since": p.since, "reason": p.reason, "families": sorted(p.families),
               "endOfRib": sorted(p.end_of_rib), "paths": p.paths, "refused": dict(p.refused),
               "counted": dict(p.counted), "maxPrefixes": dict(p.max_prefixes), "overLimit": p.over,
-              "overBy": p.excess, "resumeAt": p.resume_at} for p in src.peers()]
+              "overBy": p.excess, "resumeAt": p.resume_at, "bfd": _bfd(p.bfd)} for p in src.peers()]
     errors = dict(sp.node_errors)
     for cidr, names in sp.view.disputed.items():
         errors[f"disputed:{cidr}"] = f"podCIDR {cidr} is claimed by overlapping nodes {', '.join(names)}; neither is trusted"
@@ -174,6 +175,12 @@ class SpeakerCollector(Collector):
                                      "maxPrefixes (the largest excess of its families; 0: within them).", labels=("peer",))
         refused = GaugeMetricFamily("podbgp_peer_refused_paths", "Paths of the peer's session refused for good by the "
                                     "import policy, counted and never stored, by reason.", labels=("peer", "reason"))
+        bfd_up = GaugeMetricFamily("podbgp_bfd_session_up", "1 if the peer's BFD session is up (peers with BFD only).",
+                                   labels=("peer",))
+        bfd_downs = CounterMetricFamily("podbgp_bfd_session_downs", "Times the peer's BFD session went from up to down "
+                                        "(each dropped the peer's paths at once).", labels=("peer",))
+        bfd_held = GaugeMetricFamily("podbgp_bfd_session_held_down", "1 while the peer's BGP session is held down "
+                                     "because BFD is down.", labels=("peer",))
         for p in src.peers():
             up.add_metric((p.key, str(p.asn)), int(p.state == SessionState.UP))
             paths.add_metric((p.key,), p.paths)
@@ -183,7 +190,11 @@ class SpeakerCollector(Collector):
                 exceeded.add_metric((p.key,), p.excess)
             for reason, n in p.refused:
                 refused.add_metric((p.key, reason), n)
-        yield from (up, paths, prefixes, exceeded, refused)
+            if p.bfd is not None:
+                bfd_up.add_metric((p.key,), int(p.bfd.state == "up"))
+                bfd_downs.add_metric((p.key,), p.bfd.downs)
+                bfd_held.add_metric((p.key,), int(p.bfd.held))
+        yield from (up, paths, prefixes, exceeded, refused, bfd_up, bfd_downs, bfd_held)
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
                                 value=len(sp.own_announced))
         if sp.services is not None:
@@ -278,6 +289,14 @@ def _respond(sp: Speaker, path: str, registry: CollectorRegistry | None = None, 
     return "404 Not Found", "text/plain", b"not found\n"
 
 
+def _bfd(b: BfdStatus | None) -> dict | None:
+    if b is None:
+        return None
+    return {"state": b.state, "since": b.since, "minRx": b.min_rx, "minTx": b.min_tx, "multiplier": b.multiplier,
+            "multihop": b.multihop, "diagnostics": b.diagnostics, "downs": b.downs, "heldDown": b.held,
+            "droppedPaths": len(b.dropped), "droppedAt": b.dropped_at, "error": b.error}
+
+
 def _peer_notes(p: dict) -> list[str]:
     """Under a peer's line: the paths it sent that are refused for good (counted, not stored),
     and by how much it is over its maxPrefixes."""
@@ -287,6 +306,11 @@ def _peer_notes(p: dict) -> list[str]:
     if p.get("overLimit"):
         back = " (torn down; back in {:.0f}s)".format(max(0, p["resumeAt"] - time.time())) if p.get("resumeAt") else ""
         out.append(f"  OVER maxPrefixes: {p['overLimit']}{back}")
+    if (b := p.get("bfd")) is not None:
+        held = f"; session held down, {b['droppedPaths']:,} paths dropped" if b["heldDown"] else ""
+        out.append(f"  bfd {b['state']} {b['minRx']}/{b['minTx']} ms x{b['multiplier']}"
+                   f"{' multihop' if b['multihop'] else ''}, downs {b['downs']}"
+                   f"{', last: ' + b['diagnostics'] if b['downs'] else ''}{held}{'; ' + b['error'] if b['error'] else ''}")
     return out
 
 
