@@ -1,13 +1,15 @@
-"""BFD for the node's sessions through FRR's bfdd run alone (no zebra, no bgpd) as our child.
+"""BFD beside the node's BGP sessions: what the speaker asks for and hears, and `Engine`, which runs
+bgp.bfd_engine (RFC 5880/5881/5883 in a process of its own) and talks to it in JSON lines.
 
-bfdd 8.4's control socket (--bfdctl, bfdd/bfdctl.h): messages of an 8-byte header
-`!IHBB` (payload length, id, type, version 1) and a JSON payload. Type 2 adds a session, 3 deletes
-one, 4 subscribes (an 8-byte mask in host byte order, 1 = peer state); bfdd then pushes type-4
-notifications `{"op": "status", "peer-address": ..., "state": "up"|"down"|"init"|"adm-down"}`.
+The engine's events are read in a thread of its own, never in the speaker's asyncio loop, and
+handed over through `deliver` (the loop's call_soon_threadsafe); the engine itself is another
+process, so nothing the speaker's interpreter does (a 5,000-Node re-list, a leaked table) can
+delay a BFD packet or make a session look down.
 
-The socket is read in a thread of its own, never in the speaker's asyncio loop (a busy loop must
-not make a session look down); state changes reach the loop through call_soon_threadsafe. The
-framing and payloads below are pure; `Engine` is the thin shell (process, socket, thread).
+Why not FRR's bfdd (its control socket was tried first): run alone it still asks for
+CAP_SYS_ADMIN, CAP_NET_RAW, CAP_SETUID and CAP_SETGID ("privs_init: initial cap_set_proc failed"
+under the DaemonSet's NET_ADMIN + NET_BIND_SERVICE), and its package pulls all of FRR into the
+image. bgp.bfd_engine needs no capability at all (UDP ports above 1024, TTL 255 set per socket).
 """
 from __future__ import annotations
 
@@ -15,10 +17,8 @@ import ipaddress
 import json
 import logging
 import os
-import shutil
-import socket
-import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +28,6 @@ from .types import IPAddress, IPNetwork, PeerConfig
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("!IHBB")
-VERSION = 1
-ADD, DELETE, SUBSCRIBE, NOTIFY = 2, 3, 4, 4
-NOTIFY_PEER_STATE = 1
-BFDD = "/usr/lib/frr/bfdd"
 
 
 class BfdError(Exception):
@@ -57,7 +52,7 @@ class BfdEvent:
     diagnostics: int = 0
 
 
-RESTARTED = "restarted"  # bfdd was started again: what it said before no longer holds
+RESTARTED = "restarted"  # the engine was started again: what it said before no longer holds
 
 # RFC 5880 section 4.1's diagnostic codes, as status and logs say them
 DIAGNOSTICS = {0: "no diagnostic", 1: "control detection time expired", 2: "echo function failed",
@@ -88,99 +83,66 @@ def session_for(cfg: PeerConfig) -> BfdSession | None:
 class Watch:
     """What the speaker keeps about one peer's BFD session.
 
-    state: bfdd's last word ("" before any, or since bfdd or the session was started again).
-    held: BFD went from up to down; the BGP session is kept out of ExaBGP until BFD is up again.
-    dropped: the prefixes whose paths from the peer were dropped then (explain names them)."""
+    state: the engine's last word ("" before any, or since the engine or the session was started again).
+    tearing: BFD went from up to down and the BGP session's teardown was sent; until ExaBGP says
+    it is down, nothing from it counts. dropped: the prefixes whose paths from the peer were dropped
+    then (explain names them), until BFD is up again."""
 
     session: BfdSession
     state: str = ""
     since: float | None = None
     diagnostics: int = 0
     downs: int = 0
-    held: bool = False
+    tearing: bool = False
     dropped: frozenset[IPNetwork] = frozenset()
     dropped_at: float | None = None
 
     def restart(self) -> None:
-        """The session was asked for again (new timers, a new bfdd): its next "down" is no failure
+        """The session was asked for again (new timers, a new engine): its next "down" is no failure
         until it has been "up"."""
         self.state, self.since = "", time.time()
 
 
-def frame(msg_id: int, kind: int, payload: bytes) -> bytes:
-    return HEADER.pack(len(payload), msg_id, kind, VERSION) + payload
+def command(op: str, s: BfdSession) -> bytes:
+    """One line to the engine: add or remove a session."""
+    doc = {"op": op, "peer": str(s.peer)}
+    if op == "add":
+        doc.update(local=str(s.local), minRx=s.min_rx, minTx=s.min_tx, multiplier=s.multiplier, multihop=s.multihop)
+    return (json.dumps(doc) + "\n").encode()
 
 
-def session_payload(s: BfdSession) -> bytes:
-    fam = "ipv4" if s.peer.version == 4 else "ipv6"
-    entry = {"peer-address": str(s.peer), "local-address": str(s.local), "multihop": s.multihop,
-             "detect-multiplier": s.multiplier, "receive-interval": s.min_rx, "transmit-interval": s.min_tx}
-    return json.dumps({fam: [entry]}, sort_keys=True).encode()
-
-
-def delete_payload(s: BfdSession) -> bytes:
-    fam = "ipv4" if s.peer.version == 4 else "ipv6"
-    entry = {"peer-address": str(s.peer), "local-address": str(s.local), "multihop": s.multihop}
-    return json.dumps({fam: [entry]}, sort_keys=True).encode()
-
-
-def subscribe_payload() -> bytes:
-    return struct.pack("=Q", NOTIFY_PEER_STATE)
-
-
-class Reader:
-    """Splits a byte stream into (id, type, payload) messages."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        self.buf += data
-        out = []
-        while len(self.buf) >= HEADER.size:
-            length, msg_id, kind, version = HEADER.unpack_from(self.buf)
-            if version != VERSION:
-                raise BfdError(f"bfdctl: message version {version}, expected {VERSION}")
-            if len(self.buf) < HEADER.size + length:
-                break
-            out.append((msg_id, kind, self.buf[HEADER.size:HEADER.size + length]))
-            self.buf = self.buf[HEADER.size + length:]
-        return out
-
-
-def event_of(payload: bytes) -> BfdEvent | None:
-    """A state notification from a type-4 payload (None for anything else)."""
+def event_of(line: bytes) -> BfdEvent | None:
+    """A state change from one of the engine's lines (None for anything else)."""
     try:
-        doc = json.loads(payload.rstrip(b"\0") or b"{}")
+        doc = json.loads(line)
     except ValueError:
         return None
-    if doc.get("op") != "status" or "peer-address" not in doc:
+    if not isinstance(doc, dict) or "peer" not in doc or "state" not in doc:
         return None
-    return BfdEvent(peer=str(doc["peer-address"]), state=str(doc.get("state", "")),
-                    diagnostics=int(doc.get("diagnostics", 0) or 0))
+    return BfdEvent(peer=str(doc["peer"]), state=str(doc["state"]), diagnostics=int(doc.get("diagnostics") or 0))
 
 
-Deliver = Callable[[Callable[[], None]], None]  # e.g. a loop's call_soon_threadsafe wrapped
+Deliver = Callable[..., None]  # e.g. a loop's call_soon_threadsafe
 
 
 class Engine:
-    """bfdd as our child in this network namespace, its sessions, and a reader thread handing
-    every state change to on_event through deliver (loop.call_soon_threadsafe for the speaker)."""
+    """bgp.bfd_engine as our child (in this network namespace), its sessions, and a reader thread
+    handing every state change to on_event through deliver. A child that dies is started again
+    with the sessions (and RESTARTED told); close() stops it, each peer told AdminDown."""
 
-    def __init__(self, run_dir: str, on_event: Callable[[BfdEvent], None],
-                 deliver: Callable[..., None], bfdd: str = BFDD, user: str = "frr") -> None:
-        self.dir, self.on_event, self.deliver, self.bfdd, self.user = run_dir, on_event, deliver, bfdd, user
+    def __init__(self, run_dir: str, on_event: Callable[[BfdEvent], None], deliver: Deliver,
+                 argv: list[str] | None = None) -> None:
+        self.dir, self.on_event, self.deliver = run_dir, on_event, deliver
+        self.argv = argv or [sys.executable, "-m", "bgp.bfd_engine"]
         self.sessions: dict[str, BfdSession] = {}
         self.proc: subprocess.Popen | None = None
-        self.sock: socket.socket | None = None
-        self.lock = threading.Lock()  # the socket's writers: the caller and the supervisor
+        self.lock = threading.Lock()  # the child's stdin: the caller and the restarting reader
         self.closing = threading.Event()
         self.thread: threading.Thread | None = None
-        self.next_id = 1
 
     @property
-    def ctl(self) -> str:
-        return os.path.join(self.dir, "bfdd.sock")
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def start(self) -> None:
         self._spawn()
@@ -188,113 +150,80 @@ class Engine:
         self.thread.start()
 
     def _spawn(self) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        os.chmod(self.dir, 0o755)  # bfdd drops to user frr: the directory must be traversable
-        shutil.chown(self.dir, self.user, self.user)
-        for name in ("bfdd.sock", "bfdd.pid"):
-            if os.path.exists(os.path.join(self.dir, name)):
-                os.unlink(os.path.join(self.dir, name))
-        conf = os.path.join(self.dir, "bfdd.conf")
-        with open(conf, "w") as f:
-            f.write("hostname podbgp-bfd\n")
-        self.proc = subprocess.Popen(
-            [self.bfdd, "-u", self.user, "-g", self.user, "-f", conf, "-i", os.path.join(self.dir, "bfdd.pid"),
-             "--vty_socket", self.dir, "-z", os.path.join(self.dir, "zserv.api"), "--bfdctl", self.ctl,
-             "--log", f"file:{os.path.join(self.dir, 'bfdd.log')}", "-A", "127.0.0.1"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.connect(self.ctl)
-                break
-            except OSError:
-                sock.close()
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise BfdError(f"bfdd did not open {self.ctl}; see {self.dir}/bfdd.log") from None
-                time.sleep(0.05)
+        proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        try:
+            doc = json.loads(first)
+        except ValueError:
+            doc = {}
+        if not doc.get("ready"):
+            proc.kill()
+            proc.wait()
+            raise BfdError(doc.get("error") or f"the BFD engine exited without a word (rc {proc.returncode})")
         with self.lock:
-            self.sock = sock
-            self._send(SUBSCRIBE, subscribe_payload())
+            self.proc = proc
             for s in self.sessions.values():
-                self._send(ADD, session_payload(s))
-        log.info("bfd.start pid=%d sessions=%d", self.proc.pid, len(self.sessions))
+                self._write(command("add", s))
+        log.info("bfd.engine.start pid=%d sessions=%d", proc.pid, len(self.sessions))
 
-    def _send(self, kind: int, payload: bytes) -> None:
-        assert self.sock is not None
-        self.next_id = self.next_id % 0xFFFF + 1
-        self.sock.sendall(frame(self.next_id, kind, payload))
+    def _write(self, data: bytes) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the reader sees it die and starts another with every session
 
     def add(self, s: BfdSession) -> None:
         """Ask for a session (replacing one to the same peer); idempotent."""
         with self.lock:
-            old = self.sessions.get(str(s.peer))
-            if old == s:
+            if self.sessions.get(str(s.peer)) == s:
                 return
-            if old is not None and self.sock is not None:
-                self._send(DELETE, delete_payload(old))
             self.sessions[str(s.peer)] = s
-            if self.sock is not None:
-                self._send(ADD, session_payload(s))
+            self._write(command("add", s))
 
     def remove(self, peer: IPAddress) -> None:
         with self.lock:
             old = self.sessions.pop(str(peer), None)
-            if old is not None and self.sock is not None:
-                self._send(DELETE, delete_payload(old))
+            if old is not None:
+                self._write(command("remove", old))
 
     def _run(self) -> None:
-        """Read notifications; when bfdd dies, start it again (its sessions re-added)."""
+        """Read the engine's events; when it dies, start it again (its sessions re-added)."""
         while not self.closing.is_set():
-            reader, sock = Reader(), self.sock
-            try:
-                while sock is not None:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    for _, kind, payload in reader.feed(data):
-                        ev = event_of(payload) if kind == NOTIFY else None
-                        if ev is not None:
-                            self.deliver(self.on_event, ev)
-            except (OSError, BfdError) as exc:
-                log.warning("bfd.socket error=%r", exc)
+            proc = self.proc
+            if proc is not None and proc.stdout is not None:
+                for line in proc.stdout:
+                    ev = event_of(line)
+                    if ev is not None:
+                        self.deliver(self.on_event, ev)
+                proc.wait()
             if self.closing.is_set():
                 return
-            log.warning("bfd.restart reason='bfdd control socket closed'")
-            self._stop_proc()
+            log.warning("bfd.engine.restart reason='the engine exited rc=%s'", proc.returncode if proc else None)
+            time.sleep(0.5)
             try:
                 self._spawn()
                 self.deliver(self.on_event, BfdEvent(peer="", state=RESTARTED))
             except (OSError, BfdError) as exc:
-                log.error("bfd.restart.failed error=%r", exc)
+                log.error("bfd.engine.restart.failed error=%r", str(exc))
                 time.sleep(1)
 
-    def _stop_proc(self) -> None:
-        with self.lock:
-            if self.sock is not None:
-                self.sock.close()
-                self.sock = None
-        pid_path = os.path.join(self.dir, "bfdd.pid")
-        pids = {self.proc.pid} if self.proc is not None else set()
-        try:
-            with open(pid_path) as f:
-                pids.add(int(f.read().strip()))
-        except (OSError, ValueError):
-            pass
-        for pid in pids:  # by PID, never by name
-            try:
-                os.kill(pid, 15)
-            except ProcessLookupError:
-                pass
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
     def close(self) -> None:
+        """Stop the engine: every peer gets AdminDown first (no failure for it)."""
         self.closing.set()
-        self._stop_proc()
+        proc = self.proc
+        if proc is not None:
+            with self.lock:
+                self._write(b'{"op": "stop"}\n')
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # our child, by its PID
+                proc.wait()
         if self.thread is not None:
             self.thread.join(timeout=5)
