@@ -15,11 +15,13 @@ What each peer gets: the announcements of its families; Service routes (Announce
 only if its export_services, which ExaBGP's configuration does not hold, so a change of it alone
 is commands to ExaBGP, never a reload.
 
-BFD (bgp.bfd, FRR's bfdd as our child, read in a thread of its own): for a peer whose config asks
+BFD (bgp.bfd: podbgp's BFD engine, a process of its own, read in a thread of its own): for a peer whose config asks
 for it, a BFD session runs beside the BGP one. When it goes from up to down, the forwarding path
 is dead: the peer's paths leave the RIB at once (stale ones too: graceful restart is for a
-restarting control plane, not a dead link) and the peer is left out of ExaBGP's configuration until
-BFD is up again, so no session comes back over a path that drops packets. `update(added, removed)` costs in proportion to the change;
+restarting control plane, not a dead link) and the session is torn down (Cease "BFD down", RFC
+9384); what ExaBGP still hands over from it until its "down" is ignored. ExaBGP then reconnects as
+usual: the peer may run BFD only for established sessions (FRR with dynamic neighbors does), so
+holding the session until BFD is up could wait forever. `update(added, removed)` costs in proportion to the change;
 each peer's `sent` (what ExaBGP holds for it) is kept exact for the full resync at session up
 and after an API reconnect.
 """
@@ -54,6 +56,7 @@ from .types import (
 )
 
 log = logging.getLogger(__name__)
+BFD_DOWN = 10  # the Cease subcode "BFD Down" (RFC 9384)
 
 
 @dataclass(slots=True, eq=False)
@@ -86,8 +89,13 @@ class _Peer:
 
     @property
     def suspended(self) -> bool:
-        """Left out of ExaBGP's configuration: after a maxPrefixes teardown, or while BFD is down."""
-        return self.resume_timer is not None or (self.bfd is not None and self.bfd.held)
+        """Left out of ExaBGP's configuration after a maxPrefixes teardown."""
+        return self.resume_timer is not None
+
+    @property
+    def bfd_tearing(self) -> bool:
+        """BFD said down and the teardown was sent: until ExaBGP's "down", nothing from the session counts."""
+        return self.bfd is not None and self.bfd.tearing
 
     def cancel_stale(self) -> None:
         if self.stale_timer is not None:
@@ -127,7 +135,7 @@ class Sessions(RibPaths):
         self.refuse = refuse
         self.bfd_engine = bfd_engine  # tests hand in a fake
         self.bfd: bfd.Engine | None = None  # started when a peer first asks for BFD
-        self.bfd_error = ""  # why bfdd could not be started ("" when it runs or is not needed)
+        self.bfd_error = ""  # why the BFD engine could not be started ("" when it runs or is not needed)
 
     # ---- the route source --------------------------------------------------------------------
     def peers(self) -> tuple[PeerStatus, ...]:
@@ -156,7 +164,7 @@ class Sessions(RibPaths):
         return BfdStatus(state=w.state or ("unavailable" if self.bfd_error else "unknown"), since=w.since,
                          min_rx=t.min_rx, min_tx=t.min_tx, multiplier=t.multiplier, multihop=t.multihop,
                          diagnostics=bfd.DIAGNOSTICS.get(w.diagnostics, str(w.diagnostics)), downs=w.downs,
-                         held=w.held, dropped=w.dropped, dropped_at=w.dropped_at, error=self.bfd_error)
+                         dropped=w.dropped, dropped_at=w.dropped_at, error=self.bfd_error)
 
     def _counted(self, rec: _Peer, family: str) -> int:
         """What counts toward the peer's maxPrefixes of a family: paths held plus refused ones."""
@@ -362,8 +370,9 @@ class Sessions(RibPaths):
             return
         if isinstance(ev, UpdateEvent):
             rec = self._peers.get(ev.peer)
-            if rec is not None and rec.suspended:
-                # a reconnect ExaBGP made before the reload without the peer took effect
+            if rec is not None and (rec.suspended or rec.bfd_tearing):
+                # a reconnect ExaBGP made before the reload without the peer took effect, or what
+                # was on its way from a session BFD declared dead
                 self.counters["events_suspended_peer"] += 1
                 return
             if self.refuse is not None and rec is not None:
@@ -485,6 +494,11 @@ class Sessions(RibPaths):
             return
         if rec.suspended:  # out of ExaBGP's configuration until restart_after: its "down" echoes
             return
+        if rec.bfd_tearing:  # the session BFD declared dead: its paths are gone, its reason stays
+            if ev.state == SessionState.DOWN:
+                rec.bfd.tearing = False
+                log.info("bfd.teardown.done peer=%s exabgp_reason=%r", ev.peer, ev.reason)
+            return
         if ev.state == SessionState.DOWN and rec.state == SessionState.UP:
             # only the end of an established session touches the RIB; the failed connection
             # attempts that follow (connected -> down, again and again) must not drop stale paths
@@ -532,14 +546,18 @@ class Sessions(RibPaths):
             log.info("bgp.command %s", c)
         return True
 
-    def _peer_down(self, rec: _Peer, reason: str) -> None:
+    def _peer_down(self, rec: _Peer, reason: str, dead: bool = False) -> set[IPNetwork]:
+        """The session ended: its paths dropped, or kept stale under graceful restart unless it was
+        torn down or `dead` (BFD). Returns the prefixes whose paths were dropped."""
         peer = rec.config.key
         self._set_state(rec, SessionState.DOWN, reason)
         rec.eor.clear()
         # graceful restart is negotiated when both sides advertised it: keep the peer's paths,
         # marked stale, for the restart time the peer advertised (RFC 4724)
         restart = rec.restart_time or 0
-        keep = self.graceful_restart > 0 and restart > 0 and not rec.tearing  # torn down: not restarting
+        keep = self.graceful_restart > 0 and restart > 0 and not rec.tearing and not dead  # torn down: not restarting
+        if dead:
+            rec.cancel_stale()
         rec.refused.reset()  # the peer sends its table again in its next session
         if not rec.tearing:
             rec.over = ()
@@ -553,6 +571,7 @@ class Sessions(RibPaths):
             self.on_paths(dropped)
         if rec.tearing:
             self._suspend(rec)
+        return dropped
 
     def _end_stale(self, peer: str) -> None:
         rec = self._peers.get(peer)
@@ -565,7 +584,7 @@ class Sessions(RibPaths):
 
     # ---- BFD ------------------------------------------------------------------------------------
     def _sync_bfd(self) -> None:
-        """Ask bfdd for the BFD sessions the peers' configs want, and no others."""
+        """Ask the BFD engine for the BFD sessions the peers' configs want, and no others."""
         for rec in self._peers.values():
             want = bfd.session_for(rec.config)
             w = rec.bfd
@@ -574,8 +593,6 @@ class Sessions(RibPaths):
                     rec.bfd = None
                     if self.bfd is not None:
                         self.bfd.remove(rec.config.address)
-                    if w.held:
-                        self._bfd_release(rec, "BFD no longer asked for")
                 continue
             if w is None:
                 rec.bfd = bfd.Watch(session=want, since=time.time())
@@ -593,7 +610,7 @@ class Sessions(RibPaths):
         try:
             engine.start()
         except (OSError, bfd.BfdError) as exc:
-            self.bfd_error = f"bfdd could not be started: {exc}"
+            self.bfd_error = f"the BFD engine could not be started: {exc}"
             log.error("bfd.unavailable error=%r (the sessions run without BFD)", str(exc))
             return
         self.bfd = engine
@@ -616,39 +633,26 @@ class Sessions(RibPaths):
         w.state, w.since, w.diagnostics = ev.state, time.time(), ev.diagnostics
         log.info("bfd.state peer=%s state=%s was=%s diagnostics=%r", rec.config.key, ev.state, was or "-",
                  bfd.DIAGNOSTICS.get(ev.diagnostics, ev.diagnostics))
-        if ev.state == "up" and w.held:
-            self._bfd_release(rec, "BFD up again")
+        if ev.state == "up":
+            w.dropped, w.dropped_at = frozenset(), None
         elif ev.state == "down" and was == "up":  # a session that never came up is no failure
             w.downs += 1
             self.counters["bfd_downs"] += 1
-            self._bfd_hold(rec, ev.diagnostics)
+            self._bfd_down(rec, ev.diagnostics)
 
-    def _bfd_hold(self, rec: _Peer, diagnostics: int) -> None:
-        """BFD says the path to the peer is dead: drop its paths now, with no graceful restart,
-        and keep the session out of ExaBGP until BFD is up again."""
+    def _bfd_down(self, rec: _Peer, diagnostics: int) -> None:
+        """BFD says the path to the peer is dead: drop its paths now (stale ones too: no graceful
+        restart) and tear the session down; ExaBGP reconnects as usual."""
         key, w = rec.config.key, rec.bfd
         assert w is not None
         why = bfd.DIAGNOSTICS.get(diagnostics, str(diagnostics))
-        w.held = True
-        rec.cancel_stale()
-        rec.eor.clear()
-        rec.refused.reset()
-        rec.over, rec.tearing = (), False
-        rec.sent = {}  # ExaBGP forgets the peer at the reload: a new Adj-RIB-Out when it returns
-        self._set_state(rec, SessionState.DOWN, f"BFD down ({why}): paths dropped, held down until BFD is up")
-        dropped = self.rib.peer_down(key, keep_stale=False)
+        established = rec.state == SessionState.UP
+        dropped = self._peer_down(rec, f"BFD down ({why}): paths dropped, session torn down", dead=True)
         w.dropped, w.dropped_at = frozenset(dropped), time.time()
-        log.warning("bfd.down peer=%s diagnostics=%r paths_dropped=%d session=held", key, why, len(dropped))
-        if dropped:
-            self.on_paths(dropped)
-        self._reload()
-
-    def _bfd_release(self, rec: _Peer, why: str) -> None:
-        if rec.bfd is not None:
-            rec.bfd.held = False
-        log.info("bfd.release peer=%s reason=%r", rec.config.key, why)
-        self._set_state(rec, SessionState.IDLE, why)
-        self._reload()
+        if established and self._send([encode.teardown(key, BFD_DOWN)]):
+            w.tearing = True
+        log.warning("bfd.down peer=%s diagnostics=%r paths_dropped=%d teardown=%s", key, why, len(dropped),
+                    str(w.tearing).lower())
 
     # ---- MD5 and GTSM: why a secured peer has no TCP connection (bgp.security) ----------------
     def _arm_security_check(self, delay: float) -> None:

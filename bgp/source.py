@@ -19,8 +19,8 @@ from .types import IPAddress, IPNetwork, Path, SessionState
 
 @dataclass(frozen=True, slots=True)
 class BfdStatus:
-    """A peer's BFD session: bfdd's last state (up, down, init, adm-down; "unknown" before its
-    first word, "unavailable" when bfdd cannot run: error says why), since when, the timers asked
+    """A peer's BFD session: the BFD engine's last state (up, down, init, adm-down; "unknown" before its
+    first word, "unavailable" when the engine cannot run: error says why), since when, the timers asked
     for (ms), the last diagnostic in words, how many times it went from up to down, whether the BGP
     session is held down for it, and the prefixes whose paths were dropped at its last down."""
 
@@ -32,7 +32,6 @@ class BfdStatus:
     multihop: bool
     diagnostics: str
     downs: int
-    held: bool
     dropped: frozenset[IPNetwork] = frozenset()
     dropped_at: float | None = None
     error: str = ""

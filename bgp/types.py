@@ -82,10 +82,10 @@ class PeerConfig:
     "warn" logs, counts and shows it and keeps the session; "teardown" ends the session with a
     Cease "maximum number of prefixes reached" (RFC 4486 subcode 1) and re-establishes it
     restart_after seconds later. Not part of ExaBGP's config either (render ignores them).
-    bfd: the BFD timers of a BFD session run beside the BGP session by podbgp (bgp.bfd, FRR's
-    bfdd), single hop unless multihop; when it goes from up to down the peer's paths are dropped
-    at once (no graceful restart) and the session stays down until BFD is up again. Not part of
-    ExaBGP's config (render ignores it): a change of it is no reload.
+    bfd: the BFD timers of a BFD session run beside the BGP session by podbgp (bgp.bfd, podbgp's
+    BFD engine), single hop unless multihop; when it goes from up to down the peer's paths are
+    dropped at once (no graceful restart) and the session is torn down. Not part of ExaBGP's config
+    (render ignores it): a change of it is no reload.
     """
 
     address: IPAddress

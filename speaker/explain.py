@@ -88,10 +88,10 @@ def explain(sp: Speaker, prefix: IPNetwork, kernel: list[KernelRoute] | None = N
 
 
 def _bfd_dropped(sp: Speaker, prefix: IPNetwork) -> list[dict]:
-    """The peers whose path to prefix was dropped when their BFD session went down and that are
-    still held down for it."""
+    """The peers whose path to prefix was dropped when their BFD session went down (until it is up
+    again)."""
     return [{"peer": p.key, "at": p.bfd.dropped_at, "diagnostics": p.bfd.diagnostics}
-            for p in sp.source.peers() if p.bfd is not None and p.bfd.held and prefix in p.bfd.dropped]
+            for p in sp.source.peers() if p.bfd is not None and prefix in p.bfd.dropped]
 
 
 def _for_good(sp: Speaker, prefix: IPNetwork, policy: Policy) -> dict | None:
@@ -337,7 +337,7 @@ def render(doc: dict, now: float | None = None) -> str:
         rows.append(("path", f"from {p['peer']}{up} via {p['nextHop']}{stale}: {verdict}"))
     for b in doc.get("bfd") or ():
         rows.append(("bfd", f"the path from {b['peer']} was dropped {_span(b['at'], now)} ago: BFD down "
-                            f"({b['diagnostics']}); its session is held down until BFD is up"))
+                            f"({b['diagnostics']}); its session was torn down"))
     good = doc.get("refused")
     for p in (good or {}).get("peers", ()):
         rows.append(("refused", f"from {p['peer']}: {p['paths']:,} paths {good['reason']} this session "

@@ -12,7 +12,7 @@ routes outside the cluster trips it too (bgp.limits).
 
 bfd: true (300 ms x 3), false, or a mapping {minRx: ms, minTx: ms, multiplier: n} (defaults 300,
 300, 3): a BFD session beside the BGP session; when BFD goes from up to down, the peer's paths
-leave the kernel at once and the session is held down until BFD is up again (bgp.sessions).
+leave the kernel at once and the session is torn down (Cease "BFD down"; bgp.sessions).
 
 Every default is a `Peer` field default, read from there by the parser. Every refusal is a
 ConfigError with one line naming the peer and the field.
@@ -148,7 +148,7 @@ def _bfd(value: Any, where: str) -> BfdTimers | None:
     if not isinstance(value, dict):
         return BfdTimers() if boolean(value, where) else None
     known_keys(value, BFD_KEYS, where)
-    # bfdd's bounds: intervals of 10 ms to 60 s, a multiplier of 2 to 255
+    # FRR's bounds: intervals of 10 ms to 60 s, a multiplier of 2 to 255
     return BfdTimers(min_rx=integer(value.get("minRx", _BFD.min_rx), f"{where}.minRx", 10, 60000),
                      min_tx=integer(value.get("minTx", _BFD.min_tx), f"{where}.minTx", 10, 60000),
                      multiplier=integer(value.get("multiplier", _BFD.multiplier), f"{where}.multiplier", 2, 255))

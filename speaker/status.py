@@ -179,8 +179,6 @@ class SpeakerCollector(Collector):
                                    labels=("peer",))
         bfd_downs = CounterMetricFamily("podbgp_bfd_session_downs", "Times the peer's BFD session went from up to down "
                                         "(each dropped the peer's paths at once).", labels=("peer",))
-        bfd_held = GaugeMetricFamily("podbgp_bfd_session_held_down", "1 while the peer's BGP session is held down "
-                                     "because BFD is down.", labels=("peer",))
         for p in src.peers():
             up.add_metric((p.key, str(p.asn)), int(p.state == SessionState.UP))
             paths.add_metric((p.key,), p.paths)
@@ -193,8 +191,7 @@ class SpeakerCollector(Collector):
             if p.bfd is not None:
                 bfd_up.add_metric((p.key,), int(p.bfd.state == "up"))
                 bfd_downs.add_metric((p.key,), p.bfd.downs)
-                bfd_held.add_metric((p.key,), int(p.bfd.held))
-        yield from (up, paths, prefixes, exceeded, refused, bfd_up, bfd_downs, bfd_held)
+        yield from (up, paths, prefixes, exceeded, refused, bfd_up, bfd_downs)
         yield GaugeMetricFamily("podbgp_announced_prefixes", "Prefixes announced to the peers (this node's PodCIDRs).",
                                 value=len(sp.own_announced))
         if sp.services is not None:
@@ -293,7 +290,7 @@ def _bfd(b: BfdStatus | None) -> dict | None:
     if b is None:
         return None
     return {"state": b.state, "since": b.since, "minRx": b.min_rx, "minTx": b.min_tx, "multiplier": b.multiplier,
-            "multihop": b.multihop, "diagnostics": b.diagnostics, "downs": b.downs, "heldDown": b.held,
+            "multihop": b.multihop, "diagnostics": b.diagnostics, "downs": b.downs,
             "droppedPaths": len(b.dropped), "droppedAt": b.dropped_at, "error": b.error}
 
 
@@ -307,7 +304,7 @@ def _peer_notes(p: dict) -> list[str]:
         back = " (torn down; back in {:.0f}s)".format(max(0, p["resumeAt"] - time.time())) if p.get("resumeAt") else ""
         out.append(f"  OVER maxPrefixes: {p['overLimit']}{back}")
     if (b := p.get("bfd")) is not None:
-        held = f"; session held down, {b['droppedPaths']:,} paths dropped" if b["heldDown"] else ""
+        held = f"; {b['droppedPaths']:,} paths dropped at its down" if b["droppedAt"] else ""
         out.append(f"  bfd {b['state']} {b['minRx']}/{b['minTx']} ms x{b['multiplier']}"
                    f"{' multihop' if b['multihop'] else ''}, downs {b['downs']}"
                    f"{', last: ' + b['diagnostics'] if b['downs'] else ''}{held}{'; ' + b['error'] if b['error'] else ''}")

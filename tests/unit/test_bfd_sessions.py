@@ -1,7 +1,8 @@
 """BFD beside the BGP sessions (bgp.sessions with a fake bfd.Engine and a fake ExaBGP): BFD going
-from up to down drops the peer's paths at once (stale ones too: no graceful restart), keeps the
-peer out of ExaBGP until BFD is up again, and the other peers' paths stay; a BFD session that never
-came up, or a change of timers, is no failure; a change of BFD alone is no ExaBGP reload."""
+from up to down drops the peer's paths at once (stale ones too: no graceful restart) and tears the
+session down (Cease 10, BFD down), ignoring what the dead session still hands over; the other
+peers' paths stay; a BFD session that never came up, or a change of timers, is no failure; a change
+of BFD alone is no ExaBGP reload."""
 import asyncio
 import ipaddress as ia
 from dataclasses import replace
@@ -20,7 +21,7 @@ T = BfdTimers(300, 300, 3)
 
 
 class FakeEngine:
-    """What Sessions needs of bgp.bfd.Engine; say() is bfdd's notification."""
+    """What Sessions needs of bgp.bfd.Engine; say() is the engine's event."""
 
     def __init__(self, run_dir, on_event, deliver):
         self.run_dir, self.on_event, self.deliver = run_dir, on_event, deliver
@@ -44,7 +45,7 @@ class FakeEngine:
 
 class BrokenEngine(FakeEngine):
     def start(self):
-        raise bfd.BfdError("bfdd did not open /run/podbgp/bfd/bfdd.sock")
+        raise bfd.BfdError("cannot listen on UDP 3784 (IPv4): Address already in use")
 
 
 def setup(tmp_path, engine=FakeEngine):
@@ -54,11 +55,11 @@ def setup(tmp_path, engine=FakeEngine):
     return s, changed, p1, p2
 
 
-def test_bfd_down_after_up_drops_the_paths_at_once_and_holds_the_session(tmp_path):
+def test_bfd_down_after_up_drops_the_paths_at_once_and_tears_the_session_down(tmp_path):
     async def body():
         s, changed, p1, p2 = setup(tmp_path)
         await asyncio.sleep(0)
-        eng = s.bfd
+        eng, exa = s.bfd, s.exabgp
         assert eng.started and set(eng.sessions) == {"192.168.51.1"}  # only the peer that asks for it
         assert eng.sessions["192.168.51.1"].local == A("192.168.51.11") and not eng.sessions["192.168.51.1"].multihop
         up(s, p1, ("10.42.2.0/24", "192.168.51.12"), ("10.42.3.0/24", "192.168.51.13"))  # GR negotiated
@@ -67,25 +68,41 @@ def test_bfd_down_after_up_drops_the_paths_at_once_and_holds_the_session(tmp_pat
         eng.say(p1, "up")
         assert s.peer(p1.key).bfd.state == "up" and s.peer(p1.key).state == SessionState.UP
         changed.clear()
+        exa.sent.clear()
         eng.say(p1, "down", 1)
         st = s.peer(p1.key)
         assert st.state == SessionState.DOWN and "BFD down (control detection time expired)" in st.reason
         assert s.rib.count(p1.key) == 0 and s.rib.count(p2.key) == 1  # nothing kept stale; p2's path stays
         assert changed == [{N("10.42.2.0/24"), N("10.42.3.0/24")}]  # handed to the reconciler at once
-        assert st.bfd.held and st.bfd.downs == 1 and st.bfd.dropped == {N("10.42.2.0/24"), N("10.42.3.0/24")}
-        assert "192.168.51.1" not in s.exabgp.config and "192.168.52.1" in s.exabgp.config  # out of ExaBGP
-        assert s.counters["bfd_downs"] == 1
-        # ExaBGP's "down" for the neighbor it just dropped, and an UPDATE already on its way: ignored
-        s.on_line(line(p1, "state", state="down", reason="peer removed"))
+        assert st.bfd.downs == 1 and st.bfd.dropped == {N("10.42.2.0/24"), N("10.42.3.0/24")}
+        assert exa.sent == ["neighbor 192.168.51.1 teardown 10"] and s.counters["bfd_downs"] == 1
+        assert "192.168.51.1" in exa.config  # still configured: ExaBGP reconnects as usual
+        # an UPDATE already on its way from the dead session, then ExaBGP's "down": ignored
         s.on_line(line(p1, "update", message={"update": {"announce": {"ipv4 unicast": {
             "192.168.51.12": [{"nlri": "10.42.2.0/24"}]}}}}))
+        s.on_line(line(p1, "state", state="down", reason="teardown"))
         assert s.rib.count(p1.key) == 0 and "BFD down" in s.peer(p1.key).reason
-        # BFD up again: ExaBGP gets the peer back, and the session comes up as a new one
-        eng.say(p1, "up")
-        assert not s.peer(p1.key).bfd.held and "192.168.51.1" in s.exabgp.config
-        assert s.peer(p1.key).state == SessionState.IDLE
+        # the session comes back (ExaBGP reconnected) and counts again; BFD up clears the drop note
         up(s, p1, ("10.42.2.0/24", "192.168.51.12"))
-        assert s.rib.count(p1.key) == 1 and s.peer(p1.key).bfd.downs == 1
+        assert s.rib.count(p1.key) == 1 and s.peer(p1.key).state == SessionState.UP
+        eng.say(p1, "up")
+        assert s.peer(p1.key).bfd.dropped == frozenset() and s.peer(p1.key).bfd.downs == 1
+    asyncio.run(body())
+
+
+def test_bfd_down_while_the_session_is_not_established_drops_stale_paths_and_sends_nothing(tmp_path):
+    async def body():
+        s, changed, p1, _ = setup(tmp_path)
+        await asyncio.sleep(0)
+        up(s, p1, ("10.42.2.0/24", "192.168.51.12"))
+        s.bfd.say(p1, "up")
+        s.on_line(line(p1, "state", state="down", reason="hold timer"))  # GR: kept stale
+        assert s.rib.count(p1.key) == 1
+        s.exabgp.sent.clear()
+        s.bfd.say(p1, "down", 1)
+        assert s.rib.count(p1.key) == 0 and s.exabgp.sent == []
+        up(s, p1, ("10.42.2.0/24", "192.168.51.12"))  # no teardown pending: the next session counts
+        assert s.rib.count(p1.key) == 1
     asyncio.run(body())
 
 
@@ -98,11 +115,11 @@ def test_a_bfd_session_that_never_came_up_is_no_failure(tmp_path):
         s.bfd.say(p1, "init")
         s.bfd.say(p1, "down")
         assert s.peer(p1.key).state == SessionState.UP and s.rib.count(p1.key) == 1
-        assert not s.peer(p1.key).bfd.held and s.peer(p1.key).bfd.downs == 0
+        assert s.peer(p1.key).bfd.downs == 0
     asyncio.run(body())
 
 
-def test_bfdd_restarted_or_timers_changed_start_the_session_afresh(tmp_path):
+def test_engine_restarted_or_timers_changed_start_the_session_afresh(tmp_path):
     async def body():
         s, changed, p1, p2 = setup(tmp_path)
         await asyncio.sleep(0)
@@ -110,10 +127,10 @@ def test_bfdd_restarted_or_timers_changed_start_the_session_afresh(tmp_path):
         up(s, p1, ("10.42.2.0/24", "192.168.51.12"))
         s.bfd.say(p1, "up")
         s.bfd.on_event(bfd.BfdEvent(peer="", state=bfd.RESTARTED))
-        s.bfd.say(p1, "down")  # the new bfdd's first word
-        assert s.rib.count(p1.key) == 1 and not s.peer(p1.key).bfd.held
+        s.bfd.say(p1, "down")  # the new engine's first word
+        assert s.rib.count(p1.key) == 1 and s.peer(p1.key).bfd.downs == 0
         s.bfd.say(p1, "up")
-        # new timers: bfdd's session replaced, no ExaBGP reload, the BGP session untouched
+        # new timers: the engine's session replaced, no ExaBGP reload, the BGP session untouched
         actions = list(exa.actions)
         p1b = replace(p1, bfd=BfdTimers(100, 100, 5))
         s.configure([p1b, p2])
@@ -121,26 +138,13 @@ def test_bfdd_restarted_or_timers_changed_start_the_session_afresh(tmp_path):
         assert s.bfd.sessions["192.168.51.1"].min_rx == 100 and s.peer(p1.key).bfd.state == "unknown"
         s.bfd.say(p1, "down")  # the replaced session's last word
         assert s.rib.count(p1.key) == 1
-        # BFD off for the peer: bfdd's session removed, still no reload
+        # BFD off for the peer: the engine's session removed, still no reload
         s.configure([replace(p1, bfd=None), p2])
         assert exa.actions == actions and s.bfd.sessions == {} and s.peer(p1.key).bfd is None
     asyncio.run(body())
 
 
-def test_bfd_turned_off_while_held_lets_the_session_back(tmp_path):
-    async def body():
-        s, _, p1, p2 = setup(tmp_path)
-        await asyncio.sleep(0)
-        up(s, p1)
-        s.bfd.say(p1, "up")
-        s.bfd.say(p1, "down")
-        assert "192.168.51.1" not in s.exabgp.config
-        s.configure([replace(p1, bfd=None), p2])
-        assert "192.168.51.1" in s.exabgp.config and s.peer(p1.key).state == SessionState.IDLE
-    asyncio.run(body())
-
-
-def test_removed_peer_leaves_bfdd_and_stop_closes_it(tmp_path):
+def test_removed_peer_leaves_the_engine_and_stop_closes_it(tmp_path):
     async def body():
         s, _, p1, p2 = setup(tmp_path)
         await asyncio.sleep(0)
@@ -152,14 +156,14 @@ def test_removed_peer_leaves_bfdd_and_stop_closes_it(tmp_path):
     asyncio.run(body())
 
 
-def test_bfdd_that_cannot_start_leaves_the_sessions_running_and_says_why(tmp_path):
+def test_an_engine_that_cannot_start_leaves_the_sessions_running_and_says_why(tmp_path):
     async def body():
         s, _, p1, _ = setup(tmp_path, engine=BrokenEngine)
         await asyncio.sleep(0)
         up(s, p1, ("10.42.2.0/24", "192.168.51.12"))
         st = s.peer(p1.key)
         assert s.bfd is None and st.state == SessionState.UP and st.bfd.state == "unavailable"
-        assert "bfdd did not open" in st.bfd.error
+        assert "Address already in use" in st.bfd.error
         assert "bfd unavailable" in "\n".join(status_mod._peer_notes({"bfd": status_mod._bfd(st.bfd)}))
     asyncio.run(body())
 
@@ -172,11 +176,11 @@ def test_status_and_metrics_show_bfd(tmp_path):
         s.bfd.say(p1, "up")
         s.bfd.say(p1, "down", 1)
         doc = status_mod._bfd(s.peer(p1.key).bfd)
-        assert doc["state"] == "down" and doc["heldDown"] and doc["downs"] == 1 and doc["droppedPaths"] == 1
+        assert doc["state"] == "down" and doc["downs"] == 1 and doc["droppedPaths"] == 1
         assert (doc["minRx"], doc["minTx"], doc["multiplier"]) == (300, 300, 3)
         notes = status_mod._peer_notes({"bfd": doc})
         assert notes == ["  bfd down 300/300 ms x3, downs 1, last: control detection time expired; "
-                         "session held down, 1 paths dropped"]
+                         "1 paths dropped at its down"]
     asyncio.run(body())
 
 
