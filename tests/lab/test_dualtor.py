@@ -1,7 +1,9 @@
 """A node on two ToRs (lab/dualtor.clab.yml): every Pod route has both ToRs as next hops, each
-node's PodCIDR reaches both ToRs, and one ToR going silent (control plane hung, forwarding dead,
-links up) costs the flows through it their packets until the hold time expires: the nodes have no
-BFD yet, so this is the "BFD off" baseline."""
+node's PodCIDR reaches both ToRs. One ToR going silent (bgpd hung, every packet to or through it
+dropped, links up): with BFD (300 ms x 3) the flows through it lose at most a second and its paths
+leave every node's kernel within a second; with BFD off (nodes labelled lab.podbgp.io/bfd=off) they
+lose packets until the hold time expires. The ToR back: ECMP again, with no loss."""
+import concurrent.futures
 import ipaddress
 import json
 import os
@@ -71,7 +73,7 @@ def test_each_node_announces_its_podcidr_to_both_tors(dualtor):
                 assert addr in tor_paths(dualtor, tor, prefix), (tor, prefix)
 
 
-# ---- one ToR silent, no BFD on the nodes ----------------------------------------------------------
+# ---- one ToR silent -------------------------------------------------------------------------
 
 def _bridge(lab, node) -> str:
     """The node's Pod bridge: the interface holding an address of its PodCIDR."""
@@ -96,9 +98,13 @@ def _outage(replies: list[float], start: float, end: float) -> float:
 
 
 def _silence(lab, tor) -> None:
+    """bgpd hung, and every packet to or through the ToR dropped (BFD's included), links up."""
     os.kill(lab.pids[f"frr:{tor}:bgpd"], signal.SIGSTOP)
     runner.run(["nft", "-f", "-"], netns=lab.nodes[tor]["netns"], input=(
-        "table inet pbsilent { chain silent { type filter hook forward priority 0; policy drop; }; }\n"))
+        "table inet pbsilent {\n"
+        " chain forwarding { type filter hook forward priority 0; policy drop; }\n"
+        " chain incoming { type filter hook input priority 0; iifname != \"lo\" drop; }\n"
+        "}\n"))
 
 
 def _restore(lab, tor) -> None:
@@ -106,45 +112,99 @@ def _restore(lab, tor) -> None:
     os.kill(lab.pids[f"frr:{tor}:bgpd"], signal.SIGCONT)
 
 
-def test_silent_tor_without_bfd_loses_packets_until_the_hold_time(dualtor):
-    src = pod(dualtor, "node1-pod1")
-    dsts = [pod(dualtor, "node2-pod1"), pod(dualtor, "node3-pod1")]
-    tor = _tor_of(dualtor, src, dsts[0])
+def _bfd_states(lab, node) -> dict[str, str | None]:
+    return {p["address"]: (p["bfd"] or {}).get("state") for p in runner.speaker_status(lab, node)["peers"]}
+
+
+def _ecmp_everywhere(lab) -> bool:
+    return all(g == want_hops(p) for node in NODES for p, g in hops(lab, node).items())
+
+
+def _silent_tor(lab, label: str):
+    """Ping node1-pod1 -> node2-pod1 and node3-pod1 (IPv4, IPv6) every 20 ms; silence the ToR the
+    IPv4 flow to node2 goes through; wait until its paths are gone from every node; go on 1 s;
+    bring it back and wait for ECMP everywhere, pinging on 2 s more. Prints what it saw."""
+    src = pod(lab, "node1-pod1")
+    dsts = [pod(lab, "node2-pod1"), pod(lab, "node3-pod1")]
+    tor = _tor_of(lab, src, dsts[0])
     alive = next(t for t in TORS if t != tor)
     pingers = {f"{d['name']} {fam}": Pinger(src["netns"], d[fam], interval=0.02) for d in dsts for fam in ("ipv4", "ipv6")}
     silenced = False
     try:
         time.sleep(1.5)  # a baseline of replies
-        t0 = time.time()
         silenced = True
-        _silence(dualtor, tor)
+        _silence(lab, tor)
+        t0 = time.time()  # the drop rule is in force: the ToR is silent from here
         gone = {}
-        for node in NODES:  # the dead ToR's paths leave each node's kernel when its hold timer expires
-            poll(lambda n=node: not any(set(TORS[tor]) & g for g in hops(dualtor, n).values()),
-                 timeout=HOLD + 10, interval=0.1)
+
+        def watch(node):  # the dead ToR's paths leave each node's kernel: one watcher per node
+            poll(lambda: not any(set(TORS[tor]) & g for g in hops(lab, node).values()), timeout=HOLD + 10, interval=0.01)
             gone[node] = time.time() - t0
-        t_gone = max(gone.values())
+
+        with concurrent.futures.ThreadPoolExecutor(len(NODES)) as pool:
+            for f in [pool.submit(watch, n) for n in NODES]:
+                f.result()
         for node in NODES:
-            assert all(g == {TORS[alive][0]} or g == {TORS[alive][1]} for g in hops(dualtor, node).values()), node
+            assert all(g == {TORS[alive][0]} or g == {TORS[alive][1]} for g in hops(lab, node).values()), node
         time.sleep(1.0)
         t1 = time.time()
+        silenced = False
+        _restore(lab, tor)
+        back = poll(lambda: _ecmp_everywhere(lab), timeout=60, interval=0.1)
+        time.sleep(2.0)
+        t2 = time.time()
         results = {name: p.stop() for name, p in pingers.items()}
     finally:
         if silenced:
-            _restore(dualtor, tor)
+            _restore(lab, tor)
         for p in pingers.values():
             p.kill()
     outages = {name: _outage(r.replies, t0, t1) for name, r in results.items()}
+    after = {name: _outage(r.replies, t1, t2) for name, r in results.items()}
     for name, r in sorted(results.items()):
-        print(f"BFD off, {tor} silent: {name:<18} sent {r.sent} lost {r.lost} ({r.lost * 0.02:.1f} s of traffic), "
-              f"longest gap {outages[name]:.2f} s")
-    print(f"BFD off, {tor} silent: its paths gone from the nodes' kernels after "
-          + ", ".join(f"{n} {t:.2f} s" for n, t in gone.items()) + f" (hold time {HOLD} s)")
-    assert HOLD - 4 <= t_gone <= HOLD + 4
+        print(f"{label}, {tor} silent: {name:<18} sent {r.sent} lost {r.lost} ({r.lost * 0.02:.2f} s of traffic), "
+              f"longest gap {outages[name]:.2f} s; after its return longest gap {after[name]:.2f} s")
+    print(f"{label}, {tor} silent: its paths gone from the nodes' kernels after "
+          + ", ".join(f"{n} {t:.2f} s" for n, t in gone.items()))
+    print(f"{label}, {tor} back: ECMP again on every node {back:.2f} s after")
+    return dsts, gone, outages, after, results
+
+
+def test_bfd_is_up_on_every_session(dualtor):
+    for node in NODES:
+        poll(lambda n=node: set(_bfd_states(dualtor, n).values()) == {"up"}, timeout=30, interval=0.2)
+        doc = runner.speaker_status(dualtor, node)
+        assert len(doc["peers"]) == 4 and all(p["bfd"]["minRx"] == 300 and p["bfd"]["multiplier"] == 3
+                                              for p in doc["peers"])
+
+
+def test_silent_tor_with_bfd_loses_at_most_a_second(dualtor):
+    for node in NODES:
+        poll(lambda n=node: set(_bfd_states(dualtor, n).values()) == {"up"}, timeout=30, interval=0.2)
+    dsts, gone, outages, after, results = _silent_tor(dualtor, "BFD on")
+    assert max(gone.values()) <= 1.0, gone
+    assert max(outages.values()) <= 1.0, outages
+    assert all(r.lost <= 50 for r in results.values()), {n: r.lost for n, r in results.items()}
+    # the ToR back: ECMP with no loss (the longest gap after its return is a ping interval or so)
+    assert max(after.values()) < 0.2, after
+    for node in NODES:
+        poll(lambda n=node: set(_bfd_states(dualtor, n).values()) == {"up"}, timeout=30, interval=0.2)
+        assert any(p["bfd"]["downs"] >= 1 for p in runner.speaker_status(dualtor, node)["peers"]), node
+
+
+def test_silent_tor_without_bfd_loses_packets_until_the_hold_time(dualtor):
+    for node in NODES:
+        runner.kubectl(dualtor, "label", "node", node, "lab.podbgp.io/bfd=off", "--overwrite")
+    try:
+        for node in NODES:
+            poll(lambda n=node: set(_bfd_states(dualtor, n).values()) == {None}, timeout=30, interval=0.2)
+        assert poll(lambda: _ecmp_everywhere(dualtor), timeout=30, interval=0.1) is not None
+        dsts, gone, outages, after, results = _silent_tor(dualtor, "BFD off")
+    finally:
+        for node in NODES:
+            runner.kubectl(dualtor, "label", "node", node, "lab.podbgp.io/bfd-", check=False)
+    print(f"BFD off: hold time {HOLD} s")
+    assert HOLD - 4 <= max(gone.values()) <= HOLD + 4
     # the flow pinned to the dead ToR lost its packets for about the hold time; none for longer
     assert outages[f"{dsts[0]['name']} ipv4"] >= HOLD - 4
     assert max(outages.values()) <= HOLD + 4
-    # the ToR back: both next hops again everywhere
-    back = poll(lambda: all(g == want_hops(p) for node in NODES for p, g in hops(dualtor, node).items()),
-                timeout=60, interval=0.2)
-    print(f"BFD off, {tor} back: ECMP again on every node {back:.2f} s after")
