@@ -3,7 +3,7 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PODBGP    := $(VENV)/bin/podbgp
 PYTHON    ?= python3
-APT_PKGS  := frr containernetworking-plugins iproute2 iputils-ping openssl nftables
+APT_PKGS  := frr bird2 containernetworking-plugins iproute2 iputils-ping openssl nftables
 PYTEST    ?= $(PY) -m pytest
 export KUBECACHEDIR ?= $(CURDIR)/.kubecache
 IMAGE     ?= localhost/podbgp:dev
@@ -13,7 +13,8 @@ BASE_IMAGE ?=
 
 setup: system venv
 
-# System packages, installed as root when missing (FRR, the CNI plugins, ip, ping, nft for the lab's proxy).
+# System packages, installed as root when missing (FRR and BIRD 2 for the lab's ToRs and the benchmarks, the CNI
+# plugins, ip, ping, nft for the lab's proxy).
 system:
 	@missing=""; for p in $(APT_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -53,13 +54,8 @@ test-lab: setup
 	$(PYTEST) -q -m lab tests
 
 # Benchmarks, as root: route programming against `ip -batch`, then one node of a 1,000- and of a
-# 5,000-node cluster against BIRD 2 (bird2 is installed here when missing: `make test` does not need it).
+# 5,000-node cluster against BIRD 2.
 bench: setup
-	@if ! dpkg-query -W -f='$${Status}' bird2 2>/dev/null | grep -q "install ok installed"; then \
-	  if [ "$$(id -u)" != 0 ]; then echo "missing system package: bird2 (run as root to install it)"; exit 1; fi; \
-	  echo "installing bird2"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bird2 >/dev/null; \
-	fi
 	$(PY) -m bench.netlink_apply
 	$(PY) -m bench.scale --nodes 1000
 	$(PY) -m bench.scale --nodes 5000

@@ -37,6 +37,7 @@ DEFAULT_MANIFESTS = os.path.dirname(os.path.abspath(__file__))  # lab/kustomizat
 CONFIG_MAP, CONFIG_KEY = "podbgp-config", "config.yaml"
 CNI_PATH = os.environ.get("CNI_PATH", "/usr/lib/cni")
 FRR_DIR = "/usr/lib/frr"
+BIRD = "bird"  # BIRD 2 (Debian's bird2), on PATH
 API_PORT_IN_NODE = 6443
 
 
@@ -52,7 +53,7 @@ class State:
     namespaces: list[str] = field(default_factory=list)
     nodes: dict[str, dict] = field(default_factory=dict)  # name -> {netns, role, asn, pod_cidrs}
     pods: list[dict] = field(default_factory=list)
-    pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd", "proxy", "podhttp:POD"
+    pids: dict[str, int] = field(default_factory=dict)  # "speaker:node1", "apiserver", "frr:tor:bgpd", "bird:tor2", "proxy", "podhttp:POD"
     api_port: int = 0
     speaker_config: str | None = None  # None: the ConfigMap's config.yaml as rendered
     manifests: str = ""  # the rendered DaemonSet and ConfigMap the speakers start from
@@ -216,6 +217,7 @@ def up(topology: str = DEFAULT_TOPOLOGY, name: str | None = None, speakers: bool
         _create(state, topo)
         _service_routes(state)
         _start_frr(state, topo)
+        _start_bird(state, topo)
         _start_apiserver(state)
         _register_nodes(state, topo)
         start_proxy(state)
@@ -239,6 +241,7 @@ def _create(state: State, topo: topo_mod.Topology) -> None:
         state.save()
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
         state.nodes[node.name] = {"name": node.name, "netns": ns, "role": node.role, "frr": node.is_frr,
+                                  "bird": node.is_bird,
                                   "asn": node.label("podbgp.io/asn"), "pod_cidrs": node.label("podbgp.io/pod-cidrs"),
                                   "dir": os.path.join(state.dir, node.name)}
         os.makedirs(os.path.join(state.dir, node.name), exist_ok=True)
@@ -320,6 +323,58 @@ def _read(path: str) -> str | None:
 def vtysh(state: State, node_name: str, command: str) -> str:
     d = frr_dir(state, node_name)
     return run(["vtysh", "--vty_socket", d, "--config_dir", d, "-c", command], netns=state.nodes[node_name]["netns"]).stdout
+
+
+def bird_dir(state: State, node: str) -> str:
+    return os.path.join(state.dir, node, "bird")
+
+
+def _start_bird(state: State, topo: topo_mod.Topology) -> None:
+    for node in topo.nodes:
+        if node.is_bird:
+            start_bird(state, node.name)
+
+
+def start_bird(state: State, node_name: str) -> int:
+    """Start a BIRD node's bird in the foreground (our child, stopped by its PID) on a copy of the
+    bound /etc/bird/bird.conf in its private dir (where the config's relative includes and the
+    control socket live), its log on stderr to bird.log there; wait until birdc answers."""
+    if shutil.which(BIRD) is None:
+        raise LabError(f"{BIRD} is missing: install bird2 (make setup)")
+    node = topo_mod.load(state.topology).node(node_name)
+    src = node.bind_for("/etc/bird/bird.conf")
+    if not src:
+        raise LabError(f"BIRD node {node_name} binds no /etc/bird/bird.conf")
+    d = bird_dir(state, node_name)
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "bird.conf")
+    shutil.copyfile(src, conf)
+    log = open(os.path.join(d, "bird.log"), "ab")
+    proc = subprocess.Popen(["ip", "netns", "exec", state.nodes[node_name]["netns"], BIRD, "-f", "-c", conf,
+                             "-s", os.path.join(d, "bird.ctl")],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, cwd="/")
+    log.close()
+    state.pids[f"bird:{node_name}"] = proc.pid
+    state.save()
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise LabError(f"bird of {node_name} exited ({proc.returncode}); see {os.path.join(d, 'bird.log')}")
+        return run(["birdc", "-s", os.path.join(d, "bird.ctl"), "show", "status"], check=False).returncode == 0
+    _wait(answers, 10, f"bird of {node_name} to answer on {d}/bird.ctl", interval=0.1)
+    return proc.pid
+
+
+def stop_bird(state: State, node_name: str, sig: int = signal.SIGTERM) -> None:
+    pid = state.pids.pop(f"bird:{node_name}", None)
+    if pid:
+        stop_pid(pid, sig=sig)
+    state.save()
+
+
+def birdc(state: State, node_name: str, *args: str, check: bool = True) -> str:
+    """birdc on a BIRD node's control socket: `birdc(state, "tor2", "show", "protocols")`."""
+    return run(["birdc", "-s", os.path.join(bird_dir(state, node_name), "bird.ctl"), *args], check=check).stdout
 
 
 # ---- the lab API server -----------------------------------------------------------------------
@@ -733,7 +788,7 @@ def down(name: str | None = None) -> None:
         stop_speaker(state, key.split(":", 1)[1])
     for node in state.nodes.values():
         _stop_leftover_exabgp(state, node["name"])
-    for key in sorted(k for k in state.pids if k.startswith("frr:")):
+    for key in sorted(k for k in state.pids if k.startswith(("frr:", "bird:"))):
         stop_pid(state.pids.pop(key))
     stop_apiserver(state)
     for ns in reversed(state.namespaces):
@@ -759,9 +814,12 @@ def status(name: str | None = None) -> dict:
 
 
 def exec_argv(state: State, target: str, argv: list[str]) -> list[str]:
-    """The full command that runs argv inside a node or pod (vtysh pointed at that FRR's paths)."""
+    """The full command that runs argv inside a node or pod (vtysh pointed at that FRR's paths,
+    birdc at that BIRD's socket)."""
     ns = state.netns(target)
     if argv and argv[0] == "vtysh" and state.nodes.get(target, {}).get("frr"):
         d = frr_dir(state, target)
         argv = ["vtysh", "--vty_socket", d, "--config_dir", d, *argv[1:]]
+    if argv and argv[0] == "birdc" and state.nodes.get(target, {}).get("bird"):
+        argv = ["birdc", "-s", os.path.join(bird_dir(state, target), "bird.ctl"), *argv[1:]]
     return ["ip", "netns", "exec", ns, *argv]

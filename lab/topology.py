@@ -27,11 +27,16 @@ class LabNode:
     def role(self) -> str:
         if self.label("podbgp.io/role"):
             return self.label("podbgp.io/role")
-        return "tor" if "frr" in self.image else "node"
+        return "tor" if self.is_frr or self.is_bird else "node"
 
     @property
     def is_frr(self) -> bool:
         return "frr" in self.image.lower()
+
+    @property
+    def is_bird(self) -> bool:
+        """A BIRD 2 router: its image names bird; it binds /etc/bird/bird.conf."""
+        return "bird" in self.image.lower()
 
     def bind_for(self, target: str) -> str | None:
         return next((src for src, dst in self.binds if dst == target), None)
