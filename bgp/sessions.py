@@ -333,13 +333,16 @@ class Sessions(RibPaths):
     async def stop(self) -> None:
         for rec in self._peers.values():
             rec.cancel_stale()
-        if self.bfd is not None:
-            engine, self.bfd = self.bfd, None
-            await asyncio.get_running_loop().run_in_executor(None, engine.close)
         if self._security_timer is not None:
             self._security_timer.cancel()
         if self.exabgp is not None:
             await self.exabgp.stop()
+        # BFD last: the peers see the BGP sessions close (graceful restart) before BFD's AdminDown,
+        # so a peer that keeps a restarting peer's routes while BFD is down can tell (FRR:
+        # `bfd check-control-plane-failure`, our C bit being 0)
+        if self.bfd is not None:
+            engine, self.bfd = self.bfd, None
+            await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     def release_eor(self) -> None:
         """What is announced is complete: send the End-of-RIB held back from established peers,
