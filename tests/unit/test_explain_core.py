@@ -10,6 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from bgp import bfd
 from bgp.types import EorEvent, OpenEvent, Path, SessionState, StateEvent, UpdateEvent
 from reconciler.kernel import ApplyResult
 from reconciler.policy import PERMANENT
@@ -495,4 +496,29 @@ def test_the_streamed_status_is_the_document_in_the_same_order(tmp_path, batch):
             server.close()
         assert fetched == doc
         await sp.bgp.stop()
+    run(body())
+
+
+def test_a_path_dropped_by_bfd_is_named_until_bfd_is_up_again(tmp_path):
+    from tests.unit.test_bfd_sessions import FakeEngine
+
+    async def body():
+        cfg = cfgmod.parse({"nodeName": "node1", "asn": 65001,
+                            "peers": [{"address": TOR, "asn": 65000, "bfd": True}, {"address": TOR2, "asn": 65000}],
+                            "clusterCIDRs": ["10.42.0.0/16", "fd00:42::/48"], "serviceCIDRs": ["10.43.0.0/16"],
+                            "runtimeDir": str(tmp_path), "convergenceTimeout": 30})
+        sp = Speaker(cfg, Kernel(), lambda emit: (lambda: None), env={}, bgp_factory=FakeExaBGP)
+        sp.bgp.bfd_engine = FakeEngine
+        await up(sp, ("10.42.2.0/24", "192.168.50.12"))
+        eng = sp.bgp.bfd
+        eng.on_event(bfd.BfdEvent(TOR, "up"))
+        eng.on_event(bfd.BfdEvent(TOR, "down", 1))
+        await asyncio.sleep(0.05)
+        doc = explain(sp, "10.42.2.0/24")
+        assert doc["verdict"] == "absent" and doc["bfd"][0]["peer"] == TOR
+        assert doc["summary"] == ("no peer offers it (node2's PodCIDR); the path from 192.168.50.1 was dropped when "
+                                  "its BFD session went down")
+        assert "the path from 192.168.50.1 was dropped 0s ago: BFD down (control detection time expired)" in ex.render(doc)
+        eng.on_event(bfd.BfdEvent(TOR, "up"))
+        assert explain(sp, "10.42.2.0/24")["bfd"] == []
     run(body())
