@@ -267,6 +267,13 @@ def test_rolling_update_under_load_fails_no_request(lab, api, ns):
             time.sleep(max(0.0, 5.0 - (time.monotonic() - t0)))  # the grace period the Pod keeps serving
             live.remove(old)
             put_slice(disc, ns, "roll", [endpoint(lab, p) for p in live])
+            # as a kubelet's SIGTERM comes after kube-proxy dropped the endpoint: the old Pod's
+            # server stops once no node's proxy table sends to it (stopped at once, a request
+            # DNATed to it just before was reset: 2 failed in one full run)
+            gone = next(x["ipv4"] for x in lab.pods if x["name"] == old)
+            poll(lambda a=gone: not any(f"to {a}:" in runner.run(["nft", "list", "table", "inet", "podbgp-proxy"],
+                                                               netns=lab.nodes[n]["netns"]).stdout
+                                        for n in ("node1", "node2", "node3")), timeout=5, interval=0.05)
             runner.stop_pod_server(lab, old)
             stopped.append(old)
         time.sleep(2.0)
