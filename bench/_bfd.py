@@ -57,6 +57,20 @@ def count_tor_downs(log_text: str) -> dict[str, int]:
     return out
 
 
+_STATE = re.compile(r"> (\w+): State changed to (\w+)")
+
+
+def count_bgp_downs(log_text: str, names: tuple[str, ...]) -> dict[str, int]:
+    """Per protocol of names, how often BIRD traced it leaving state up (`debug { states }`)."""
+    out, last = {n: 0 for n in names}, {}
+    for name, state in _STATE.findall(log_text):
+        if name in out:
+            if last.get(name) == "up" and state != "up":
+                out[name] += 1
+            last[name] = state
+    return out
+
+
 def parse_protocols(text: str, names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
     """`birdc show protocols` -> {name: (state, the rest of the line: since and info)} for names.
     A session that was reset has another `since`, so the rest differs."""
@@ -95,7 +109,8 @@ class Snapshot:
     speaker: dict[str, SpeakerPeer]
     tor_bfd: dict[str, BirdBfd]
     tor_protocols: dict[str, tuple[str, str]]
-    tor_log_downs: dict[str, int]  # from the trace file, since it was started
+    tor_log_downs: dict[str, int]  # BFD Up -> not Up, from the trace file, since it was started
+    tor_bgp_downs: dict[str, int] | None = None  # BGP up -> not up, likewise
 
 
 def all_up(s: Snapshot, speaker_peers: tuple[str, ...], tor_peers: tuple[str, ...]) -> bool:
@@ -121,15 +136,18 @@ def delta(before: Snapshot, after: Snapshot) -> dict:
     sp = {a: after.speaker[a].bfd_downs - p.bfd_downs for a, p in before.speaker.items() if a in after.speaker}
     tor = {a: after.tor_log_downs.get(a, 0) - before.tor_log_downs.get(a, 0)
            for a in set(before.tor_log_downs) | set(after.tor_log_downs)}
-    sp_resets = sum(1 for a, p in before.speaker.items()
-                    if a not in after.speaker or after.speaker[a].since != p.since or after.speaker[a].state != "up")
-    tor_resets = sum(1 for n, (state, rest) in before.tor_protocols.items()
-                     if after.tor_protocols.get(n) != (state, rest) or state != "up")
+    tor_changed = {n: [" ".join(v), " ".join(after.tor_protocols.get(n, ("absent",)))]
+                   for n, v in sorted(before.tor_protocols.items()) if after.tor_protocols.get(n) != v or v[0] != "up"}
+    sp_changed = {a: [f"{p.state} since {p.since}", f"{q.state} since {q.since}" if (q := after.speaker.get(a)) else "absent"]
+                  for a, p in sorted(before.speaker.items())
+                  if a not in after.speaker or after.speaker[a].since != p.since or after.speaker[a].state != "up"}
     tor_bfd_changed = sum(1 for a, b in before.tor_bfd.items() if after.tor_bfd.get(a) != b)
+    bgp = {n: (after.tor_bgp_downs or {}).get(n, 0) - c for n, c in (before.tor_bgp_downs or {}).items()}
     return {"bfd_downs_speaker": sum(sp.values()), "bfd_downs_speaker_by_peer": dict(sorted(sp.items())),
             "bfd_downs_tor": sum(tor.values()), "bfd_downs_tor_by_peer": dict(sorted(tor.items())),
-            "tor_bfd_sessions_changed": tor_bfd_changed,
-            "session_resets_speaker": sp_resets, "session_resets_tor": tor_resets,
+            "tor_bfd_sessions_changed": tor_bfd_changed, "tor_bgp_downs_traced": bgp,
+            "session_resets_speaker": len(sp_changed), "session_resets_tor": len(tor_changed),
+            "sessions_changed_speaker": sp_changed, "sessions_changed_tor": tor_changed,
             "bfd_state_after": {a: p.bfd_state for a, p in sorted(after.speaker.items())},
             "tor_bfd_state_after": {a: b.state for a, b in sorted(after.tor_bfd.items())}}
 
@@ -279,11 +297,12 @@ class Observer:
 
     def snapshot(self) -> Snapshot:
         downs = {p: 0 for p in self.tor_peers}
-        downs.update(count_tor_downs(self.tor_log()))
+        text = self.tor_log()
+        downs.update(count_tor_downs(text))
         return Snapshot(speaker=speaker_peers(fetch_status(self.pod_ns, self.status_address)),
                         tor_bfd=parse_bfd_sessions(self.birdc("show", "bfd", "sessions")),
                         tor_protocols=parse_protocols(self.birdc("show", "protocols"), self.tor_protocol_names),
-                        tor_log_downs=downs)
+                        tor_log_downs=downs, tor_bgp_downs=count_bgp_downs(text, self.tor_protocol_names))
 
     def wait_up(self, timeout: float) -> tuple[Snapshot, float]:
         """Until every BFD session is up on both ends; returns that snapshot and the wait."""

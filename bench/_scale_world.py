@@ -189,7 +189,8 @@ def tor_config(all_nodes: list[Node], withdraw: list[Node], log: str, bfd_log: s
     """The ToR: every node's PodCIDRs except node0's as static routes via that node's address
     (so BGP sends the address as a third-party next hop), one small static protocol per route
     used for the withdraw measurement, and passive eBGP sessions to both receivers. bfd_log: BFD
-    on the sessions to the podbgp receiver (BIRD's protocol bfd, `bfd on` in pod_4 and pod_6)."""
+    on the sessions to the podbgp receiver (BIRD's protocol bfd, `bfd on` in pod_4 and pod_6, whose
+    state changes are traced to bfd_log as well)."""
     wd = {n.index for n in withdraw}
     others = [n for n in all_nodes if n.index != 0]
     out = [f"router id {TOR[0]};", f'log "{log}" {{ warning, error, fatal }};']
@@ -205,7 +206,7 @@ def tor_config(all_nodes: list[Node], withdraw: list[Node], log: str, bfd_log: s
         for fam, local, peer in (("ipv4", TOR[0], a4), ("ipv6", TOR[1], a6)):
             out += [f"protocol bgp {tag}_{fam[-1]} {{", f"  local {local} as {TOR_ASN};", f"  neighbor {peer} as {asn};",
                     "  passive on;", "  hold time 9;", "  error wait time 1, 2;"]
-            out += ["  bfd on;"] if bfd_log and tag == "pod" else []
+            out += ["  bfd on;", "  debug { states };"] if bfd_log and tag == "pod" else []
             out += [f"  {fam} {{ import none; export all; }};", "}"]
     return "\n".join(out) + "\n"
 

@@ -53,8 +53,8 @@ import time
 from . import _bfd
 from . import _scale_nl as nl
 from . import _scale_world as w
-from .scale import (CLK_TCK, POD_PROTO, Bench, BenchError, _preflight, _raise_interrupt, add_bfd_args, cpu_ticks,
-                    rss_split, say, vm_hwm)
+from .scale import (CLK_TCK, POD_PROTO, Bench, BenchError, _preflight, _raise_interrupt, _resets, add_bfd_args,
+                    cpu_ticks, rss_split, say, vm_hwm)
 
 
 def leak_config(n4: int, n6: int) -> str:
@@ -175,8 +175,7 @@ class LeakBench(Bench):
         if self.bfd:
             res.update(_bfd.delta(bfd0, self.bfd.snapshot()))
             say(f"BFD from before the leak to 3 s after its digest: downs speaker {res['bfd_downs_speaker']}, ToR "
-                f"{res['bfd_downs_tor']}; session resets speaker {res['session_resets_speaker']}, ToR "
-                f"{res['session_resets_tor']}")
+                f"{res['bfd_downs_tor']}; " + _resets(res))
         res["peers_after"] = {a: {k: p.get(k) for k in ("state", "paths", "refused", "counted", "overLimit", "overBy")}
                               for a, p in peers1.items()}
         say(f"after: RSS {res['rss_after_mib']}, peak {res['rss_peak_mib']}, CPU {res['cpu_s']}s, "

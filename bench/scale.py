@@ -585,8 +585,7 @@ class Bench:
     def bfd_since_up(self) -> dict:
         """BFD downs and session resets on both ends since BFD first came up in this run."""
         d = _bfd.delta(self.bfd_first, self.bfd.snapshot())
-        say(f"BFD over the whole run: downs speaker {d['bfd_downs_speaker']}, ToR {d['bfd_downs_tor']}; session "
-            f"resets speaker {d['session_resets_speaker']}, ToR {d['session_resets_tor']}")
+        say(f"BFD over the whole run: downs speaker {d['bfd_downs_speaker']}, ToR {d['bfd_downs_tor']}; " + _resets(d))
         return d
 
     def bfdd_left(self, grace: float = 3.0) -> int:
@@ -638,8 +637,7 @@ class Bench:
         say(f"re-list via {res['relist_via']}: {res['relist_count']} Nodes ({res['relist_changed']} changed) in "
             f"{res['relist_logged_s']:.2f}s as logged, {res['api_ready_to_relisted_s']:.2f}s after the API was ready; "
             f"CPU {res['cpu_s']} over {res['window_s']:.1f}s; loop /healthz during it: {res['loop_during_relist']}"
-            + (f"; BFD downs speaker {res['bfd_downs_speaker']}, ToR {res['bfd_downs_tor']}, session resets speaker "
-               f"{res['session_resets_speaker']}, ToR {res['session_resets_tor']}" if self.bfd else ""))
+            + (f"; BFD downs speaker {res['bfd_downs_speaker']}, ToR {res['bfd_downs_tor']}; " + _resets(res) if self.bfd else ""))
         return res
 
     def wait_log(self, pattern: bytes, offset: int, timeout: float) -> tuple[dict, float, bytes]:
@@ -854,6 +852,14 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _resets(d: dict) -> str:
+    """Session resets as both ends saw them, with what changed."""
+    out = (f"session resets speaker {d['session_resets_speaker']}, ToR {d['session_resets_tor']} "
+           f"(BGP downs traced at the ToR {sum(d.get('tor_bgp_downs_traced', {}).values())})")
+    changed = {**d.get("sessions_changed_speaker", {}), **d.get("sessions_changed_tor", {})}
+    return out + "".join(f"; {k}: {a} -> {b}" for k, (a, b) in changed.items())
+
+
 def relist_lines(p: dict) -> list[str]:
     """The re-list scenario and BFD (--relist, --bfd) under the table."""
     out = []
@@ -865,12 +871,10 @@ def relist_lines(p: dict) -> list[str]:
                    + ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_s"].items()) + f" over {x['window_s']:.1f}s; "
                    f"loop /healthz max {lag.get('max_ms', '-')} ms, p99 {lag.get('p99_ms', '-')} ms")
         if "bfd_downs_speaker" in x:
-            out.append(f"  BFD downs: speaker {x['bfd_downs_speaker']}, ToR {x['bfd_downs_tor']}; "
-                       f"session resets: speaker {x['session_resets_speaker']}, ToR {x['session_resets_tor']}")
+            out.append(f"  BFD downs: speaker {x['bfd_downs_speaker']}, ToR {x['bfd_downs_tor']}; " + _resets(x))
     if (b := p.get("bfd_whole_run")) is not None:
         out.append(f"BFD from up to the end of the run: downs speaker {b['bfd_downs_speaker']}, ToR {b['bfd_downs_tor']}; "
-                   f"session resets speaker {b['session_resets_speaker']}, ToR {b['session_resets_tor']}; "
-                   f"bfdd left after the speaker stopped: {p.get('bfdd_left_after_speaker_stop')}")
+                   + _resets(b) + f"; bfdd left after the speaker stopped: {p.get('bfdd_left_after_speaker_stop')}")
     return out
 
 

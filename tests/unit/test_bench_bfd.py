@@ -70,6 +70,19 @@ def test_tor_transitions_and_downs():
     assert b.count_tor_downs("") == {}
 
 
+def test_count_bgp_downs():
+    text = TRACE + """2026-12-03 18:40:08.000 <TRACE> pod_4: State changed to start
+2026-12-03 18:40:08.500 <TRACE> pod_4: State changed to up
+2026-12-03 18:40:08.500 <TRACE> pod_6: State changed to up
+2026-12-03 18:41:18.910 <TRACE> pod_4: State changed to stop
+2026-12-03 18:41:18.911 <TRACE> pod_4: State changed to down
+2026-12-03 18:41:19.000 <TRACE> pod_4: State changed to start
+2026-12-03 18:41:20.000 <TRACE> bird_4: State changed to down
+"""
+    assert b.count_bgp_downs(text, ("pod_4", "pod_6")) == {"pod_4": 1, "pod_6": 0}
+    assert b.count_bgp_downs("", ("pod_4",)) == {"pod_4": 0}
+
+
 def test_parse_protocols():
     got = b.parse_protocols(PROTOCOLS, ("pod_4", "pod_6"))
     assert got == {"pod_4": ("up", "18:43:20.593 Established"),
@@ -108,6 +121,7 @@ def test_delta_quiet_run():
     before = snap({a: ("up", 1.0, "up", 0) for a in SP})
     d = b.delta(before, before)
     assert (d["bfd_downs_speaker"], d["bfd_downs_tor"], d["session_resets_speaker"], d["session_resets_tor"]) == (0, 0, 0, 0)
+    assert d["sessions_changed_speaker"] == {} and d["sessions_changed_tor"] == {}
     assert d["tor_bfd_sessions_changed"] == 0
     assert d["bfd_state_after"] == {"172.20.0.1": "up", "fd00:50::1": "up"}
     assert d["tor_bfd_state_after"] == {"172.20.0.2": "Up", "fd00:50::2": "Up"}
@@ -122,7 +136,10 @@ def test_delta_counts_a_flap_on_both_ends_and_the_resets():
     assert d["bfd_downs_speaker"] == 2 and d["bfd_downs_speaker_by_peer"] == {"172.20.0.1": 2, "fd00:50::1": 0}
     assert d["bfd_downs_tor"] == 2 and d["bfd_downs_tor_by_peer"] == {"172.20.0.2": 2, "fd00:50::2": 0}
     assert d["session_resets_speaker"] == 1 and d["session_resets_tor"] == 1
+    assert d["sessions_changed_speaker"] == {"172.20.0.1": ["up since 1.0", "up since 5.0"]}
+    assert d["sessions_changed_tor"] == {"pod_4": ["up 18:43:20.593 Established", "up 18:50:01.000 Established"]}
     assert d["tor_bfd_sessions_changed"] == 2  # both show another Since
+    assert d["tor_bgp_downs_traced"] == {}  # snapshots without the BGP trace
 
 
 def test_delta_a_session_down_at_the_end_is_a_reset():
@@ -169,6 +186,7 @@ def test_tor_config_with_bfd_only_on_the_podbgp_sessions():
     blocks = {m.group(1): m.group(0) for m in re.finditer(r"protocol bgp (\w+) \{.*?\n\}", text, re.S)}
     assert sorted(blocks) == ["bird_4", "bird_6", "pod_4", "pod_6"]
     assert all(("bfd on;" in blk) == name.startswith("pod") for name, blk in blocks.items())
+    assert all(("debug { states };" in blk) == name.startswith("pod") for name, blk in blocks.items())
     assert text.count("protocol bfd ") == 1
 
 
