@@ -164,6 +164,26 @@ def bump_resource_version(path: str, by: int = 1) -> int:
     return rv
 
 
+def annotate_nodes(path: str, key: str, value: str) -> int:
+    """The stopped lab API server's state file with annotation key=value on every Node, each
+    Node and the state at one resourceVersion newer: writes the watchers never saw (a rollout
+    that annotated every Node while they were away). With a podbgp.io/ key the speaker keeps
+    it, so its re-list finds every Node changed. Returns the new resourceVersion."""
+    with open(path, "rb") as f:
+        state = json.load(f)
+    rv = int(state["resourceVersion"]) + 1
+    state["resourceVersion"] = str(rv)
+    for obj in state.get("nodes", {}).values():
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("annotations", {})[key] = value
+        meta["resourceVersion"] = str(rv)
+    tmp = f"{path}.bump"
+    with open(tmp, "w") as f:
+        json.dump(state, f, separators=(",", ":"))
+    os.replace(tmp, path)
+    return rv
+
+
 # ---- BIRD configurations -------------------------------------------------------------------------
 
 BFD_TIMERS = (300, 300, 3)  # minRx ms, minTx ms, multiplier: on both ends with --bfd

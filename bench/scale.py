@@ -38,11 +38,13 @@ Measured (medians over --repeat runs where repeated):
   gone from the receiver's kernel (the time includes starting birdc).
 - relist (--relist, and always with --bfd), after convergence, --relist-repeat times: the API
   server stopped, its state moved one resourceVersion on, started again after --api-down s; the
-  speaker's Node watch gets 410 and re-lists every Node (relist_cause, relist_via, relist_count,
+  speaker's Node watch gets 410 and re-lists every Node (--relist-touch: each Node annotated
+  podbgp.io/bench-relist meanwhile, so the re-list finds every one changed) (relist_cause, relist_via, relist_count,
   relist_changed; relist_logged_s: the speaker's own `seconds=`; api_ready_to_relisted_s). From the
   stop to --settle s after the re-list: cpu_s of the speaker and each descendant, and how long the
   speaker's asyncio loop took to answer /healthz, probed every 50 ms from its namespace
-  (loop_at_rest, loop_during_relist, loop_whole_window: p50, p99, max, probes over 100/300/900 ms).
+  (loop_at_rest; loop_during_relist, from the API ready to 2 s after the list was logged;
+  loop_whole_window: p50, p99, max, probes over 100/300/900 ms).
 - --bfd: BFD on the speaker's two ToR sessions, 300 ms x 3 on both ends (the speaker's peers get
   `bfd: {minRx: 300, minTx: 300, multiplier: 3}`; the ToR runs BIRD's protocol bfd with `bfd on` in
   pod_4 and pod_6 and traces its BFD state changes to tor-bfd.log). Each run waits until both
@@ -398,7 +400,11 @@ class Bench:
         t_stop = time.monotonic()
         self.run.stop(old)
         t_bump = time.monotonic()
-        w.bump_resource_version(self.run.path("nodes.json"))
+        if self.args.relist_touch:  # every Node changed in a way the speaker keeps
+            self.relists = getattr(self, "relists", 0) + 1
+            w.annotate_nodes(self.run.path("nodes.json"), "podbgp.io/bench-relist", str(self.relists))
+        else:
+            w.bump_resource_version(self.run.path("nodes.json"))
         time.sleep(max(0.0, down - (time.monotonic() - t_bump)))
         self.spawn_api()
         if self.api is not None:
@@ -630,7 +636,8 @@ class Bench:
                "relist_cause": _bfd.relist_cause(text.decode(errors="replace")),
                "window_s": round(t_end - t_stop, 2), "cpu_s": {r: round(v, 2) for r, v in sorted(cpu.items())},
                "loop_at_rest": _bfd.lag_summary(probe.samples, end=t_stop),
-               "loop_during_relist": _bfd.lag_summary(probe.samples, t_ready, t_listed),
+               # the loop takes the list's changes after the watch thread has logged it: 2 s more
+               "loop_during_relist": _bfd.lag_summary(probe.samples, t_ready, t_listed + 2.0),
                "loop_whole_window": _bfd.lag_summary(probe.samples, t_stop, t_end), "probe_failures": probe.failures}
         if self.bfd:
             res.update(_bfd.delta(before, self.bfd.snapshot()))
@@ -916,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relist", action="store_true",
                     help="the re-list scenario without --bfd (API server restarted: 410, every Node listed again)")
     ap.add_argument("--relist-repeat", type=int, default=2, help="API restarts in the re-list scenario")
+    ap.add_argument("--relist-touch", action="store_true",
+                    help="while the API is down, annotate every Node (podbgp.io/bench-relist): the re-list finds all changed")
     ap.add_argument("--api-down", type=float, default=2.0, help="seconds the API server stays down in the re-list scenario")
     ap.add_argument("--settle", type=float, default=5.0,
                     help="seconds watched after the re-list (a BFD down shows within 0.9 s at 300 ms x 3)")

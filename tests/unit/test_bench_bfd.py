@@ -214,3 +214,16 @@ def test_bump_resource_version(tmp_path):
     path.write_text('{"nodes": {}}')
     with pytest.raises(ValueError):
         w.bump_resource_version(str(path))
+
+
+def test_annotate_nodes(tmp_path):
+    path = tmp_path / "nodes.json"
+    nodes = {f"node{i}": w.node_object(n, 0.0, i + 1) for i, n in enumerate(w.nodes(20)[:3])}
+    path.write_text(json.dumps({"resourceVersion": "4", "nodes": nodes}))
+    assert w.annotate_nodes(str(path), "podbgp.io/bench-relist", "1") == 5
+    state = json.loads(path.read_text())
+    assert state["resourceVersion"] == "5" and sorted(state["nodes"]) == ["node0", "node1", "node2"]
+    for name, obj in state["nodes"].items():
+        assert obj["metadata"]["annotations"]["podbgp.io/bench-relist"] == "1"
+        assert obj["metadata"]["resourceVersion"] == "5"
+        assert obj["spec"] == nodes[name]["spec"] and obj["status"] == nodes[name]["status"]
