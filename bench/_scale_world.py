@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -141,16 +142,80 @@ def write_store(path: str, all_nodes: list[Node]) -> int:
     return sum(sample) // len(sample)
 
 
+_STATE_RV = re.compile(rb'^\{"resourceVersion":"(\d+)"')
+
+
+def bump_resource_version(path: str, by: int = 1) -> int:
+    """The stopped lab API server's state file (kubestore's snapshot, which starts with its
+    resourceVersion) moved `by` versions on, as if writes the watchers never saw had happened
+    meanwhile: started again, the server has no history (a restart drops it) and a version newer
+    than any watcher's, so every watch resumed from before gets 410 and re-lists. Returns the
+    new resourceVersion."""
+    with open(path, "rb") as f:
+        data = f.read()
+    m = _STATE_RV.match(data)
+    if not m:
+        raise ValueError(f"{path}: not a lab API server state file (no leading resourceVersion)")
+    rv = int(m.group(1)) + by
+    tmp = f"{path}.bump"
+    with open(tmp, "wb") as f:
+        f.write(b'{"resourceVersion":"%d"' % rv + data[m.end():])
+    os.replace(tmp, path)
+    return rv
+
+
+def annotate_nodes(path: str, key: str, value: str) -> int:
+    """The stopped lab API server's state file with annotation key=value on every Node, each
+    Node and the state at one resourceVersion newer: writes the watchers never saw (a rollout
+    that annotated every Node while they were away). With a podbgp.io/ key the speaker keeps
+    it, so its re-list finds every Node changed. Returns the new resourceVersion."""
+    with open(path, "rb") as f:
+        state = json.load(f)
+    rv = int(state["resourceVersion"]) + 1
+    state["resourceVersion"] = str(rv)
+    for obj in state.get("nodes", {}).values():
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("annotations", {})[key] = value
+        meta["resourceVersion"] = str(rv)
+    tmp = f"{path}.bump"
+    with open(tmp, "w") as f:
+        json.dump(state, f, separators=(",", ":"))
+    os.replace(tmp, path)
+    return rv
+
+
 # ---- BIRD configurations -------------------------------------------------------------------------
 
-def tor_config(all_nodes: list[Node], withdraw: list[Node], log: str) -> str:
+BFD_TIMERS = (300, 300, 3)  # minRx ms, minTx ms, multiplier: on both ends with --bfd
+
+
+def tor_bfd_config(bfd_log: str) -> list[str]:
+    """BIRD's own BFD on the ToR (300 ms x 3 on every interface), its session state changes traced
+    to a file of their own with millisecond times (tor_bfd.count_tor_downs reads it)."""
+    rx, tx, mult = BFD_TIMERS
+    return [f'log "{bfd_log}" {{ trace }};', "timeformat log iso long ms;",
+            "protocol bfd tor_bfd {",
+            f'  interface "*" {{ min rx interval {rx} ms; min tx interval {tx} ms; multiplier {mult}; }};',
+            "  debug { states, events };", "}"]
+
+
+def speaker_bfd_extra() -> str:
+    """The speaker's peers' `bfd:` key (a peer_extra for speaker_config), the ToR's timers."""
+    rx, tx, mult = BFD_TIMERS
+    return f", bfd: {{minRx: {rx}, minTx: {tx}, multiplier: {mult}}}"
+
+
+def tor_config(all_nodes: list[Node], withdraw: list[Node], log: str, bfd_log: str | None = None) -> str:
     """The ToR: every node's PodCIDRs except node0's as static routes via that node's address
     (so BGP sends the address as a third-party next hop), one small static protocol per route
-    used for the withdraw measurement, and passive eBGP sessions to both receivers."""
+    used for the withdraw measurement, and passive eBGP sessions to both receivers. bfd_log: BFD
+    on the sessions to the podbgp receiver (BIRD's protocol bfd, `bfd on` in pod_4 and pod_6, whose
+    state changes are traced to bfd_log as well)."""
     wd = {n.index for n in withdraw}
     others = [n for n in all_nodes if n.index != 0]
-    out = [f"router id {TOR[0]};", f'log "{log}" {{ warning, error, fatal }};', "protocol device { scan time 60; }",
-           "protocol static s4 {", "  ipv4;"]
+    out = [f"router id {TOR[0]};", f'log "{log}" {{ warning, error, fatal }};']
+    out += tor_bfd_config(bfd_log) if bfd_log else []
+    out += ["protocol device { scan time 60; }", "protocol static s4 {", "  ipv4;"]
     out += [f"  route {n.cidr4} via {n.v4};" for n in others if n.index not in wd]
     out += ["}", "protocol static s6 {", "  ipv6;"]
     out += [f"  route {n.cidr6} via {n.v6};" for n in others]
@@ -160,8 +225,9 @@ def tor_config(all_nodes: list[Node], withdraw: list[Node], log: str) -> str:
     for tag, (a4, a6), asn in (("pod", POD_RX, POD_ASN), ("bird", BIRD_RX, BIRD_ASN)):
         for fam, local, peer in (("ipv4", TOR[0], a4), ("ipv6", TOR[1], a6)):
             out += [f"protocol bgp {tag}_{fam[-1]} {{", f"  local {local} as {TOR_ASN};", f"  neighbor {peer} as {asn};",
-                    "  passive on;", "  hold time 9;", "  error wait time 1, 2;",
-                    f"  {fam} {{ import none; export all; }};", "}"]
+                    "  passive on;", "  hold time 9;", "  error wait time 1, 2;"]
+            out += ["  bfd on;", "  debug { states };"] if bfd_log and tag == "pod" else []
+            out += [f"  {fam} {{ import none; export all; }};", "}"]
     return "\n".join(out) + "\n"
 
 
@@ -213,12 +279,23 @@ def deploy_objects() -> list[dict]:
     return daemonset.render(os.path.join(REPO, "deploy"))
 
 
-def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, node: str, host_ip: str) -> daemonset.Launch:
+# What bgp.bfd.Engine and its bfdd need beyond deploy/'s NET_ADMIN and NET_BIND_SERVICE (seen
+# 2026-12-03 with setpriv bounding sets): chown of its directory to frr, dac_override to unlink and
+# connect in that directory once it is frr's, setuid/setgid for bfdd's `-u frr -g frr`, net_raw and
+# sys_admin, which bfdd keeps after dropping to frr (without either it exits at start), and kill to
+# stop a bfdd that runs as frr (without it the speaker's SIGTERM leaves bfdd running).
+# fowner: when bfdd dies, the Engine starts it again and first chmods its directory, frr's by then.
+BFD_CAPABILITIES = ("chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid", "sys_admin")
+
+
+def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, node: str, host_ip: str,
+               extra_capabilities: tuple[str, ...] = ()) -> daemonset.Launch:
     """The speaker started as deploy/'s DaemonSet Pod is (lab.daemonset.plan): the in-cluster
     Service variables, the service-account token and CA at their mount, the DaemonSet's bounding
     set and no_new_privs; but the bench's own argv (configuration, node name) and a writable root
     (the run directory holds the runtime dir). The environment adds this tree's PYTHONPATH, as
-    Run.spawn gives every process."""
+    Run.spawn gives every process. extra_capabilities: added to the DaemonSet's bounding set
+    (BFD_CAPABILITIES for --bfd: deploy/ does not grant what bfdd needs)."""
     facts = daemonset.NodeFacts(name=node, host_dir="/nonexistent", pod_dir="/nonexistent", host_ip=host_ip,
                                 serviceaccount_dir=serviceaccount_dir, api_host="127.0.0.1",
                                 api_port=API_PORT_IN_POD, path=os.path.dirname(sys.executable) + os.pathsep + daemonset.BASE_PATH)
@@ -227,7 +304,8 @@ def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, no
     env["PYTHONPATH"] = REPO
     return daemonset.Launch(argv=tuple(argv), env=tuple(sorted(env.items())),
                             mounts=tuple(m for m in pod.mounts if m.target == daemonset.SA_MOUNT),
-                            files=(), dirs=(), capabilities=pod.capabilities, no_new_privs=pod.no_new_privs,
+                            files=(), dirs=(), capabilities=tuple(sorted(set(pod.capabilities) | set(extra_capabilities))),
+                            no_new_privs=pod.no_new_privs,
                             read_only_root=False, uid=pod.uid, image="")
 
 

@@ -1,7 +1,7 @@
 """A ToR that leaks a large table to one node (issue 14, part 1).
 
     sudo .venv/bin/python -m bench.leak [--routes 1200000] [--nodes 1000] [--json] [--keep]
-                                        [--max-prefixes N --action warn|teardown --restart-after S]
+                                        [--max-prefixes N --action warn|teardown --restart-after S] [--bfd]
 
 The world of bench.scale (N Node objects in the lab API server, a BIRD 2 ToR with every other
 node's two PodCIDRs, the speaker run as the DaemonSet's Pod, one IPv4 and one IPv6 session), and
@@ -18,12 +18,24 @@ Once the speaker has converged on the Pod routes, `birdc enable` of both is the 
 - session_resets: peers whose `since` changed or that are not up at the end.
 - node_delete_to_kernel_ms: one Node deleted --delete-after seconds into the leak -> both its
   routes gone from the kernel.
+- loop_at_rest, loop_during_digest: how long the speaker's asyncio loop took to answer /healthz
+  (probed every 50 ms from its namespace) in the second before the leak and until digest_s.
+- --bfd (as bench.scale --bfd: 300 ms x 3, BIRD's protocol bfd at the ToR): from before the leak
+  to 3 s after its digest, bfd_downs_speaker, bfd_downs_tor, session_resets_speaker and
+  session_resets_tor (the ToR's view of pod_4/pod_6), with bfd_state_after on both ends.
 
 Measured 2026-12-03 (2 shared cores), 1,000 nodes, 1,200,000 routes (1,000,000 IPv4 /24s +
 200,000 IPv6 /48s), no maxPrefixes: speaker RSS 41.5 -> 44.1 MiB (+2.6; peak the same), ExaBGP
 29.6 -> 32.0, total 72.7 -> 77.7 MiB (issue 14 saw the speaker alone at 877 MiB); every leaked
 path counted 27.1 s after the leak began, 38.1 CPU seconds (speaker + ExaBGP + API child); 0 Pod
 routes deleted, 0 session resets; a Node deleted 3 s into the leak left the kernel in 3.4 ms.
+
+The same with --bfd (2 runs, load 1.2-1.4 before, 2.1-3.0 after: another engineer's lab started
+during the first): every leaked path counted 46.1 s / 30.9 s after the leak began, 46.4 / 41.6 CPU
+seconds; the speaker's loop answered /healthz in p50 16-18 ms, p99 248 ms, at worst 398 / 337 ms
+(76 / 43 answers over 100 ms); 0 BFD downs at the speaker and at the ToR, 0 session resets either
+end, 0 Pod routes deleted; Node delete -> kernel 19 / 62 ms; speaker RSS 42.3 -> 43.8 / 42.2 ->
+44.0 MiB (total with ExaBGP, the API child and bfdd 81.7 -> 85.7 / 81.4 -> 85.7 MiB).
 
 maxPrefixes 50,000 with teardown, restartAfter 15, 100 nodes, a 200,000-route leak (166,667
 IPv4: over; 33,333 IPv6: under): the IPv4 session torn down, back 15.5 s (GR off) / 15.7 s (GR
@@ -45,9 +57,11 @@ import sys
 import threading
 import time
 
+from . import _bfd
 from . import _scale_nl as nl
 from . import _scale_world as w
-from .scale import CLK_TCK, POD_PROTO, Bench, BenchError, _preflight, _raise_interrupt, cpu_ticks, rss_split, say, vm_hwm
+from .scale import (CLK_TCK, POD_PROTO, Bench, BenchError, _preflight, _raise_interrupt, _resets, add_bfd_args,
+                    cpu_ticks, rss_split, say, vm_hwm)
 
 
 def leak_config(n4: int, n6: int) -> str:
@@ -64,17 +78,18 @@ def leak_config(n4: int, n6: int) -> str:
 
 class LeakBench(Bench):
     def __init__(self, args) -> None:
-        args.repeat, args.skip_bird, args.samples, args.kubeconfig = 1, True, 1, False
+        args.repeat, args.skip_bird, args.samples, args.kubeconfig, args.relist = 1, True, 1, False, False
         super().__init__(args)
         self.n6 = args.routes // 6
         self.n4 = args.routes - self.n6
         self.graceful_restart = args.graceful_restart
         if args.max_prefixes:
-            self.peer_extra = (f", maxPrefixes: {{ipv4: {args.max_prefixes}, ipv6: {args.max_prefixes}, "
+            self.peer_extra += (f", maxPrefixes: {{ipv4: {args.max_prefixes}, ipv6: {args.max_prefixes}, "
                                f"action: {args.action}, restartAfter: {args.restart_after}}}")
         self.result = {"nodes": args.nodes, "pod_routes": len(self.expected), "leaked_routes": args.routes,
                        "leaked_ipv4": self.n4, "leaked_ipv6": self.n6, "run_id": self.run.id,
-                       "max_prefixes": args.max_prefixes or None, "graceful_restart": args.graceful_restart, "action": args.action if args.max_prefixes else None}
+                       "max_prefixes": args.max_prefixes or None, "graceful_restart": args.graceful_restart, "action": args.action if args.max_prefixes else None,
+                       "bfd": bool(args.bfd)}
 
     def tor_config(self) -> str:
         t = time.monotonic()
@@ -99,6 +114,10 @@ class LeakBench(Bench):
         res["rss_before_mib"] = {**before, "total": round(sum(before.values()), 1)}
         peers0 = self.peers()
         say(f"before the leak: RSS {res['rss_before_mib']}")
+        bfd0 = self.bfd.snapshot() if self.bfd else None
+        probe = _bfd.LoopProbe(self.pod_ns, self.status_address)
+        probe.start()
+        time.sleep(1.0)  # the loop's answer time at rest, for comparison
         peak = dict(before)
         stop = threading.Event()
 
@@ -128,7 +147,15 @@ class LeakBench(Bench):
         res["node_delete_routes"] = len(present)
         say(f"Node delete {self.args.delete_after:.0f}s into the leak -> kernel {res['node_delete_to_kernel_ms']} ms "
             f"({len(present)} of its 2 routes were in the kernel)")
-        res.update(self.wait_digested(sp, t0))
+        try:
+            res.update(self.wait_digested(sp, t0))
+        finally:
+            probe.stop()
+        res["loop_at_rest"] = _bfd.lag_summary(probe.samples, end=t0)
+        res["loop_during_digest"] = _bfd.lag_summary(probe.samples, t0, t0 + res["digest_s"])
+        res["probe_failures"] = probe.failures
+        say(f"the speaker's loop answering /healthz: at rest {res['loop_at_rest']}, during the digest "
+            f"{res['loop_during_digest']}")
         if res["torn_down"]:
             res.update(self.teardown_cycle())
         c1 = cpu_ticks(pids)
@@ -152,6 +179,10 @@ class LeakBench(Bench):
         peers1 = self.peers()
         res["session_resets"] = sum(1 for a, p in peers0.items()
                                     if a not in peers1 or peers1[a]["since"] != p["since"] or peers1[a]["state"] != "up")
+        if self.bfd:
+            res.update(_bfd.delta(bfd0, self.bfd.snapshot()))
+            say(f"BFD from before the leak to 3 s after its digest: downs speaker {res['bfd_downs_speaker']}, ToR "
+                f"{res['bfd_downs_tor']}; " + _resets(res))
         res["peers_after"] = {a: {k: p.get(k) for k in ("state", "paths", "refused", "counted", "overLimit", "overBy")}
                               for a, p in peers1.items()}
         say(f"after: RSS {res['rss_after_mib']}, peak {res['rss_peak_mib']}, CPU {res['cpu_s']}s, "
@@ -214,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the speaker's gracefulRestart (ExaBGP 5.0 closes a GR session without a NOTIFICATION)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    add_bfd_args(ap)
     args = ap.parse_args(argv)
     try:
         _preflight(args)

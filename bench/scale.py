@@ -1,7 +1,7 @@
 """One node of an N-node dual-stack cluster: podbgp against BIRD 2, same ToR, same run.
 
     sudo .venv/bin/python -m bench.scale --nodes 5000 [--json] [--repeat 3] [--bird-repeat 5] [--keep] [--skip-bird]
-                                          [--kubeconfig]
+                                          [--kubeconfig] [--bfd] [--relist] [--relist-repeat 2] [--api-down 2]
 
 The world: N Node objects of ~6 KB (30 images, 4 conditions, 10 labels) in the lab API server;
 a BIRD 2 ToR in its own namespace with every other node's two PodCIDRs as static routes whose
@@ -36,7 +36,36 @@ Measured (medians over --repeat runs where repeated):
 - node_delete_to_kernel_ms: DELETE a Node -> both its routes gone (RTM_DELROUTE events).
 - withdraw_to_kernel_ms: `birdc disable` of a one-route static protocol at the ToR -> the route
   gone from the receiver's kernel (the time includes starting birdc).
+- relist (--relist, and always with --bfd), after convergence, --relist-repeat times: the API
+  server stopped, its state moved one resourceVersion on, started again after --api-down s; the
+  speaker's Node watch gets 410 and re-lists every Node (--relist-touch: each Node annotated
+  podbgp.io/bench-relist meanwhile, so the re-list finds every one changed) (relist_cause, relist_via, relist_count,
+  relist_changed; relist_logged_s: the speaker's own `seconds=`; api_ready_to_relisted_s). From the
+  stop to --settle s after the re-list: cpu_s of the speaker and each descendant, and how long the
+  speaker's asyncio loop took to answer /healthz, probed every 50 ms from its namespace
+  (loop_at_rest; loop_during_relist, from the API ready to 2 s after the list was logged;
+  loop_whole_window: p50, p99, max, probes over 100/300/900 ms).
+- --bfd: BFD on the speaker's two ToR sessions, 300 ms x 3 on both ends (the speaker's peers get
+  `bfd: {minRx: 300, minTx: 300, multiplier: 3}`; the ToR runs BIRD's protocol bfd with `bfd on` in
+  pod_4 and pod_6 and traces its BFD state changes to tor-bfd.log). Each run waits until both
+  sessions are up on both ends (speaker status bfd.state "up", `birdc show bfd sessions` Up). Per
+  re-list and over the whole last run (bfd_whole_run): bfd_downs_speaker (its status' `downs`,
+  after - before), bfd_downs_tor (BIRD's traced Up -> not Up), session_resets_speaker (`since`
+  changed or not up), session_resets_tor (`birdc show protocols` pod_4/pod_6 changed), and
+  bfdd_left_after_speaker_stop. The speaker then runs with the DaemonSet's capabilities plus
+  w.BFD_CAPABILITIES (deploy/ does not grant what bfdd needs); RSS includes bfdd (~8 MiB).
 Progress goes to stderr; the table (or one JSON object with --json) to stdout.
+
+Measured 2026-12-03 (2 shared cores, load 0.4-1.5), --nodes 5000 --bfd --repeat 1 --skip-bird, two
+re-lists per run, four runs (two plain, two --relist-touch): BFD up on both ends 3.6-7.2 s after
+the speaker started (0.4-0.9 s after convergence). Plain re-list (0 changed): 0.49-0.92 s as the
+speaker logs it, the loop's longest /healthz answer 7-162 ms, speaker CPU 0.65-1.06 s per 12 s
+window. --relist-touch (5,000 changed): 0.54-0.70 s, the loop's longest answer 660, 881, 828 and
+925 ms (one stretch each), speaker CPU 1.37-1.77 s. In all eight re-lists and over each whole run:
+0 BFD downs at the speaker, 0 at the ToR, 0 BGP downs traced at the ToR, 0 speaker session
+resets; the ToR's `show protocols` differed once (first run, first re-list, before the changed
+lines were recorded; nothing traced or seen by the speaker). RSS 104-108 MiB (bfdd 8); every
+bfdd gone after the speaker's SIGTERM.
 """
 from __future__ import annotations
 
@@ -58,6 +87,7 @@ import uuid
 
 from lab import daemonset
 
+from . import _bfd
 from . import _scale_nl as nl
 from . import _scale_world as w
 
@@ -98,10 +128,12 @@ def _ppid(pid: int) -> int | None:
 
 def _role(pid: int, root: int) -> str:
     """speaker (the root), exabgp, api_child (what ExaBGP runs: the API process, whatever it
-    has exec'd into), or other."""
+    has exec'd into), bfdd (the speaker's BFD daemon), or other."""
     if pid == root:
         return "speaker"
     cmd = _cmdline(pid)
+    if "bfdd" in cmd:
+        return "bfdd"
     if "api_child" in cmd:
         return "api_child"
     if "exabgp" in cmd:
@@ -321,12 +353,15 @@ class Bench:
         self.nexthop = {nl.route_key(n.cidr4): n.v4.packed for n in self.others}
         self.nexthop.update({nl.route_key(n.cidr6): n.v6.packed for n in self.others})
         self.api: Api | None = None
-        self.peer_extra = ""  # more keys of each peer in the speaker's config (bench.leak)
+        # more keys of each peer in the speaker's config (bench.leak's maxPrefixes; --bfd)
+        self.peer_extra = w.speaker_bfd_extra() if args.bfd else ""
+        self.bfd: _bfd.Observer | None = None  # with --bfd, once the speaker runs
         self.graceful_restart = 120  # the speaker's gracefulRestart (bench.leak --graceful-restart)
         self.result: dict = {"nodes": args.nodes, "routes": len(self.expected), "repeat": args.repeat,
                              "bird_repeat": 0 if args.skip_bird else args.bird_repeat,
                              "run_id": rid, "podbgp": {}, "bird": {},
-                             "speaker_api_config": "kubeconfig" if args.kubeconfig else "in-cluster"}
+                             "speaker_api_config": "kubeconfig" if args.kubeconfig else "in-cluster",
+                             "bfd": bool(args.bfd)}
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -350,18 +385,42 @@ class Bench:
         self.creds = creds = w.api_credentials(run, self.deploy)
         with open(run.path("kubeconfig"), "w") as f:  # as the speaker sees the API in its namespace
             f.write(w.kubeconfig(f"https://127.0.0.1:{w.API_PORT_IN_POD}", creds["ca"], creds["token"]))
-        argv = [sys.executable, "-m", "lab.apiserver", "--state", run.path("nodes.json"),
-                "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],
-                "--account", f"{creds['sa_token_file']}={creds['rules_file']}",
-                "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{w.API_PORT_IN_POD}@{self.pod_ns}"]
-        proc = run.spawn("apiserver", argv, run.path("apiserver.log"), stdout=subprocess.PIPE)
-        line = proc.popen.stdout.readline()
-        if line.strip() != b"ready":
-            raise BenchError(f"the API server did not start; see {run.path('apiserver.log')}")
+        self.api_argv = [sys.executable, "-m", "lab.apiserver", "--state", run.path("nodes.json"),
+                         "--tls-cert", creds["cert"], "--tls-key", creds["key"], "--token-file", creds["token_file"],
+                         "--account", f"{creds['sa_token_file']}={creds['rules_file']}",
+                         "--listen", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{w.API_PORT_IN_POD}@{self.pod_ns}"]
+        self.spawn_api()
         self.api = Api(port, creds["ca"], creds["token"])
         t = time.monotonic()
         n = len(self.api.call("GET", "/api/v1/nodes")["items"])
         say(f"API server up ({n} Nodes, a list over HTTP takes {time.monotonic() - t:.2f}s)")
+
+    def spawn_api(self) -> None:
+        proc = self.run.spawn("apiserver", self.api_argv, self.run.path("apiserver.log"), stdout=subprocess.PIPE)
+        line = proc.popen.stdout.readline()
+        if line.strip() != b"ready":
+            raise BenchError(f"the API server did not start; see {self.run.path('apiserver.log')}")
+
+    def restart_api(self, down: float) -> tuple[float, float]:
+        """Stop the API server, leave it down `down` seconds, start it again on its state moved one
+        resourceVersion on (w.bump_resource_version): it has no history after a restart, so the
+        speaker's watch, resumed from an older version, gets 410 and re-lists every Node. (Without
+        the bump a watcher that is up to date resumes without 410, as against a real API server.)
+        Returns (monotonic time stopped, monotonic time ready again)."""
+        old = next(p for p in self.run.procs if p.name == "apiserver")
+        t_stop = time.monotonic()
+        self.run.stop(old)
+        t_bump = time.monotonic()
+        if self.args.relist_touch:  # every Node changed in a way the speaker keeps
+            self.relists = getattr(self, "relists", 0) + 1
+            w.annotate_nodes(self.run.path("nodes.json"), "podbgp.io/bench-relist", str(self.relists))
+        else:
+            w.bump_resource_version(self.run.path("nodes.json"))
+        time.sleep(max(0.0, down - (time.monotonic() - t_bump)))
+        self.spawn_api()
+        if self.api is not None:
+            self.api.close()  # its keep-alive connection went with the old server: the next call reconnects
+        return t_stop, time.monotonic()
 
     def birdc(self, sock: str, *cmd: str, check: bool = True) -> str:
         p = subprocess.run(["birdc", "-s", sock, *cmd], capture_output=True, text=True, timeout=30)
@@ -370,7 +429,8 @@ class Bench:
         return p.stdout
 
     def tor_config(self) -> str:
-        return w.tor_config(self.nodes, self.withdraw_nodes, self.run.path("tor.log"))
+        return w.tor_config(self.nodes, self.withdraw_nodes, self.run.path("tor.log"),
+                            bfd_log=self.run.path("tor-bfd.log") if self.args.bfd else None)
 
     def start_tor(self) -> None:
         run = self.run
@@ -480,7 +540,9 @@ class Bench:
             if self.args.kubeconfig:
                 sp = run.spawn("speaker", argv, log, netns=self.pod_ns)
             else:  # in-cluster, as the DaemonSet's Pod: token and CA mounted, KUBERNETES_SERVICE_*
-                launch = w.pod_launch(self.deploy, argv, self.creds["serviceaccount"], "node0", str(w.POD_RX[0]))
+                launch = w.pod_launch(self.deploy, argv, self.creds["serviceaccount"], "node0", str(w.POD_RX[0]),
+                                      extra_capabilities=w.BFD_CAPABILITIES if self.args.bfd else ())
+                self.result["speaker_capabilities"] = list(launch.capabilities)
                 daemonset.prepare(launch)
                 sp = run.spawn("speaker", daemonset.shell_argv(launch, self.pod_ns), log)
             conv.run(sp.alive, timeout=120 + len(self.nodes) / 50, on_tick=tail)
@@ -500,10 +562,14 @@ class Bench:
                    "bench_cpu_pct_while_converging": round(100 * conv.own_cpu / (conv.done - t0), 1)}
             say(f"podbgp run {k + 1}: Established -> {len(self.expected)} routes {res['established_to_kernel_s']:.2f}s "
                 f"(start -> kernel {res['start_to_kernel_s']:.2f}s, list {res['list_s'] or float('nan'):.2f}s)")
+            if self.args.bfd:
+                res.update(self.bfd_up(t0))
             if extra:
                 res.update(self.podbgp_extras(sp, conv))
             run.stop(sp)
-            for p in [p for p in run.procs if p.name in ("exabgp", "api_child", "other")]:
+            if self.args.bfd:
+                res["bfdd_left_after_speaker_stop"] = self.bfdd_left()
+            for p in [p for p in run.procs if p.name in ("exabgp", "api_child", "bfdd", "other")]:
                 run.stop(p)
             return res
         except BaseException as exc:
@@ -518,6 +584,95 @@ class Bench:
             logf.close()
             conv.close()
 
+    # -- BFD (--bfd) ------------------------------------------------------------------------
+    def bfd_up(self, t0: float) -> dict:
+        """Until the speaker's two BFD sessions are up on both ends (its status, the ToR's birdc)."""
+        self.bfd = _bfd.Observer(self.pod_ns, self.status_address, lambda *cmd: self.birdc(self.tor_sock, *cmd),
+                                 self.run.path("tor-bfd.log"), tuple(str(a) for a in w.TOR),
+                                 tuple(str(a) for a in w.POD_RX))
+        try:
+            self.bfd_first, waited = self.bfd.wait_up(30)
+        except TimeoutError as exc:
+            raise BenchError(str(exc)) from None
+        up = time.monotonic() - t0
+        say(f"BFD up on both ends {up:.2f}s after the speaker started ({waited:.2f}s after convergence): "
+            + ", ".join(f"{a} {b.state} since {b.since}" for a, b in sorted(self.bfd_first.tor_bfd.items())))
+        return {"bfd_up_after_start_s": round(up, 2)}
+
+    def bfd_since_up(self) -> dict:
+        """BFD downs and session resets on both ends since BFD first came up in this run."""
+        d = _bfd.delta(self.bfd_first, self.bfd.snapshot())
+        say(f"BFD over the whole run: downs speaker {d['bfd_downs_speaker']}, ToR {d['bfd_downs_tor']}; " + _resets(d))
+        return d
+
+    def bfdd_left(self, grace: float = 3.0) -> int:
+        """The speaker has been stopped: how many of its bfdd are still running `grace` s later (the
+        speaker is meant to stop its child; teardown stops any left, by PID)."""
+        left = [p for p in self.run.procs if p.name == "bfdd"]
+        deadline = time.monotonic() + grace
+        while any(p.alive() for p in left) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [p.pid for p in left if p.alive()]
+        if alive:
+            say(f"WARNING: bfdd still running {grace:.0f}s after the speaker stopped: pid(s) {alive}")
+        return len(alive)
+
+    def relist(self, sp) -> dict:
+        """The API server restarted (down --api-down s): the speaker's watch gets 410 and it re-lists
+        every Node. Measured from the stop to --settle s after the re-list: the re-list's time
+        (the speaker's own `seconds=` and the bench's view), the CPU of the speaker and its
+        descendants, how long its loop took to answer /healthz, and with --bfd the BFD downs and
+        session resets on both ends."""
+        before = self.bfd.snapshot() if self.bfd else None
+        log_at = os.path.getsize(self.speaker_log)
+        probe = _bfd.LoopProbe(self.pod_ns, self.status_address)
+        probe.start()
+        try:
+            time.sleep(1.0)  # the loop's answer time at rest, for comparison
+            pids = w.descendants(sp.pid)
+            c0 = cpu_ticks(pids)
+            t_stop, t_ready = self.restart_api(self.args.api_down)
+            say(f"API server stopped, down {self.args.api_down:.1f}s, ready again after {t_ready - t_stop:.1f}s; "
+                "waiting for the speaker's re-list ...")
+            listed, t_listed, text = self.wait_log(_bfd.LIST_LINE, log_at, 60 + len(self.nodes) / 50)
+            time.sleep(self.args.settle)
+            c1, t_end = cpu_ticks(pids), time.monotonic()
+        finally:
+            probe.stop()
+        cpu = {r: sum(c1[p] - c0[p] for p in c1 if p in c0 and _role(p, sp.pid) == r) / CLK_TCK
+               for r in {_role(p, sp.pid) for p in c1}}
+        res = {"api_down_s": round(t_ready - t_stop, 2), "relist_via": listed["via"],
+               "relist_count": listed["count"], "relist_changed": listed["changed"], "relist_deleted": listed["deleted"],
+               "relist_logged_s": listed["seconds"], "api_ready_to_relisted_s": round(t_listed - t_ready, 2),
+               "relist_cause": _bfd.relist_cause(text.decode(errors="replace")),
+               "window_s": round(t_end - t_stop, 2), "cpu_s": {r: round(v, 2) for r, v in sorted(cpu.items())},
+               "loop_at_rest": _bfd.lag_summary(probe.samples, end=t_stop),
+               # the loop takes the list's changes after the watch thread has logged it: 2 s more
+               "loop_during_relist": _bfd.lag_summary(probe.samples, t_ready, t_listed + 2.0),
+               "loop_whole_window": _bfd.lag_summary(probe.samples, t_stop, t_end), "probe_failures": probe.failures}
+        if self.bfd:
+            res.update(_bfd.delta(before, self.bfd.snapshot()))
+        say(f"re-list via {res['relist_via']}: {res['relist_count']} Nodes ({res['relist_changed']} changed) in "
+            f"{res['relist_logged_s']:.2f}s as logged, {res['api_ready_to_relisted_s']:.2f}s after the API was ready; "
+            f"CPU {res['cpu_s']} over {res['window_s']:.1f}s; loop /healthz during it: {res['loop_during_relist']}"
+            + (f"; BFD downs speaker {res['bfd_downs_speaker']}, ToR {res['bfd_downs_tor']}; " + _resets(res) if self.bfd else ""))
+        return res
+
+    def wait_log(self, pattern: bytes, offset: int, timeout: float) -> tuple[dict, float, bytes]:
+        """Until the speaker's log has a line matching pattern after offset: (its named groups,
+        the moment seen, the log text from offset to that line)."""
+        deadline = time.monotonic() + timeout
+        with open(self.speaker_log, "rb") as f:
+            while True:
+                f.seek(offset)
+                text = f.read()
+                m = re.search(pattern, text)
+                if m:
+                    return _bfd.list_fields(m), time.monotonic(), text[: m.end()]
+                if time.monotonic() > deadline:
+                    raise BenchError(f"no {pattern!r} in the speaker's log within {timeout:.0f}s")
+                time.sleep(0.02)
+
     def speaker_counters(self) -> dict:
         """The speaker's own counters, from its status endpoint inside its namespace."""
         out = subprocess.run(["ip", "netns", "exec", self.pod_ns, sys.executable, "-m", "speaker.cli", "status", "--json",
@@ -527,6 +682,10 @@ class Bench:
     def podbgp_extras(self, sp, conv: Converge) -> dict:
         time.sleep(2.0)  # let the post-convergence work (End-of-RIB, first prune) settle
         res: dict = {}
+        if self.args.bfd or self.args.relist:
+            runs = [self.relist(sp) for _ in range(self.args.relist_repeat)]
+            res["relist"] = runs
+            time.sleep(1.0)
         split = rss_split(sp.pid)
         res["rss_split_mib"] = split
         res["rss_mib"] = round(sum(split.values()), 1)
@@ -560,6 +719,8 @@ class Bench:
         wd = self.measure_withdraws(conv, "podbgp")
         res.update({"withdraw_to_kernel_ms": med(wd), "withdraw_to_kernel_ms_max": max(wd),
                     "withdraw_to_kernel_ms_runs": [round(x, 1) for x in wd]})
+        if self.bfd:
+            res["bfd_whole_run"] = self.bfd_since_up()
         return res
 
     def churn(self, seconds: float) -> tuple[int, float, float]:
@@ -702,10 +863,37 @@ def table(r: dict) -> str:
     lines += [f"{a:{w1}}  {b_:>{w2}}  {c}" for a, b_, c in rows]
     if p.get("rss_split_mib"):
         lines.append("podbgp RSS split (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(p["rss_split_mib"].items())))
+    lines += relist_lines(p)
     if r.get("ratio") is not None:
         lines.append(f"ratio podbgp/BIRD (Established -> all routes): {r['ratio']:.2f}x "
                      f"(family by family: {r['ratio_per_family']:.2f}x)")
     return "\n".join(lines)
+
+
+def _resets(d: dict) -> str:
+    """Session resets as both ends saw them, with what changed."""
+    out = (f"session resets speaker {d['session_resets_speaker']}, ToR {d['session_resets_tor']} "
+           f"(BGP downs traced at the ToR {sum(d.get('tor_bgp_downs_traced', {}).values())})")
+    changed = {**d.get("sessions_changed_speaker", {}), **d.get("sessions_changed_tor", {})}
+    return out + "".join(f"; {k}: {a} -> {b}" for k, (a, b) in changed.items())
+
+
+def relist_lines(p: dict) -> list[str]:
+    """The re-list scenario and BFD (--relist, --bfd) under the table."""
+    out = []
+    for i, x in enumerate(p.get("relist") or []):
+        lag = x["loop_during_relist"]
+        out.append(f"re-list {i + 1} ({x['relist_cause'] or '?'}, via {x['relist_via']}): {x['relist_count']} Nodes, "
+                   f"{x['relist_changed']} changed, {x['relist_logged_s']:.2f}s as logged, "
+                   f"{x['api_ready_to_relisted_s']:.2f}s from the API ready; CPU s "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_s"].items()) + f" over {x['window_s']:.1f}s; "
+                   f"loop /healthz max {lag.get('max_ms', '-')} ms, p99 {lag.get('p99_ms', '-')} ms")
+        if "bfd_downs_speaker" in x:
+            out.append(f"  BFD downs: speaker {x['bfd_downs_speaker']}, ToR {x['bfd_downs_tor']}; " + _resets(x))
+    if (b := p.get("bfd_whole_run")) is not None:
+        out.append(f"BFD from up to the end of the run: downs speaker {b['bfd_downs_speaker']}, ToR {b['bfd_downs_tor']}; "
+                   + _resets(b) + f"; bfdd left after the speaker stopped: {p.get('bfdd_left_after_speaker_stop')}")
+    return out
 
 
 def _preflight(args) -> None:
@@ -716,6 +904,12 @@ def _preflight(args) -> None:
             raise BenchError(f"{tool} not found: install bird2, iproute2, util-linux, openssl and kubectl (make bench does)")
     if not 20 <= args.nodes <= w.MAX_NODES:
         raise BenchError(f"--nodes must be within 20..{w.MAX_NODES}")
+
+
+def add_bfd_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--bfd", action="store_true",
+                    help="BFD on the speaker's ToR sessions (300 ms x 3; BIRD's protocol bfd at the ToR); count BFD "
+                         "downs and session resets on both ends")
 
 
 def _raise_interrupt(signum, _frame) -> None:
@@ -736,6 +930,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the run directory for inspection")
     ap.add_argument("--kubeconfig", action="store_true",
                     help="run the speaker with --kubeconfig (a developer's way) instead of in-cluster as the DaemonSet")
+    add_bfd_args(ap)
+    ap.add_argument("--relist", action="store_true",
+                    help="the re-list scenario without --bfd (API server restarted: 410, every Node listed again)")
+    ap.add_argument("--relist-repeat", type=int, default=2, help="API restarts in the re-list scenario")
+    ap.add_argument("--relist-touch", action="store_true",
+                    help="while the API is down, annotate every Node (podbgp.io/bench-relist): the re-list finds all changed")
+    ap.add_argument("--api-down", type=float, default=2.0, help="seconds the API server stays down in the re-list scenario")
+    ap.add_argument("--settle", type=float, default=5.0,
+                    help="seconds watched after the re-list (a BFD down shows within 0.9 s at 300 ms x 3)")
     args = ap.parse_args(argv)
     try:
         _preflight(args)
