@@ -279,23 +279,12 @@ def deploy_objects() -> list[dict]:
     return daemonset.render(os.path.join(REPO, "deploy"))
 
 
-# What bgp.bfd.Engine and its bfdd need beyond deploy/'s NET_ADMIN and NET_BIND_SERVICE (seen
-# 2026-12-03 with setpriv bounding sets): chown of its directory to frr, dac_override to unlink and
-# connect in that directory once it is frr's, setuid/setgid for bfdd's `-u frr -g frr`, net_raw and
-# sys_admin, which bfdd keeps after dropping to frr (without either it exits at start), and kill to
-# stop a bfdd that runs as frr (without it the speaker's SIGTERM leaves bfdd running).
-# fowner: when bfdd dies, the Engine starts it again and first chmods its directory, frr's by then.
-BFD_CAPABILITIES = ("chown", "dac_override", "fowner", "kill", "net_raw", "setgid", "setuid", "sys_admin")
-
-
-def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, node: str, host_ip: str,
-               extra_capabilities: tuple[str, ...] = ()) -> daemonset.Launch:
+def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, node: str, host_ip: str) -> daemonset.Launch:
     """The speaker started as deploy/'s DaemonSet Pod is (lab.daemonset.plan): the in-cluster
     Service variables, the service-account token and CA at their mount, the DaemonSet's bounding
     set and no_new_privs; but the bench's own argv (configuration, node name) and a writable root
     (the run directory holds the runtime dir). The environment adds this tree's PYTHONPATH, as
-    Run.spawn gives every process. extra_capabilities: added to the DaemonSet's bounding set
-    (BFD_CAPABILITIES for --bfd: deploy/ does not grant what bfdd needs)."""
+    Run.spawn gives every process."""
     facts = daemonset.NodeFacts(name=node, host_dir="/nonexistent", pod_dir="/nonexistent", host_ip=host_ip,
                                 serviceaccount_dir=serviceaccount_dir, api_host="127.0.0.1",
                                 api_port=API_PORT_IN_POD, path=os.path.dirname(sys.executable) + os.pathsep + daemonset.BASE_PATH)
@@ -304,7 +293,7 @@ def pod_launch(objects: list[dict], argv: list[str], serviceaccount_dir: str, no
     env["PYTHONPATH"] = REPO
     return daemonset.Launch(argv=tuple(argv), env=tuple(sorted(env.items())),
                             mounts=tuple(m for m in pod.mounts if m.target == daemonset.SA_MOUNT),
-                            files=(), dirs=(), capabilities=tuple(sorted(set(pod.capabilities) | set(extra_capabilities))),
+                            files=(), dirs=(), capabilities=pod.capabilities,
                             no_new_privs=pod.no_new_privs,
                             read_only_root=False, uid=pod.uid, image="")
 

@@ -52,20 +52,18 @@ Measured (medians over --repeat runs where repeated):
   re-list and over the whole last run (bfd_whole_run): bfd_downs_speaker (its status' `downs`,
   after - before), bfd_downs_tor (BIRD's traced Up -> not Up), session_resets_speaker (`since`
   changed or not up), session_resets_tor (`birdc show protocols` pod_4/pod_6 changed), and
-  bfdd_left_after_speaker_stop. The speaker then runs with the DaemonSet's capabilities plus
-  w.BFD_CAPABILITIES (deploy/ does not grant what bfdd needs); RSS includes bfdd (~8 MiB).
+  bfd_engine_left_after_speaker_stop. The speaker runs with the DaemonSet's capabilities; RSS
+  includes the BFD engine (bgp.bfd_engine, ~14 MiB).
 Progress goes to stderr; the table (or one JSON object with --json) to stdout.
 
-Measured 2026-12-03 (2 shared cores, load 0.4-1.5), --nodes 5000 --bfd --repeat 1 --skip-bird, two
-re-lists per run, four runs (two plain, two --relist-touch): BFD up on both ends 3.6-7.2 s after
-the speaker started (0.4-0.9 s after convergence). Plain re-list (0 changed): 0.49-0.92 s as the
-speaker logs it, the loop's longest /healthz answer 7-162 ms, speaker CPU 0.65-1.06 s per 12 s
-window. --relist-touch (5,000 changed): 0.54-0.70 s, the loop's longest answer 660, 881, 828 and
-925 ms (one stretch each), speaker CPU 1.37-1.77 s. In all eight re-lists and over each whole run:
-0 BFD downs at the speaker, 0 at the ToR, 0 BGP downs traced at the ToR, 0 speaker session
-resets; the ToR's `show protocols` differed once (first run, first re-list, before the changed
-lines were recorded; nothing traced or seen by the speaker). RSS 104-108 MiB (bfdd 8); every
-bfdd gone after the speaker's SIGTERM.
+Measured 2026-12-03 19:24 (2 shared cores, load 0.7 before, 0.4 after), --nodes 5000 --bfd
+--relist-touch --repeat 1 --skip-bird, two re-lists of 5,000 changed Nodes: BFD up on both ends
+4.0 s after the speaker started (0.45 s after convergence); each re-list 0.52 / 0.43 s as the
+speaker logs it, the loop's longest /healthz answer 748 / 789 ms (one stretch each), speaker CPU
+1.47 / 1.49 s and the BFD engine's 0.05 s over ~12 s; 0 BFD downs at the speaker and at the ToR, 0
+BGP downs traced at the ToR, 0 session resets, over the re-lists and the whole run. RSS 113 MiB
+(speaker 68, ExaBGP 30, BFD engine 14, API child 2). Earlier runs with FRR's bfdd as the engine
+(four runs, eight re-lists, loop stalls up to 925 ms): the same 0 downs.
 """
 from __future__ import annotations
 
@@ -128,12 +126,12 @@ def _ppid(pid: int) -> int | None:
 
 def _role(pid: int, root: int) -> str:
     """speaker (the root), exabgp, api_child (what ExaBGP runs: the API process, whatever it
-    has exec'd into), bfdd (the speaker's BFD daemon), or other."""
+    has exec'd into), bfd_engine (the speaker's BFD engine, bgp.bfd_engine), or other."""
     if pid == root:
         return "speaker"
     cmd = _cmdline(pid)
-    if "bfdd" in cmd:
-        return "bfdd"
+    if "bgp.bfd_engine" in cmd:
+        return "bfd_engine"
     if "api_child" in cmd:
         return "api_child"
     if "exabgp" in cmd:
@@ -540,8 +538,7 @@ class Bench:
             if self.args.kubeconfig:
                 sp = run.spawn("speaker", argv, log, netns=self.pod_ns)
             else:  # in-cluster, as the DaemonSet's Pod: token and CA mounted, KUBERNETES_SERVICE_*
-                launch = w.pod_launch(self.deploy, argv, self.creds["serviceaccount"], "node0", str(w.POD_RX[0]),
-                                      extra_capabilities=w.BFD_CAPABILITIES if self.args.bfd else ())
+                launch = w.pod_launch(self.deploy, argv, self.creds["serviceaccount"], "node0", str(w.POD_RX[0]))
                 self.result["speaker_capabilities"] = list(launch.capabilities)
                 daemonset.prepare(launch)
                 sp = run.spawn("speaker", daemonset.shell_argv(launch, self.pod_ns), log)
@@ -568,8 +565,8 @@ class Bench:
                 res.update(self.podbgp_extras(sp, conv))
             run.stop(sp)
             if self.args.bfd:
-                res["bfdd_left_after_speaker_stop"] = self.bfdd_left()
-            for p in [p for p in run.procs if p.name in ("exabgp", "api_child", "bfdd", "other")]:
+                res["bfd_engine_left_after_speaker_stop"] = self.bfd_engine_left()
+            for p in [p for p in run.procs if p.name in ("exabgp", "api_child", "bfd_engine", "other")]:
                 run.stop(p)
             return res
         except BaseException as exc:
@@ -605,16 +602,16 @@ class Bench:
         say(f"BFD over the whole run: downs speaker {d['bfd_downs_speaker']}, ToR {d['bfd_downs_tor']}; " + _resets(d))
         return d
 
-    def bfdd_left(self, grace: float = 3.0) -> int:
-        """The speaker has been stopped: how many of its bfdd are still running `grace` s later (the
+    def bfd_engine_left(self, grace: float = 3.0) -> int:
+        """The speaker has been stopped: how many of its BFD engines still run `grace` s later (the
         speaker is meant to stop its child; teardown stops any left, by PID)."""
-        left = [p for p in self.run.procs if p.name == "bfdd"]
+        left = [p for p in self.run.procs if p.name == "bfd_engine"]
         deadline = time.monotonic() + grace
         while any(p.alive() for p in left) and time.monotonic() < deadline:
             time.sleep(0.05)
         alive = [p.pid for p in left if p.alive()]
         if alive:
-            say(f"WARNING: bfdd still running {grace:.0f}s after the speaker stopped: pid(s) {alive}")
+            say(f"WARNING: the BFD engine still running {grace:.0f}s after the speaker stopped: pid(s) {alive}")
         return len(alive)
 
     def relist(self, sp) -> dict:
@@ -892,7 +889,7 @@ def relist_lines(p: dict) -> list[str]:
             out.append(f"  BFD downs: speaker {x['bfd_downs_speaker']}, ToR {x['bfd_downs_tor']}; " + _resets(x))
     if (b := p.get("bfd_whole_run")) is not None:
         out.append(f"BFD from up to the end of the run: downs speaker {b['bfd_downs_speaker']}, ToR {b['bfd_downs_tor']}; "
-                   + _resets(b) + f"; bfdd left after the speaker stopped: {p.get('bfdd_left_after_speaker_stop')}")
+                   + _resets(b) + f"; BFD engines left after the speaker stopped: {p.get('bfd_engine_left_after_speaker_stop')}")
     return out
 
 

@@ -196,14 +196,6 @@ def test_speaker_config_with_bfd():
     assert len(peers) == 2 and all("bfd: {minRx: 300, minTx: 300, multiplier: 3}}" in ln for ln in peers)
 
 
-def test_bfd_capabilities_add_to_the_daemonsets():
-    launch = w.pod_launch(w.deploy_objects(), ["speaker"], "/sa", "node0", "172.20.0.2",
-                          extra_capabilities=w.BFD_CAPABILITIES)
-    plain = w.pod_launch(w.deploy_objects(), ["speaker"], "/sa", "node0", "172.20.0.2")
-    assert set(launch.capabilities) == set(plain.capabilities) | set(w.BFD_CAPABILITIES)
-    assert list(launch.capabilities) == sorted(launch.capabilities)
-
-
 def test_bump_resource_version(tmp_path):
     path = tmp_path / "nodes.json"
     state = {"resourceVersion": "5001", "nodes": {"node0": {"metadata": {"name": "node0", "resourceVersion": "5001"}}}}
