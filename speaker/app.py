@@ -74,7 +74,9 @@ class Speaker:
         (speaker.allocator.AllocatorRunner) when services.loadBalancer.allocate is on."""
         self.cfg, self.start_watch, self.monitor = cfg, start_watch, monitor
         self.cni = cni if cni is not None else ConflistWriter(replace(cfg.cni, enabled=False))
-        self.condition = NetworkCondition(node_client, cfg.node_name)
+        # networkUnavailable: false: no condition write at all (and no nodes/status grant needed)
+        self.condition = NetworkCondition(node_client if cfg.network_unavailable else None, cfg.node_name,
+                                          disabled=not cfg.network_unavailable)
         self.env = dict(os.environ if env is None else env)
         self.counters: collections.Counter[str] = collections.Counter()
         self.view = NodeView()

@@ -81,6 +81,9 @@ class Config:
     runtime_dir: str = "/run/podbgp"
     exabgp: str = "exabgp"
     mode: str = "bgp"  # "direct": no BGP, routes from the Node objects
+    # patch the own Node's NetworkUnavailable condition to False once its PodCIDR is announced;
+    # off where the cluster never sets it (most non-cloud clusters): no nodes/status write at all
+    network_unavailable: bool = True
     mesh: bool = False  # iBGP full mesh between the nodes in mesh_node_selector, AS = asn
     mesh_node_selector: Selector = selector.EVERYTHING
     mesh_export_services: bool = False  # send Service routes to mesh members too (configured peers: their own exportServices)
@@ -102,7 +105,7 @@ _KNOWN = {"nodeName", "asn", "peers", "clusterCIDRs", "serviceCIDRs", "nodeAddre
           "kubeconfig", "gracefulRestart", "convergenceTimeout", "strictNextHop", "routeProtocol",
           "routeMetric", "routeTable", "resyncInterval", "apiBackoffMax", "statusAddress", "runtimeDir", "exabgp",
           "mode", "mesh", "meshNodeSelector", "meshExportServices", "secretsDir", "routerId", "logFormat",
-          "services"}
+          "services", "networkUnavailable"}
 _POD_CIDR_KEYS = {"nodeLocal", "kubeletConfig", "k3sFile", "deriveFromClusterCIDR", "nodeMaskV4", "nodeMaskV6"}
 _CNI_KEYS = {"enabled", "confPath", "bridge", "mtu", "hairpinMode", "ipMasq", "portmap", "dataDir"}
 
@@ -141,6 +144,7 @@ def parse(raw: dict) -> Config:
         runtime_dir=str(raw.get("runtimeDir", d.runtime_dir)),
         exabgp=str(raw.get("exabgp", d.exabgp)),
         mode=mode,
+        network_unavailable=boolean(raw.get("networkUnavailable", d.network_unavailable), "networkUnavailable"),
         mesh=boolean(raw.get("mesh", d.mesh), "mesh"),
         mesh_node_selector=label_selector(raw.get("meshNodeSelector"), "meshNodeSelector"),
         mesh_export_services=boolean(raw.get("meshExportServices", d.mesh_export_services), "meshExportServices"),

@@ -45,12 +45,13 @@ def condition_patch(now: float) -> dict:
 
 class NetworkCondition:
     def __init__(self, client: StatusClient | None, node_name: str, clock: Callable[[], float] = time.time,
-                 backoff: tuple[float, float] = (1.0, 60.0)) -> None:
+                 backoff: tuple[float, float] = (1.0, 60.0), disabled: bool = False) -> None:
         self.client, self.node_name, self.clock = client, node_name, clock
         self.backoff_min, self.backoff_max = backoff
         self.patched = False
         self.at: float | None = None  # unix time of the last successful patch
-        self.error: str | None = None if client is not None else "no API client to write the Node's status with"
+        self.disabled = disabled  # the config's networkUnavailable: false
+        self.error: str | None = None if client is not None or disabled else "no API client to write the Node's status with"
         self._for: tuple[IPNetwork, ...] = ()  # the PodCIDRs the last request was for
         self._wanted = self._done = 0
         self._task: asyncio.Task | None = None
@@ -91,7 +92,7 @@ class NetworkCondition:
             self._task.cancel()
 
     def status(self) -> dict:
-        return {"patched": self.patched, "at": self.at, "error": self.error}
+        return {"patched": self.patched, "at": self.at, "error": self.error, "enabled": not self.disabled}
 
 
 def _one_line(exc: BaseException) -> str:

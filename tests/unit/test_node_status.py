@@ -55,14 +55,14 @@ def test_patched_once_per_podcidr_set_in_a_worker_thread():
     async def body():
         fake = FakeStatusClient()
         c = condition(fake)
-        assert c.status() == {"patched": False, "at": None, "error": None}
+        assert c.status() == {"patched": False, "at": None, "error": None, "enabled": True}
         c.announced(())  # nothing announced: nothing to say
         c.announced((N("10.42.1.0/24"),))
         c.announced((N("10.42.1.0/24"),))  # the same PodCIDRs again: no second patch
         await until(lambda: c.patched)
         await asyncio.sleep(0.02)
         assert fake.calls == [("node1", BODY)] and threading.main_thread().name not in fake.threads
-        assert c.status() == {"patched": True, "at": T0, "error": None}
+        assert c.status() == {"patched": True, "at": T0, "error": None, "enabled": True}
         c.announced((N("10.42.1.0/24"), N("fd00:42:0:1::/64")))  # a new PodCIDR: patched again
         await until(lambda: len(fake.calls) == 2)
         c.announced(())  # the Node is deleted, then created again with the same PodCIDRs

@@ -173,3 +173,16 @@ def test_without_writer_and_client_status_says_nothing_was_written(tmp_path):
         assert doc["cniConf"] == {"path": "/etc/cni/net.d/10-podbgp.conflist", "written": False, "error": None}
         assert doc["networkCondition"]["patched"] is False and "no API client" in doc["networkCondition"]["error"]
     asyncio.run(body())
+
+
+def test_network_unavailable_false_writes_no_node_status(tmp_path):
+    async def body():
+        sp, fake = make(tmp_path, networkUnavailable=False)
+        sp.on_watch(Snapshot(tuple(NODES), "10"))
+        await settle()
+        await asyncio.sleep(0.05)
+        assert os.path.exists(sp.cfg.cni.conf_path) and sp.announced  # the node is up and announces
+        assert fake.calls == []  # but its Node's status is never written
+        assert status.status_doc(sp)["networkCondition"] == {"patched": False, "at": None, "error": None,
+                                                             "enabled": False}
+    asyncio.run(body())
