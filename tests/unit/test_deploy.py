@@ -17,7 +17,9 @@ from speaker import config as cfgmod
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K8S_VERSION = "1.32.0"  # kubernetes-validate ships v1.32.0-local-strict; no network needed
 EXPECTED = {("ServiceAccount", "podbgp"), ("ClusterRole", "podbgp"), ("ClusterRoleBinding", "podbgp"),
-            ("Role", "podbgp"), ("RoleBinding", "podbgp"), ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")}
+            ("Role", "podbgp"), ("RoleBinding", "podbgp"), ("ConfigMap", "podbgp-config"), ("DaemonSet", "podbgp")} | {
+            (kind, name) for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+            for name in ("podbgp-node-status", "podbgp-allocator-lease", "podbgp-service-status")}
 NAMESPACED = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"}
 # What each part of the speaker needs (test_helm.py grants the same per values).
 NODE_RULES = [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
@@ -144,7 +146,7 @@ def contract_violations(ds: dict) -> list[str]:
     return bad
 
 
-def test_seven_objects_in_kube_system(base):
+def test_the_objects_in_kube_system_and_the_cluster_scoped_ones(base):
     assert set(base) == EXPECTED
     for (kind, name), obj in base.items():
         assert obj["metadata"].get("namespace") == ("kube-system" if kind in NAMESPACED else None), (kind, name)

@@ -465,10 +465,13 @@ def base():
 
 
 ROLE_OBJECTS = {("Role", "podbgp"), ("RoleBinding", "podbgp")}
+ALLOCATOR_POLICIES = {(kind, name) for kind in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+                      for name in ("podbgp-allocator-lease", "podbgp-service-status")}
+NODE_POLICY = {("ValidatingAdmissionPolicy", "podbgp-node-status"), ("ValidatingAdmissionPolicyBinding", "podbgp-node-status")}
 
 
 def test_chart_has_the_base_objects_in_the_release_namespace(chart, base):
-    assert set(chart) == set(base) - ROLE_OBJECTS  # the allocator's Role only when it runs
+    assert set(chart) == set(base) - ROLE_OBJECTS - ALLOCATOR_POLICIES  # the allocator's only when it runs
     objs, _ = render(ALLOCATING, namespace="net-system")
     assert set(objs) == set(base)
     for key, obj in objs.items():
@@ -697,3 +700,26 @@ def test_evaluator(src, want):
 def test_evaluator_refuses_what_it_does_not_know(src):
     with pytest.raises((TemplateError, KeyError)):
         Chart({"t": src}).render("t", {"Values": {"l": [1], "e": ""}})
+
+
+def _specs(objs, namespace):
+    """The admission objects' specs, the namespace written as NS."""
+    return {k: yaml.safe_load(yaml.safe_dump(o["spec"]).replace(namespace, "NS")) for k, o in objs.items()
+            if k[0].startswith("ValidatingAdmissionPolicy")}
+
+
+def test_chart_admission_policies_are_the_base_ones_in_the_release_namespace(base):
+    objs, _ = render(ALLOCATING, namespace="net-system")
+    assert _specs(objs, "net-system") == _specs(base, "kube-system")
+    assert objs["ValidatingAdmissionPolicyBinding", "podbgp-service-status"]["spec"]["paramRef"]["namespace"] == "net-system"
+    for key in ALLOCATOR_POLICIES | NODE_POLICY:
+        assert kubernetes_validate.validate(objs[key], K8S_VERSION, strict=True) == "1.32"
+
+
+def test_network_unavailable_off_drops_the_grant_the_policy_and_the_write():
+    objs, _ = render({"networkUnavailable": False})
+    assert not NODE_POLICY & set(objs)
+    assert all("nodes/status" not in r["resources"] for r in objs["ClusterRole", "podbgp"]["rules"])
+    assert "networkUnavailable: false" in objs["ConfigMap", "podbgp-config"]["data"]["config.yaml"]
+    on, _ = render()
+    assert NODE_POLICY <= set(on) and any("nodes/status" in r["resources"] for r in on["ClusterRole", "podbgp"]["rules"])

@@ -38,6 +38,7 @@ through int64: Helm reads values.yaml numbers as float64 and prints 4200000000 a
 # Passwords are never here: a peer's passwordKey names a key of the mounted Secret.
 mode: {{ .Values.mode | quote }}
 logFormat: {{ .Values.logFormat | quote }}
+networkUnavailable: {{ .Values.networkUnavailable }}
 peers:
   {{- toYaml .Values.peers | nindent 2 }}
 asn: {{ .Values.asn | int64 }}
