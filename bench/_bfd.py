@@ -4,12 +4,12 @@ What the ToR's BIRD says (`birdc show bfd sessions`, `birdc show protocols`, the
 protocol bfd traces to a file), what the speaker says (its /status: each peer's `bfd` and
 `since`), and how long the speaker's asyncio loop takes to answer /healthz meanwhile (the
 status endpoint is served by that loop, so a slow answer is a busy loop). The parsers and
-summaries are pure; `ns_call`, `fetch` and `LoopProbe` are the thin shell.
+summaries are pure; `fetch_status` (the speaker's Unix socket) and `LoopProbe` (/healthz on its
+statusAddress, from inside its namespace) are the thin shell.
 """
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import socket
@@ -207,27 +207,6 @@ def _enter(ns: str) -> None:
         os.close(fd)
 
 
-def ns_call(ns: str, fn, timeout: float = 60.0):
-    """fn() in a thread of its own that entered namespace ns (a thread's namespace is its own)."""
-    box: dict = {}
-
-    def run() -> None:
-        try:
-            _enter(ns)
-            box["value"] = fn()
-        except BaseException as exc:  # handed back to the caller
-            box["error"] = exc
-
-    t = threading.Thread(target=run, name=f"in-{ns}", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        raise TimeoutError(f"a call in {ns} took over {timeout:.0f}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def http_get(address: str, path: str, timeout: float) -> bytes:
     """GET over a fresh connection, the body up to the close (the endpoint closes every one)."""
     host, port = address.rsplit(":", 1)
@@ -243,8 +222,11 @@ def http_get(address: str, path: str, timeout: float) -> bytes:
     return body
 
 
-def fetch_status(ns: str, address: str) -> dict:
-    return json.loads(ns_call(ns, lambda: http_get(address, "/status", 30.0)))
+def fetch_status(sock: str) -> dict:
+    """The speaker's /status, from its Unix socket (a path: no namespace to enter)."""
+    from speaker import endpoint
+
+    return endpoint.fetch(sock, "/status", 30.0)
 
 
 class LoopProbe:
@@ -278,13 +260,13 @@ class LoopProbe:
 
 
 class Observer:
-    """Both ends of the speaker's BFD sessions: its /status (in its namespace), the ToR's birdc and
+    """Both ends of the speaker's BFD sessions: its /status (its Unix socket), the ToR's birdc and
     the ToR's BFD trace file. The speaker names the sessions by the ToR's addresses
     (speaker_peers), the ToR by the speaker's (tor_peers)."""
 
-    def __init__(self, pod_ns: str, status_address: str, birdc, tor_bfd_log: str, speaker_peers: tuple[str, ...],
+    def __init__(self, status_socket: str, birdc, tor_bfd_log: str, speaker_peers: tuple[str, ...],
                  tor_peers: tuple[str, ...], tor_protocols: tuple[str, ...] = ("pod_4", "pod_6")) -> None:
-        self.pod_ns, self.status_address, self.birdc = pod_ns, status_address, birdc
+        self.status_socket, self.birdc = status_socket, birdc
         self.tor_bfd_log, self.speaker_peers, self.tor_peers = tor_bfd_log, speaker_peers, tor_peers
         self.tor_protocol_names = tor_protocols
 
@@ -299,7 +281,7 @@ class Observer:
         downs = {p: 0 for p in self.tor_peers}
         text = self.tor_log()
         downs.update(count_tor_downs(text))
-        return Snapshot(speaker=speaker_peers(fetch_status(self.pod_ns, self.status_address)),
+        return Snapshot(speaker=speaker_peers(fetch_status(self.status_socket)),
                         tor_bfd=parse_bfd_sessions(self.birdc("show", "bfd", "sessions")),
                         tor_protocols=parse_protocols(self.birdc("show", "protocols"), self.tor_protocol_names),
                         tor_log_downs=downs, tor_bgp_downs=count_bgp_downs(text, self.tor_protocol_names))

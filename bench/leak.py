@@ -101,7 +101,7 @@ class LeakBench(Bench):
 
     def status(self) -> dict:
         out = subprocess.run(["ip", "netns", "exec", self.pod_ns, sys.executable, "-m", "speaker.cli", "status", "--json",
-                              "--address", self.status_address], capture_output=True, text=True, timeout=30)
+                              "--socket", self.status_socket], capture_output=True, text=True, timeout=30)
         return json.loads(out.stdout) if out.returncode == 0 else {}
 
     def peers(self) -> dict:

@@ -505,7 +505,8 @@ class Bench:
         os.makedirs(rt, exist_ok=True)
         conf, log = os.path.join(rt, "podbgp.yaml"), os.path.join(rt, "speaker.log")
         with open(conf, "w") as f:
-            self.status_address = f"127.0.0.1:{w.free_port()}"
+            self.status_address = f"127.0.0.1:{w.free_port()}"  # /healthz (LoopProbe); /status: the socket
+            self.status_socket = os.path.join(rt, "run", "status.sock")
             f.write(w.speaker_config(os.path.join(rt, "run"), self.status_address,
                                      kubeconfig=run.path("kubeconfig") if self.args.kubeconfig else None,
                                      peer_extra=self.peer_extra, graceful_restart=self.graceful_restart))
@@ -584,7 +585,7 @@ class Bench:
     # -- BFD (--bfd) ------------------------------------------------------------------------
     def bfd_up(self, t0: float) -> dict:
         """Until the speaker's two BFD sessions are up on both ends (its status, the ToR's birdc)."""
-        self.bfd = _bfd.Observer(self.pod_ns, self.status_address, lambda *cmd: self.birdc(self.tor_sock, *cmd),
+        self.bfd = _bfd.Observer(self.status_socket, lambda *cmd: self.birdc(self.tor_sock, *cmd),
                                  self.run.path("tor-bfd.log"), tuple(str(a) for a in w.TOR),
                                  tuple(str(a) for a in w.POD_RX))
         try:
@@ -671,9 +672,9 @@ class Bench:
                 time.sleep(0.02)
 
     def speaker_counters(self) -> dict:
-        """The speaker's own counters, from its status endpoint inside its namespace."""
+        """The speaker's own counters, from its /status (its Unix socket)."""
         out = subprocess.run(["ip", "netns", "exec", self.pod_ns, sys.executable, "-m", "speaker.cli", "status", "--json",
-                              "--address", self.status_address], capture_output=True, text=True, timeout=10)
+                              "--socket", self.status_socket], capture_output=True, text=True, timeout=10)
         return json.loads(out.stdout).get("counters", {}) if out.returncode == 0 else {}
 
     def podbgp_extras(self, sp, conv: Converge) -> dict:

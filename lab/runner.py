@@ -771,9 +771,15 @@ def _is_exabgp(pid: int) -> bool:
         return False
 
 
+def speaker_socket(state: State, node: str) -> str:
+    """The node's speaker's Unix socket (/status, /explain): in its runtime dir, a hostPath."""
+    return os.path.join(speaker_runtime_dir(state, node), "status.sock")
+
+
 def speaker_status(state: State, node: str) -> dict:
-    out = run([sys.executable, "-m", "speaker.cli", "status", "--json"], netns=state.nodes[node]["netns"],
-              env=tool_env(), check=True, timeout=10).stdout
+    """`podbgp status --json` on the node, through the speaker's socket."""
+    out = run([sys.executable, "-m", "speaker.cli", "status", "--json", "--socket", speaker_socket(state, node)],
+              netns=state.nodes[node]["netns"], env=tool_env(), check=True, timeout=10).stdout
     return json.loads(out)
 
 
@@ -815,11 +821,14 @@ def status(name: str | None = None) -> dict:
 
 def exec_argv(state: State, target: str, argv: list[str]) -> list[str]:
     """The full command that runs argv inside a node or pod (vtysh pointed at that FRR's paths,
-    birdc at that BIRD's socket)."""
+    birdc at that BIRD's socket, podbgp status and explain at that speaker's)."""
     ns = state.netns(target)
     if argv and argv[0] == "vtysh" and state.nodes.get(target, {}).get("frr"):
         d = frr_dir(state, target)
         argv = ["vtysh", "--vty_socket", d, "--config_dir", d, *argv[1:]]
     if argv and argv[0] == "birdc" and state.nodes.get(target, {}).get("bird"):
         argv = ["birdc", "-s", os.path.join(bird_dir(state, target), "bird.ctl"), *argv[1:]]
+    if argv[:2] in (["podbgp", "status"], ["podbgp", "explain"]) and state.nodes.get(target, {}).get("role") == "node" \
+            and "--socket" not in argv:
+        argv = [*argv[:2], "--socket", speaker_socket(state, target), *argv[2:]]
     return ["ip", "netns", "exec", ns, *argv]

@@ -74,7 +74,7 @@ async def _run_speaker(cfg) -> int:
     from reconciler.kernel import KernelTable
     from reconciler.monitor import KernelMonitor
 
-    from . import status
+    from . import endpoint
     from .app import Speaker, services_enabled
     from .cni import ConflistWriter
     from .kubeclient import ENDPOINT_SLICES, SERVICES, KubeClient
@@ -110,9 +110,13 @@ async def _run_speaker(cfg) -> int:
     monitor = KernelMonitor(cfg.route_protocol, table=cfg.route_table)
     sp = Speaker(cfg, kernel, start_watch, monitor=monitor, cni=ConflistWriter(cfg.cni),
                  node_client=kube, allocator=allocator)
-    server = await status.serve(sp, cfg.status_address)
-    logging.getLogger("speaker").info("speaker.start node=%s asn=%s status=%s", cfg.node_name,
-                                      cfg.asn if cfg.asn is not None else "from-annotation", cfg.status_address)
+    sock = endpoint.socket_path(cfg.runtime_dir)
+    try:
+        server = await endpoint.serve(sp, cfg.status_address, sock)
+    except OSError as exc:
+        raise click.ClickException(f"status endpoint: cannot listen on {cfg.status_address} and {sock}: {exc}") from None
+    logging.getLogger("speaker").info("speaker.start node=%s asn=%s status=%s socket=%s", cfg.node_name,
+                                      cfg.asn if cfg.asn is not None else "from-annotation", cfg.status_address, sock)
     try:
         return await sp.run()
     finally:
@@ -121,40 +125,74 @@ async def _run_speaker(cfg) -> int:
         kernel.close()
 
 
+def _local_endpoint(f):
+    """--socket and --config of the commands that ask the speaker's Unix socket; --address, which
+    pointed them at the TCP address before /status and /explain left it, refused with the reason."""
+    f = click.option("--address", hidden=True, expose_value=False, callback=_no_address)(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="the speaker's config file: its runtimeDir holds the socket")(f)
+    return click.option("--socket", "socket", envvar="PODBGP_STATUS_SOCKET", metavar="PATH",
+                        help="the speaker's Unix socket (default: <runtimeDir>/status.sock, runtimeDir from "
+                             "$PODBGP_RUNTIME_DIR, else from --config, else /run/podbgp)")(f)
+
+
+def _no_address(ctx, param, value) -> None:
+    if value is not None:
+        raise click.BadParameter("/status and /explain are served only on the node's Unix socket now; "
+                                 "run this on the node, or give --socket PATH")
+
+
+def _socket(socket: str | None, config_path: str | None) -> str:
+    from . import endpoint
+    from .config import runtime_dir
+
+    if socket:
+        return socket
+    try:
+        return endpoint.socket_path(runtime_dir(config_path))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _ask(sock: str, target: str) -> dict:
+    from . import endpoint
+
+    try:
+        return endpoint.fetch(sock, target)
+    except PermissionError as exc:
+        raise click.ClickException(f"cannot open {sock}: {exc.strerror} (it is root's: run as root on the node)") from None
+    except OSError as exc:
+        raise click.ClickException(f"no speaker answers on {sock}: {exc}") from None
+    except endpoint.EndpointError as exc:
+        if exc.status == 404:
+            raise click.ClickException(f"the speaker on {sock} does not answer {target.partition('?')[0]} "
+                                       "(an older version?)") from None
+        raise click.ClickException(str(exc)) from None
+
+
 @main.command("status")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-@click.option("--address", default="127.0.0.1:9469", show_default=True, envvar="PODBGP_STATUS_ADDRESS")
-def status_cmd(as_json: bool, address: str) -> None:
+@_local_endpoint
+def status_cmd(as_json: bool, socket: str | None, config_path: str | None) -> None:
     """Ask the speaker on this node for its peers, routes and rejections."""
     from . import status
 
-    try:
-        doc = status.fetch(address)
-    except OSError as exc:
-        raise click.ClickException(f"no speaker answers on {address}: {exc}") from None
+    doc = _ask(_socket(socket, config_path), "/status")
     click.echo(json.dumps(doc, indent=2) if as_json else status.render_table(doc))
 
 
 @main.command("explain")
 @click.argument("prefix")
 @click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
-@click.option("--address", default="127.0.0.1:9469", show_default=True, envvar="PODBGP_STATUS_ADDRESS")
-def explain_cmd(prefix: str, as_json: bool, address: str) -> None:
+@_local_endpoint
+def explain_cmd(prefix: str, as_json: bool, socket: str | None, config_path: str | None) -> None:
     """Why PREFIX is or is not in this node's kernel: who holds it, who offers it, the policy's
     verdict on each path, what the kernel holds (a foreign route in the way included)."""
-    from urllib.error import HTTPError
     from urllib.parse import quote
 
-    from . import explain, status
+    from . import explain
 
-    try:
-        doc = status.fetch(address, f"/explain?prefix={quote(prefix, safe='')}")
-    except HTTPError as exc:
-        if exc.code == 404:
-            raise click.ClickException(f"the speaker on {address} does not answer /explain (an older version?)") from None
-        raise click.ClickException(exc.read().decode(errors="replace").strip() or str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"no speaker answers on {address}: {exc}") from None
+    doc = _ask(_socket(socket, config_path), f"/explain?prefix={quote(prefix, safe='')}")
     click.echo(json.dumps(doc, indent=2) if as_json else explain.render(doc))
 
 

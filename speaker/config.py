@@ -27,7 +27,7 @@ from .service_config import Pool, ServicesConfig, check_ranges, parse_services
 # the names other modules import from here
 __all__ = ["ANNOTATION_PEER_KEYS", "CNIConfig", "Config", "ConfigError", "MODES", "LOG_FORMATS", "Peer", "Pool",
            "PodCIDRConfig", "ServicesConfig", "SpeakerError", "check_pod_cidr", "load", "parse", "parse_address", "parse_peer",
-           "validate"]
+           "runtime_dir", "validate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,17 +306,7 @@ ENV_KEYS = {
 
 def load(path: str | None, env: dict[str, str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """File, then environment, then flags (each later one wins)."""
-    raw: dict[str, Any] = {}
-    if path:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except OSError as exc:
-            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config: {path} must hold a mapping")
+    raw = _read(path)
     env = os.environ if env is None else env
     for var, key in ENV_KEYS.items():
         if env.get(var):
@@ -326,3 +316,25 @@ def load(path: str | None, env: dict[str, str] | None = None, overrides: dict[st
             raw[key] = value
     return parse(raw)
 
+
+def runtime_dir(path: str | None, env: dict[str, str] | None = None) -> str:
+    """The runtimeDir a speaker started with this file and environment uses, without the rest of
+    the config (`podbgp status` on a node's shell has no NODE_NAME): the environment, then the file."""
+    env = os.environ if env is None else env
+    value = env.get("PODBGP_RUNTIME_DIR") or _read(path).get("runtimeDir") or defaults(Config).runtime_dir
+    return str(value)
+
+
+def _read(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping")
+    return raw

@@ -1,27 +1,22 @@
-"""The speaker's local endpoint: /status (JSON), /metrics (Prometheus text), /healthz, /readyz."""
+"""What the speaker tells about itself: the /status document, the /metrics families, the table
+`podbgp status` prints. speaker.endpoint serves them."""
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from bgp.source import BfdStatus
 from bgp.types import SessionState
 from reconciler.report import net_key
 from reconciler.types import Reason
-
-from . import explain
-from .config import parse_address
 
 if TYPE_CHECKING:  # the speaker's state, read through its typed parts (bgp.source, reconciler.report)
     from .app import Speaker
@@ -234,58 +229,6 @@ def metrics_registry(sp: Speaker) -> CollectorRegistry:
     return registry
 
 
-# ---- the HTTP endpoint ---------------------------------------------------------------------
-
-async def serve(sp: Speaker, address: str) -> asyncio.AbstractServer:
-    """/status, /metrics, /healthz, /readyz, /explain?prefix=CIDR on `address` (see parse_address)."""
-    host, port = parse_address(address)
-    registry = metrics_registry(sp)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), 5)
-            accept = ""
-            while (header := await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
-                name, _, value = header.decode(errors="replace").partition(":")
-                if name.strip().lower() == "accept":
-                    accept = value.strip()
-            parts = request.decode(errors="replace").split()
-            path, _, query = (parts[1] if len(parts) > 1 else "/").partition("?")
-            if path == "/explain":  # may read the kernel in a worker thread (speaker.explain)
-                code, ctype, data = await explain.respond(sp, query)
-            elif path == "/status":  # streamed: the body ends when the connection closes
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
-                for chunk in status_chunks(sp):
-                    writer.write(chunk)
-                    await writer.drain()
-                return
-            else:
-                code, ctype, data = _respond(sp, path, registry, accept)
-            writer.write(f"HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + data)
-            await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port, reuse_address=True)
-
-
-def _respond(sp: Speaker, path: str, registry: CollectorRegistry | None = None, accept: str = "") -> tuple[str, str, bytes]:
-    if path == "/status":
-        return "200 OK", "application/json", b"".join(status_chunks(sp))
-    if path == "/metrics":
-        encode, ctype = choose_encoder(accept)  # text 0.0.4 unless the scraper asks for OpenMetrics
-        return "200 OK", ctype, encode(registry if registry is not None else metrics_registry(sp))
-    if path in ("/healthz", "/livez"):
-        return "200 OK", "text/plain", b"ok\n"
-    if path == "/readyz":
-        ready = sp.synced and sp.source.ready
-        return ("200 OK" if ready else "503 Service Unavailable"), "text/plain", (b"ok\n" if ready else b"not ready\n")
-    return "404 Not Found", "text/plain", b"not found\n"
-
-
 def _bfd(b: BfdStatus | None) -> dict | None:
     if b is None:
         return None
@@ -309,11 +252,6 @@ def _peer_notes(p: dict) -> list[str]:
                    f"{' multihop' if b['multihop'] else ''}, downs {b['downs']}"
                    f"{', last: ' + b['diagnostics'] if b['downs'] else ''}{held}{'; ' + b['error'] if b['error'] else ''}")
     return out
-
-
-def fetch(address: str, path: str = "/status", timeout: float = 5.0) -> dict:
-    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as resp:
-        return json.loads(resp.read())
 
 
 def render_table(doc: dict) -> str:

@@ -1,7 +1,10 @@
 """`podbgp explain PREFIX` inside node1 of the lab: an installed prefix, rejected ones (a
 more-specific hijack and a next hop that is not the owner's, both originated by the ToR), and one
-blocked by a foreign route; `--json` parsed. Everything injected is removed on every path."""
+blocked by a foreign route; `--json` parsed. Everything injected is removed on every path. And
+where /explain and /status are served: on the node's Unix socket, not on the address a Pod reaches."""
 import json
+import os
+import stat
 import subprocess
 import time
 
@@ -107,3 +110,44 @@ def test_blocked_by_a_foreign_route_then_ours_comes_back(lab):
     text = explain(lab, prefix)
     print(f"$ podbgp explain {prefix}  # after ip route del\n{text}")
     assert text.splitlines()[0] == f"{prefix}: installed via 192.168.50.13"
+
+
+def http_from(lab, pod, url):
+    """curl in the Pod's network namespace: (HTTP code, body)."""
+    out = runner.run(["curl", "-s", "-m", "3", "-w", "\n%{http_code}", url], netns=pod["netns"]).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code), body  # as served, its newline included
+
+
+def test_from_a_pod_the_node_answers_metrics_but_not_status_or_explain(lab):
+    """Issue 15, must-show 4: the node's statusAddress, as a Pod reaches it, serves Prometheus and
+    the probes; /status and /explain (routes, peers, the policy's reasons) only on the node's
+    Unix socket, through which `podbgp status` still shows the peers."""
+    pod = next(p for p in lab.pods if p["node"] == "node1")
+    node = json.loads(runner.kubectl(lab, "get", "node", "node1", "-o", "json").stdout)
+    ip = next(a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP" and ":" not in a["address"])
+    print(f"\nfrom {pod['name']} ({pod['ipv4']}) to node1's InternalIP {ip}:9469")
+    got = {}
+    for path in ("/metrics", "/healthz", "/readyz", "/status", "/explain?prefix=10.42.1.0/24"):
+        code, body = http_from(lab, pod, f"http://{ip}:9469{path}")
+        got[path] = code, body
+        first = next((line for line in body.splitlines() if not line.startswith("#")), "")
+        print(f"  GET {path} -> {code} {first[:200]}")
+    assert got["/metrics"][0] == 200 and "podbgp_peer_up{" in got["/metrics"][1]
+    assert "# TYPE podbgp_installed_routes gauge" in got["/metrics"][1]
+    assert got["/healthz"] == (200, "ok\n") and got["/readyz"] == (200, "ok\n")
+    for path in ("/status", "/explain?prefix=10.42.1.0/24"):
+        code, body = got[path]
+        assert code == 404 and body.count("\n") == 1 and body.endswith("\n") and "Unix socket" in body and "podbgp status" in body, (path, body)
+        assert "192.168.50" not in body and "10.42." not in body  # nothing of the node's peers or routes
+    sock = runner.speaker_socket(lab, "node1")
+    mode = os.stat(sock).st_mode
+    print(f"  {sock}: mode {stat.S_IMODE(mode):04o}, uid {os.stat(sock).st_uid}")
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    proc = subprocess.run(runner.exec_argv(lab, "node1", ["podbgp", "status"]), capture_output=True, text=True,
+                          env=runner.tool_env(), timeout=15)
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.splitlines()
+    print("$ podbgp status  # on node1, through the socket\n" + "\n".join(table[:5]))
+    peers = [line.split()[:3] for line in table[table.index("PEER            ASN      STATE  PATHS  EOR") + 1:][:2]]
+    assert peers == [["192.168.50.1", "65000", "up"], ["fd00:50::1", "65000", "up"]], table

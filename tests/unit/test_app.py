@@ -288,7 +288,7 @@ def test_peer_without_graceful_restart_loses_its_paths_at_once(tmp_path):
 
 
 def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
-    from speaker import status
+    from speaker import endpoint, status
 
     async def body():
         sp, kernel = make(tmp_path)
@@ -303,7 +303,7 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
         assert doc["rejectedByReason"] == {"next-hop-mismatch": 1}  # the RIB's; a default route is not stored:
         assert doc["refusedNotStored"] == {"default-route": 1} and doc["peers"][0]["refused"] == {"default-route": 1}
         assert "bad" in doc["nodeErrors"]
-        text = status._respond(sp, "/metrics")[2].decode()  # prometheus_client: labels sorted, values as floats
+        text = endpoint.respond(sp, "/metrics")[2].decode()  # prometheus_client: labels sorted, values as floats
         assert 'podbgp_peer_up{asn="65000",peer="192.168.50.1"} 1.0' in text
         assert 'podbgp_rejected_routes{reason="next-hop-mismatch"} 1.0' in text
         assert 'podbgp_peer_refused_paths{peer="192.168.50.1",reason="default-route"} 1.0' in text
@@ -311,7 +311,7 @@ def test_status_and_metrics_report_peers_routes_rejections_and_errors(tmp_path):
         assert "podbgp_installed_routes 1.0" in text
         assert 'podbgp_events_total{event="decode_errors"} 1.0' in text
         assert 'podbgp_events_total{event="node_errors"} 1.0' in text
-        assert status._respond(sp, "/readyz")[0] == "200 OK"
+        assert endpoint.respond(sp, "/readyz")[0] == "200 OK"
         table = status.render_table(doc)
         assert "10.42.3.0/24 via 192.168.50.12 from 192.168.50.1: next-hop-mismatch" in table
     run(body())

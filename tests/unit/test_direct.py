@@ -8,7 +8,7 @@ import pytest
 from reconciler.monitor import KernelEvents
 from reconciler.types import KernelRoute
 from speaker import config as cfgmod
-from speaker import status
+from speaker import endpoint, status
 from speaker.app import Speaker
 from speaker.cni import ConflistWriter
 from speaker.direct import DirectSource, node_paths
@@ -166,7 +166,7 @@ def test_routes_from_the_node_list_without_bgp_then_conflist_and_condition(tmp_p
         sp.on_watch(NodeEvent("ADDED", NODES[1]))
         await settle()
         assert kernel.applied == 0 and not fake.calls  # nothing before the first full list
-        assert status._respond(sp, "/readyz")[0].startswith("503")
+        assert endpoint.respond(sp, "/readyz")[0].startswith("503")
         sp.on_watch(Snapshot(tuple(NODES), "10"))
         await settle()
         assert table(kernel) == ROUTES and sp.source.converged and sp.reconciler.converged
@@ -179,11 +179,11 @@ def test_routes_from_the_node_list_without_bgp_then_conflist_and_condition(tmp_p
         assert kernel.applied == applied and table(kernel) == ROUTES
         doc = status.status_doc(sp)
         assert doc["mode"] == "direct" and doc["converged"] and doc["peers"] == [] and doc["exabgpPid"] is None
-        assert status._respond(sp, "/readyz")[0] == "200 OK"  # no session to wait for
+        assert endpoint.respond(sp, "/readyz")[0] == "200 OK"  # no session to wait for
         assert {x["prefix"]: (x["peer"], x["nextHop"]) for x in doc["learned"]} == {
             p: ("node2" if gw[0].endswith("12") else "node3", gw[0]) for p, gw in ROUTES.items()}
         assert {r["prefix"] for r in doc["installed"]} == set(ROUTES)
-        text = status._respond(sp, "/metrics")[2].decode()
+        text = endpoint.respond(sp, "/metrics")[2].decode()
         assert "podbgp_converged 1.0" in text and "podbgp_installed_routes 4.0" in text
     asyncio.run(body())
 

@@ -17,7 +17,7 @@ from reconciler.policy import PERMANENT
 from reconciler.types import KernelRoute, Reason, ReconcilerError
 from speaker import config as cfgmod
 from speaker import explain as ex
-from speaker import status
+from speaker import endpoint, status
 from speaker.app import Speaker
 from speaker.cli import main
 from tests.unit.test_app import FakeExaBGP, Snapshot, node
@@ -367,8 +367,8 @@ def test_a_failed_kernel_read_falls_back_on_the_model_and_says_why(tmp_path, cap
     run(body())
 
 
-async def http_get(host, port, path):
-    reader, writer = await asyncio.open_connection(host, port)
+async def http_get(sock, path):
+    reader, writer = await asyncio.open_unix_connection(sock)
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     raw = await reader.read()
     writer.close()
@@ -380,16 +380,16 @@ def test_the_endpoint_answers_explain_and_400s_bad_input(tmp_path):
     async def body():
         sp, _ = make(tmp_path)
         await up(sp, ("10.42.2.0/24", "192.168.50.12"))
-        server = await status.serve(sp, "127.0.0.1:0")
+        sock = str(tmp_path / "status.sock")
+        server = await endpoint.serve_local(sp, sock)
         try:
-            host, port = server.sockets[0].getsockname()[:2]
-            line, data = await http_get(host, port, "/explain?prefix=10.42.2.0%2F24")
+            line, data = await http_get(sock, "/explain?prefix=10.42.2.0%2F24")
             assert line == "HTTP/1.1 200 OK" and json.loads(data)["verdict"] == "installed"
-            line, data = await http_get(host, port, "/explain?prefix=10.42.2.1/24")
+            line, data = await http_get(sock, "/explain?prefix=10.42.2.1/24")
             assert line == "HTTP/1.1 400 Bad Request" and data.count(b"\n") == 1 and b"did you mean 10.42.2.0/24" in data
-            line, _ = await http_get(host, port, "/explain")
+            line, _ = await http_get(sock, "/explain")
             assert line == "HTTP/1.1 400 Bad Request"
-            line, data = await http_get(host, port, "/status?x=1")  # the other paths ignore a query, as before
+            line, data = await http_get(sock, "/status?x=1")  # the other paths ignore a query, as before
             assert line == "HTTP/1.1 200 OK" and json.loads(data)["node"] == "node1"
         finally:
             server.close()
@@ -399,15 +399,15 @@ def test_the_endpoint_answers_explain_and_400s_bad_input(tmp_path):
 
 @pytest.fixture
 def served(tmp_path):
-    """A Speaker with fakes and its status endpoint, on a loop in a thread; yields HOST:PORT."""
+    """A Speaker with fakes and its local endpoint, on a loop in a thread; yields the socket's path."""
     ready, stop, box = threading.Event(), threading.Event(), {}
 
     async def main_():
         sp, _ = make(tmp_path, Kernel(foreign=[static("10.42.3.0/24", TOR)]))
         await up(sp, ("10.42.2.0/24", "192.168.50.12"), ("10.42.3.0/24", "192.168.50.13"),
                  ("10.42.2.128/25", TOR))
-        server = await status.serve(sp, "127.0.0.1:0")
-        box["address"] = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+        box["socket"] = str(tmp_path / "status.sock")
+        server = await endpoint.serve_local(sp, box["socket"])
         ready.set()
         while not stop.is_set():
             await asyncio.sleep(0.02)
@@ -417,30 +417,31 @@ def served(tmp_path):
     thread = threading.Thread(target=asyncio.run, args=(main_(),), daemon=True)
     thread.start()
     assert ready.wait(10)
-    yield box["address"]
+    yield box["socket"]
     stop.set()
     thread.join(10)
 
 
 def test_the_command_prints_the_verdict_first_and_json(served):
     cli = CliRunner()
-    res = cli.invoke(main, ["explain", "10.42.2.0/24", "--address", served])
+    res = cli.invoke(main, ["explain", "10.42.2.0/24", "--socket", served])
     assert res.exit_code == 0, res.output
     assert res.output.splitlines()[0] == "10.42.2.0/24: installed via 192.168.50.12"
-    res = cli.invoke(main, ["explain", "10.42.2.128/25", "--address", served])
+    res = cli.invoke(main, ["explain", "10.42.2.128/25", "--socket", served])
     assert res.output.splitlines()[0] == ("10.42.2.128/25: rejected: 10.42.2.128/25 is more specific than node2's "
                                           "PodCIDR 10.42.2.0/24; no Node holds it (a hijack?)")
-    res = cli.invoke(main, ["explain", "10.42.3.0/24", "--json", "--address", served])
+    res = cli.invoke(main, ["explain", "10.42.3.0/24", "--json", "--socket", served])
     doc = json.loads(res.output)  # the route table is read at the prefix: the foreign route's protocol is known
     assert (doc["verdict"], doc["summary"]) == ("blocked", "blocked by a foreign route (proto static) at metric 20")
-    res = cli.invoke(main, ["explain", "10.42.2.1/24", "--address", served])
+    res = cli.invoke(main, ["explain", "10.42.2.1/24", "--socket", served])
     assert res.exit_code == 1
     assert res.output == "Error: explain: 10.42.2.1/24 has host bits set; did you mean 10.42.2.0/24?\n"
 
 
-def test_the_command_says_when_no_speaker_answers():
-    res = CliRunner().invoke(main, ["explain", "10.42.2.0/24", "--address", "127.0.0.1:1"])
-    assert res.exit_code == 1 and res.output.startswith("Error: no speaker answers on 127.0.0.1:1: ")
+def test_the_command_says_when_no_speaker_answers(tmp_path):
+    sock = str(tmp_path / "status.sock")
+    res = CliRunner().invoke(main, ["explain", "10.42.2.0/24", "--socket", sock])
+    assert res.exit_code == 1 and res.output.startswith(f"Error: no speaker answers on {sock}: ")
 
 
 # ---- /status: each peer's since ---------------------------------------------------------------
@@ -467,7 +468,7 @@ def test_status_gives_each_peer_the_unix_time_it_entered_its_state(tmp_path):
         sp.bgp.on_event(StateEvent(TOR, SessionState.DOWN, "hold timer expired"))
         down = peer(sp)
         assert down["state"] == "down" and down["since"] > established["since"]
-        doc = json.loads(status._respond(sp, "/status")[2])  # as /status serves it
+        doc = json.loads(b"".join(status.status_chunks(sp)))  # as /status serves it
         assert next(p for p in doc["peers"] if p["address"] == TOR)["since"] == down["since"]
     run(body())
 
@@ -488,10 +489,10 @@ def test_the_streamed_status_is_the_document_in_the_same_order(tmp_path, batch):
                                                           "10.42.3.0/24", "fd00:42:0:2::/64"]
         streamed = b"".join(status.status_chunks(sp, batch=batch))
         assert json.loads(streamed) == doc and list(json.loads(streamed)) == list(doc)
-        server = await status.serve(sp, "127.0.0.1:0")  # served: close-delimited, parsed as the CLI does
+        sock = str(tmp_path / "status.sock")
+        server = await endpoint.serve_local(sp, sock)  # served: close-delimited, parsed as the CLI does
         try:
-            host, port = server.sockets[0].getsockname()[:2]
-            fetched = await asyncio.to_thread(status.fetch, f"{host}:{port}")
+            fetched = await asyncio.to_thread(endpoint.fetch, sock)
         finally:
             server.close()
         assert fetched == doc

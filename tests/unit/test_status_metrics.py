@@ -12,7 +12,8 @@ from bgp.source import PeerStatus
 from bgp.types import SessionState
 from reconciler.report import ReconcilerCounts
 from reconciler.types import Reason
-from speaker import status
+from speaker import endpoint, status
+from speaker.config import parse_address
 
 
 class FakeSource:
@@ -55,7 +56,7 @@ class FakeSpeaker:
 
 def scrape(sp, registry=None):
     """{(name, sorted labels): value} of one scrape, parsed as Prometheus parses it."""
-    code, ctype, body = status._respond(sp, "/metrics", registry)
+    code, ctype, body = endpoint.respond(sp, "/metrics", registry)
     assert code == "200 OK" and ctype == "text/plain; version=0.0.4; charset=utf-8"
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(body.decode()) for s in family.samples}
@@ -119,7 +120,7 @@ def test_values_follow_the_state_at_each_scrape(attempt):
 def test_events_are_a_counter_named_with_total():
     sp = FakeSpeaker()
     sp.counters["resync"] = 1
-    _, _, body = status._respond(sp, "/metrics")
+    _, _, body = endpoint.respond(sp, "/metrics")
     families = {f.name: f for f in text_string_to_metric_families(body.decode())}
     assert families["podbgp_events"].type == "counter"
     assert [s.name for s in families["podbgp_events"].samples] == ["podbgp_events_total"]
@@ -136,14 +137,14 @@ def test_events_are_a_counter_named_with_total():
     ("127.0.0.1:0", ("127.0.0.1", 0)),
 ])
 def test_status_addresses(text, want):
-    assert status.parse_address(text) == want
+    assert parse_address(text) == want
 
 
 @pytest.mark.parametrize("text", ["::1:9469", "fd00::1", "9469", ":9469", "[::1]", "[::1]9469", "[10.0.0.1]:80",
                                   "[::1:9469", "127.0.0.1:", "127.0.0.1:x", "127.0.0.1:65536", "127.0.0.1:-1"])
 def test_status_addresses_refused_with_the_reason(text):
     with pytest.raises(ValueError, match="status address"):
-        status.parse_address(text)
+        parse_address(text)
 
 
 async def http_get(host, port, path, accept=None):
@@ -174,7 +175,7 @@ def has_ipv6_loopback():
 def test_the_endpoint_serves_metrics_on_ipv4_and_ipv6(address):
     async def body():
         sp = FakeSpeaker()
-        server = await status.serve(sp, address)
+        server = await endpoint.serve_public(sp, address)
         try:
             host, port = server.sockets[0].getsockname()[:2]
             assert server.sockets[0].family == (socket.AF_INET6 if address.startswith("[") else socket.AF_INET)
