@@ -188,7 +188,9 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and parts[:2] == ["openapi", "v3"] and "/".join(parts[2:]) in OPENAPI_DOCS:
             return self._send(200, OPENAPI_DOCS["/".join(parts[2:])])
         if method == "POST" and parts == ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]:
-            self._body()  # `kubectl auth whoami`: who the token is, as the authenticator saw it
+            # `kubectl auth whoami` (its body, protobuf from kubectl, says nothing): who the token is
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._body_read = True
             return self._send(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
                                     "metadata": {"creationTimestamp": None},
                                     "status": {"userInfo": self._user.info()}})
