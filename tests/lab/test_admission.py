@@ -3,9 +3,9 @@ speaker holding its own bound token: node3's token patching node2's status addre
 kube-apiserver's answer, node1 keeps node2's route and a Pod ping node1 -> node2 loses nothing
 meanwhile; every speaker's own NetworkUnavailable write went through the same policy.
 
-The policy is this test's own (tests/unit/test_lab_admission.py), added to the lab's manifests (lab/kustomization.yaml over deploy/) by a kustomization
-of its own: what deploy/ ships is tested where it is shipped; this shows the runner applies whatever
-policies the manifests hold."""
+The policy is this test's own (tests/unit/test_lab_admission.py), added to the lab's manifests
+(lab/kustomization.yaml over deploy/) by a kustomization of its own: what deploy/ ships is tested
+where it is shipped; this shows the runner applies whatever policies the manifests hold."""
 import json
 import os
 import ssl
