@@ -16,9 +16,12 @@ Deny has an effect (no Warning header, no audit log); auditAnnotations are not e
 `authorizer` variable is absent; CEL's cost budget is not enforced; namespaceSelector sees only the
 label kube-apiserver sets on every Namespace (kubernetes.io/metadata.name), as the lab stores no
 Namespaces. cel-python 0.5 lacks some of what Kubernetes' CEL environment adds (the optional syntax
-`?.`/`[?k]`, the strings, lists, sets, quantity, ip/cidr, url and regex libraries, cel.bind, and
-heterogeneous numeric equality `1 == 1.0`); an expression using them is a compile or evaluation
-error and falls under failurePolicy, as an invalid expression does in kube-apiserver.
+`?.`/`[?k]`, the strings, lists, sets, quantity, ip/cidr and url libraries, cel.bind, and
+heterogeneous equality: `1 == 1.0`, and `object != null` for an object, are errors, not true);
+an expression using them is a compile or evaluation error and falls under failurePolicy, as an
+invalid expression does in kube-apiserver. The comprehension macros (all, exists, exists_one,
+filter, map), also over a map's keys, has(), `in`, size, startsWith and matches work
+(tests/unit/test_lab_admission.py keeps both lists).
 """
 from __future__ import annotations
 

@@ -263,3 +263,53 @@ def test_request_and_old_object_on_create_and_delete():
     assert adm.review(Request("CREATE", "", "v1", "nodes", "Node", "n9", "", speaker("n9"), created, None)) is None
     err = denial(adm, Request("DELETE", "", "v1", "nodes", "Node", "n9", "", speaker("n9"), None, created))
     assert err.code == 422 and '"n9" is forbidden' in err.message
+
+
+# -- what cel-python 0.5 does and does not do of Kubernetes' CEL ------------------------------------
+
+SUPPORTED = [
+    "object.status.conditions.all(c, c.type != '')", "object.status.conditions.exists(c, c.type == 'Ready')",
+    "object.status.conditions.exists_one(c, c.type == 'Ready')",
+    "object.status.conditions.filter(c, c.type == 'Ready').map(c, c.status) == ['True']",
+    "object.metadata.all(k, k != '')", "object.metadata.exists(k, k == 'name')",  # macros over a map's keys
+    "object.metadata.filter(k, k == 'name') == ['name']", "object.metadata.map(k, k).size() == 2",
+    "has(object.spec.podCIDR) && !has(object.spec.taints)", "'name' in object.metadata",
+    "object.metadata.name.startsWith('no') && object.metadata.name.matches('^node[0-9]$')",
+    "size(object.status.addresses) == 1", "oldObject == null",
+]
+MISSING = {  # Kubernetes' CEL environment has these; cel-python 0.5 does not
+    "optional field": "object.?metadata.?labels.orValue({}) == {}",
+    "optional index": "object.metadata[?'labels'].orValue({}) == {}",
+    "strings library": "object.metadata.name.lowerAscii() == 'node2'",
+    "strings split": "'a,b'.split(',') == ['a', 'b']",
+    "strings join": "['a', 'b'].join(',') == 'a,b'",
+    "lists library": "[1, 2].isSorted()",
+    "sets library": "sets.contains([1, 2], [1])",
+    "cel.bind": "cel.bind(n, object.metadata.name, n == 'node2')",
+    "quantity": "quantity('1Gi').isGreaterThan(quantity('1Mi'))",
+    "ip library": "isIP('192.168.50.12')",
+    "cidr library": "cidr('10.42.0.0/16').containsIP('10.42.1.1')",
+    "url library": "isURL('https://example.com')",
+    "heterogeneous equality": "1 == 1.0",
+    "an object compared with null": "object != null",  # cel-go: true; cel-python: no overload (map, null)
+}
+
+
+def _one(expression: str, failure: str) -> Admission:
+    return _policy(expression, failure=failure)
+
+
+@pytest.mark.parametrize("expression", SUPPORTED)
+def test_cel_python_evaluates_what_policies_commonly_use(expression):
+    new = node("node2", "192.168.50.12", unavailable="False")
+    req = Request("UPDATE", "", "v1", "nodes", "Node", "node2", "", ADMIN, new, None, "status")
+    assert _one(expression, "Fail").review(req) is None, expression
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+def test_what_cel_python_lacks_is_an_error_under_the_failure_policy(name):
+    old = node("node2", "192.168.50.12")
+    req = status_update(ADMIN, old, old)
+    err = denial(_one(MISSING[name], "Fail"), req)
+    assert err.code == 422 and ("compilation failed" in err.message or "resulted in error" in err.message), err.message
+    assert _one(MISSING[name], "Ignore").review(req) is None
