@@ -17,7 +17,8 @@ Deny has an effect (no Warning header, no audit log); auditAnnotations are not e
 label kube-apiserver sets on every Namespace (kubernetes.io/metadata.name), as the lab stores no
 Namespaces. cel-python 0.5 lacks some of what Kubernetes' CEL environment adds (the optional syntax
 `?.`/`[?k]`, the strings, lists, sets, quantity, ip/cidr and url libraries, cel.bind, and
-heterogeneous equality: `1 == 1.0`, and `object != null` for an object, are errors, not true);
+heterogeneous equality: `1 == 1.0` and a number compared with null are errors, not booleans; its
+`!=` of a map and null is, so `!=` is given here as the negation of `==`, as the CEL spec has it);
 an expression using them is a compile or evaluation error and falls under failurePolicy, as an
 invalid expression does in kube-apiserver. The comprehension macros (all, exists, exists_one,
 filter, map), also over a map's keys, has(), `in`, size, startsWith and matches work
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import celpy
-from celpy import celtypes
+from celpy import celtypes, evaluation
 
 from .kinds import ApiError
 
@@ -135,8 +136,14 @@ class Policy:
 _ENV = celpy.Environment()
 
 
+def _not_equal(a, b):
+    """CEL's `!=`, the negation of `==` as the spec has it (cel-python's own refuses a map and null)."""
+    eq = evaluation.bool_eq(a, b)
+    return eq if isinstance(eq, celpy.CELEvalError) else celtypes.BoolType(not eq)
+
+
 def _compile(expr: str):
-    return _ENV.program(_ENV.compile(expr))
+    return _ENV.program(_ENV.compile(expr), functions={"_!=_": _not_equal})
 
 
 def load_policy(obj: dict) -> Policy:

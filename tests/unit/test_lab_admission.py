@@ -275,7 +275,7 @@ SUPPORTED = [
     "object.metadata.filter(k, k == 'name') == ['name']", "object.metadata.map(k, k).size() == 2",
     "has(object.spec.podCIDR) && !has(object.spec.taints)", "'name' in object.metadata",
     "object.metadata.name.startsWith('no') && object.metadata.name.matches('^node[0-9]$')",
-    "size(object.status.addresses) == 1", "oldObject == null",
+    "size(object.status.addresses) == 1", "oldObject == null", "object != null", "object.status != oldObject",
 ]
 MISSING = {  # Kubernetes' CEL environment has these; cel-python 0.5 does not
     "optional field": "object.?metadata.?labels.orValue({}) == {}",
@@ -291,7 +291,7 @@ MISSING = {  # Kubernetes' CEL environment has these; cel-python 0.5 does not
     "cidr library": "cidr('10.42.0.0/16').containsIP('10.42.1.1')",
     "url library": "isURL('https://example.com')",
     "heterogeneous equality": "1 == 1.0",
-    "an object compared with null": "object != null",  # cel-go: true; cel-python: no overload (map, null)
+    "a number compared with null": "size(object.metadata) != null",  # cel-go: true; cel-python: no overload
 }
 
 
