@@ -32,6 +32,7 @@ from bisect import bisect_left
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+from .admission import ADMIN, Admission, Request, User
 from .discovery import (GROUP_LIST, GROUP_VERSIONS, MINOR, OPEN_PATHS, OPENAPI_DOCS, OPENAPI_INDEX, RESOURCES, TABLES,
                         resource_list, table_row)
 from .kinds import KINDS, ApiError, check_service_cidrs, dumps
@@ -82,7 +83,8 @@ class Handler(BaseHTTPRequestHandler):
     store: Store
     watch_list = True  # the WatchList feature gate (off emulates Kubernetes 1.33)
     token: bytes | None = None  # the bearer token every request but health/version must carry
-    accounts: tuple = ()  # (token bytes, user name, RBAC rules): tokens allowed only what rules grant
+    accounts: tuple = ()  # (token bytes, User, RBAC rules): tokens allowed only what rules grant
+    admission: Admission | None = None  # ValidatingAdmissionPolicies, evaluated on every write
 
     def log_message(self, fmt: str, *args) -> None:  # quiet by default
         log.debug("http %s", fmt % args)
@@ -130,9 +132,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.stopping.is_set():
             self.close_connection = True
         self._body_read = False
+        self._user = ADMIN  # without a token demanded, every request is the administrator's
         try:
             if self.token is not None and parts not in OPEN_PATHS:
-                self._authorize(method, parts, q)
+                self._user = self._authorize(method, parts, q)
             self._dispatch(method, parts, q)
         except ApiError as err:
             if not self._body_read:  # a refused request's body must not be read as the next request
@@ -142,14 +145,16 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
-    def _authorize(self, method: str, parts: list[str], q: dict[str, str]) -> None:
+    def _authorize(self, method: str, parts: list[str], q: dict[str, str]) -> User:
+        """The user the request's bearer token names, once RBAC allows the request (401, 403 otherwise)."""
         scheme, _, presented = (self.headers.get("Authorization") or "").partition(" ")
         presented_b = presented.strip().encode() if scheme.lower() == "bearer" else b""
         if presented_b and hmac.compare_digest(presented_b, self.token or b""):
-            return
+            return ADMIN
         for token, user, rules in self.accounts:
             if presented_b and hmac.compare_digest(presented_b, token):
-                return authorize(user, rules, method, parts, q)
+                authorize(user.name, rules, method, parts, q)
+                return user
         raise ApiError(401, "Unauthorized", "Unauthorized")
 
     do_GET = lambda self: self._route("GET")  # noqa: E731
@@ -182,6 +187,13 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, OPENAPI_INDEX)
         if method == "GET" and parts[:2] == ["openapi", "v3"] and "/".join(parts[2:]) in OPENAPI_DOCS:
             return self._send(200, OPENAPI_DOCS["/".join(parts[2:])])
+        if method == "POST" and parts == ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"]:
+            # `kubectl auth whoami` (its body, protobuf from kubectl, says nothing): who the token is
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._body_read = True
+            return self._send(201, {"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                                    "metadata": {"creationTimestamp": None},
+                                    "status": {"userInfo": self._user.info()}})
         target = resolve(parts)
         if target is not None:
             return self._resource(method, *target, q)
@@ -198,19 +210,20 @@ class Handler(BaseHTTPRequestHandler):
                 body = self._body()
                 if q.get("dryRun"):
                     return self._send(201, body)
-                return self._send_raw(201, store.create(body, res, ns).raw)
+                return self._send_raw(201, store.create(body, res, ns, review=self._review("CREATE", res, ns, "", "")).raw)
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported on the collection")
         name, sub = rest[0], rest[1:]
         if sub not in ([], ["status"] if kind.status else []) or (kind.namespaced and ns is None):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         status, key = sub == ["status"], f"{ns}/{name}" if kind.namespaced else name
+        review = self._review("DELETE" if method == "DELETE" else "UPDATE", res, ns, name, "/".join(sub))
         if method == "GET":
             found = store.entry(key, res)
             if "as=Table" in (self.headers.get("Accept") or ""):
                 return self._send_table({"resourceVersion": str(found.rv)}, [found], res)
             return self._send_raw(200, found.raw)
         if method == "PUT":
-            return self._send_raw(200, store.update(key, self._body(), status=status, res=res).raw)
+            return self._send_raw(200, store.update(key, self._body(), status=status, res=res, review=review).raw)
         if method == "PATCH":
             ctype = (self.headers.get("Content-Type") or "application/merge-patch+json").split(";")[0].strip()
             patch = self._body()
@@ -219,15 +232,28 @@ class Handler(BaseHTTPRequestHandler):
                 updated = apply_patch(current.obj(), patch, ctype)
                 updated.setdefault("metadata", {})["resourceVersion"] = str(current.rv)
                 try:
-                    return self._send_raw(200, store.update(key, updated, status=status, res=res).raw)
+                    return self._send_raw(200, store.update(key, updated, status=status, res=res, review=review).raw)
                 except ApiError as err:
                     if err.code != 409 or err.reason != "Conflict":
                         raise
             raise ApiError(409, "Conflict", "too many concurrent writers")
         if method == "DELETE":
             self._body()
-            return self._send_raw(200, store.delete(key, res).raw)
+            return self._send_raw(200, store.delete(key, res, review=review).raw)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")
+
+    def _review(self, operation: str, res: str, ns: str | None, name: str, sub: str):
+        """The admission check of one write (None when no policy is loaded): called by the store with
+        the object about to be stored and the stored one, it raises kube-apiserver's denial."""
+        if not self.admission:
+            return None
+        kind, user = KINDS[res], self._user
+
+        def review(obj: dict | None, old: dict | None) -> None:
+            self.admission.review(Request(operation, kind.group, kind.version, kind.resource, kind.kind,
+                                          name or ((obj or {}).get("metadata") or {}).get("name", ""), ns or "",
+                                          user, obj, old, sub))
+        return review
 
     # -- list ----------------------------------------------------------------------------------
     def _list(self, o: ListOptions, res: str, ns: str | None) -> None:
@@ -475,27 +501,61 @@ def listen_socket(host: str, port: int, netns: str | None) -> socket.socket:
 def serve(store: Store, listeners: list[tuple[str, int, str | None]], watch_list: bool = True,
           tls: ssl.SSLContext | None = None, token: str | None = None,
           accounts: tuple = (), service_cidrs: list[str] | None = None,
-          node_ports: tuple[int, int] | None = None) -> tuple[list[Server], threading.Event]:
+          node_ports: tuple[int, int] | None = None,
+          admission: Admission | None = None) -> tuple[list[Server], threading.Event]:
     """Start one HTTP server per (host, port, netns) sharing the store; returns them running.
 
     watch_list=False emulates Kubernetes 1.33, whose WatchList feature gate is off: a watch with
     sendInitialEvents is refused (422) and clients fall back to list + watch. service_cidrs: the
     ranges Services get their cluster IPs from (at most one per family; the first family is the
     default one), as kube-apiserver's --service-cluster-ip-range; node_ports (first, last) as its
-    --service-node-port-range.
+    --service-node-port-range. accounts: (token, user, RBAC rules), the user a lab.admission.User or a
+    name; admission: the ValidatingAdmissionPolicies every write goes through.
     """
     if service_cidrs or node_ports:
         store.set_service_cidrs(service_cidrs or store.rules["services"].cidrs, node_ports)
     stopping = threading.Event()
     handler = type("BoundHandler", (Handler,), {"store": store, "watch_list": watch_list,
                                                 "token": token.encode() if token is not None else None,
-                                                "accounts": tuple((t.encode(), u, r) for t, u, r in accounts)})
+                                                "accounts": tuple((t.encode(), u if isinstance(u, User) else User.named(u), r)
+                                                                  for t, u, r in accounts),
+                                                "admission": admission})
     servers = []
     for host, port, netns in listeners:
         srv = Server(listen_socket(host, port, netns), handler, stopping, tls)
         threading.Thread(target=srv.serve_forever, name=f"api-{netns or 'host'}", daemon=True).start()
         servers.append(srv)
     return servers, stopping
+
+
+def load_admission(path: str | None, store: Store) -> Admission | None:
+    """The policies of a YAML file, their params read from the store (as the API server's informers do)."""
+    if not path:
+        return None
+    import yaml
+
+    from .admission import policy_objects
+    with open(path) as f:
+        objects = policy_objects([d for d in yaml.safe_load_all(f) if d])
+    log.info("apiserver.admission policies=%d file=%s", sum(o["kind"] == "ValidatingAdmissionPolicy" for o in objects), path)
+    return Admission(objects, store_params(store))
+
+
+def store_params(store: Store):
+    """A lab.admission.ParamSource over the store: one object by name, or those a selector picks."""
+    def params(api_version: str, kind: str, ns: str, name: str, labels: dict | None) -> list[dict]:
+        res = next((r for r, k in KINDS.items() if k.api_version == api_version and k.kind == kind), None)
+        if res is None:
+            return []
+        space = ns if KINDS[res].namespaced else None
+        if name:
+            try:
+                return [store.get(f"{space}/{name}" if space else name, res)]
+            except ApiError:
+                return []
+        items, _ = store.snapshot(res, space)
+        return [e.obj() for e in items if all(e.labels.get(k) == v for k, v in (labels or {}).items())]
+    return params
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -514,7 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-key", help="the certificate's private key (PEM)")
     ap.add_argument("--token-file", help="demand this bearer token (401 otherwise)")
     ap.add_argument("--account", action="append", default=[], metavar="TOKEN_FILE=RULES_FILE",
-                    help="a service account's token, allowed only what the RBAC rules (JSON) grant")
+                    help="a service account's token, allowed only what the RBAC rules grant; RULES_FILE (JSON) holds "
+                         "user, rules and optionally uid and extra (a bound token's node-name, pod-name, ...)")
+    ap.add_argument("--admission", metavar="FILE",
+                    help="ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding objects (YAML) to enforce")
     ap.add_argument("--service-cidr", action="append", default=[], metavar="CIDR",
                     help="a range Services' cluster IPs come from (at most one per IP family; default 10.0.0.0/24)")
     ap.add_argument("--service-node-port-range", metavar="FIRST-LAST",
@@ -550,9 +613,13 @@ def main(argv: list[str] | None = None) -> int:
         token_file, _, rules_file = spec.partition("=")
         with open(token_file) as f, open(rules_file) as g:
             doc = json.load(g)
-            accounts.append((f.read().strip(), doc["user"], doc["rules"]))
+            user = User.named(doc["user"])
+            if doc.get("extra") or doc.get("uid"):
+                user = User(user.name, doc.get("uid", ""), user.groups,
+                            tuple(sorted((k, tuple(v)) for k, v in (doc.get("extra") or {}).items())))
+            accounts.append((f.read().strip(), user, doc["rules"]))
     servers, stopping = serve(store, listeners, watch_list=not args.no_watch_list, tls=tls, token=token,
-                              accounts=tuple(accounts))
+                              accounts=tuple(accounts), admission=load_admission(args.admission, store))
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

@@ -24,11 +24,15 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from .kinds import (DEFAULT_SERVICE_CIDRS, KINDS, LEASES, NODES, SERVICES, SLICES, ApiError, Kind, LeaseRules,
                     NodeRules, Rules, ServiceRules, SliceRules, dumps, invalid, not_found, now)
 
 log = logging.getLogger(__name__)
+# admission's look at a write about to be stored: (object, oldObject), None for the side that is absent;
+# it refuses by raising ApiError
+Review = Callable[[dict | None, dict | None], None]
 MIN_LOG_BYTES = 4 << 20  # the change log is folded into the snapshot once it outgrows both
 
 
@@ -344,7 +348,7 @@ class Store:
                 self.cond.wait(left)
 
     # -- writes --------------------------------------------------------------------------------
-    def create(self, obj: dict, res: str = "nodes", ns: str | None = None) -> Entry:
+    def create(self, obj: dict, res: str = "nodes", ns: str | None = None, review: Review | None = None) -> Entry:
         table, rules = self.tables[res], self.rules[res]
         kind = table.kind
         obj = copy.deepcopy(obj)
@@ -369,6 +373,8 @@ class Store:
             meta["creationTimestamp"] = now()
             for k in ("resourceVersion", "deletionTimestamp", "generation"):
                 meta.pop(k, None)
+            if review is not None:
+                review(obj, None)
             return self._commit(res, "ADDED", obj, None)
 
     @staticmethod
@@ -379,8 +385,9 @@ class Store:
                 return name
         raise ApiError(409, "AlreadyExists", "could not generate a unique name")
 
-    def update(self, key: str, obj: dict, status: bool = False, res: str = "nodes") -> Entry:
-        """PUT semantics: the whole object; status only through the subresource. obj is consumed."""
+    def update(self, key: str, obj: dict, status: bool = False, res: str = "nodes", review: Review | None = None) -> Entry:
+        """PUT semantics: the whole object; status only through the subresource. obj is consumed.
+        review(new, old), when given, sees the object as it would be stored and may refuse it (raise)."""
         table, rules = self.tables[res], self.rules[res]
         kind = table.kind
         ns, _, name = key.rpartition("/")
@@ -416,16 +423,20 @@ class Store:
             merged["kind"], merged["apiVersion"] = kind.kind, kind.api_version
             merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             rules.admit(name, merged, old, status)
+            if review is not None:
+                review(merged, old)
             if merged == old:
                 return current
             return self._commit(res, "MODIFIED", merged, current)
 
-    def delete(self, key: str, res: str = "nodes") -> Entry:
+    def delete(self, key: str, res: str = "nodes", review: Review | None = None) -> Entry:
         table = self.tables[res]
         with self.cond:
             current = table.items.get(key)
             if current is None:
                 raise not_found(table.kind, key.rpartition("/")[2])
+            if review is not None:
+                review(None, current.obj())
             return self._commit(res, "DELETED", current.obj(), current)
 
 

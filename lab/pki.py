@@ -8,9 +8,11 @@ touches the host's own copies.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
+import uuid
 
 SAN = "IP:127.0.0.1,IP:::1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
 
@@ -50,6 +52,31 @@ def make(directory: str, namespace: str = "kube-system") -> dict[str, str]:
     return {"ca": os.path.join(directory, "ca.crt"), "cert": os.path.join(directory, "server.crt"),
             "key": os.path.join(directory, "server.key"), "token_file": os.path.join(directory, "admin-token"),
             "token": token, "serviceaccount": sa, "sa_token_file": os.path.join(sa, "token")}
+
+
+def bound_account(directory: str, node: str, namespace: str, account: str, pod: str) -> dict:
+    """A bound service-account token for the speaker Pod on node, as the kubelet's projected token
+    is bound (Kubernetes 1.30 on): its own mount directory (token, ca.crt, namespace) and the identity
+    the lab API server gives that token: the service account's user and groups, and the extra of a
+    token bound to a Pod (node name, pod name and uid, credential id). The identity is kept in
+    directory/accounts/NODE.json, outside the mount. Returns the identity with "mount" added."""
+    mount = os.path.join(directory, f"serviceaccount-{node}")
+    os.makedirs(mount, exist_ok=True)
+    os.makedirs(os.path.join(directory, "accounts"), exist_ok=True)
+    with open(os.path.join(directory, "ca.crt")) as src:
+        ca = src.read()
+    for name, text in (("token", secrets.token_urlsafe(32)), ("ca.crt", ca), ("namespace", namespace)):
+        with open(os.path.join(mount, name), "w") as f:
+            f.write(text)
+    os.chmod(os.path.join(mount, "token"), 0o600)
+    identity = {"user": f"system:serviceaccount:{namespace}:{account}", "extra": {
+        "authentication.kubernetes.io/credential-id": [f"JTI={uuid.uuid4()}"],
+        "authentication.kubernetes.io/node-name": [node],
+        "authentication.kubernetes.io/pod-name": [pod],
+        "authentication.kubernetes.io/pod-uid": [str(uuid.uuid4())]}}
+    with open(os.path.join(directory, "accounts", f"{node}.json"), "w") as f:
+        json.dump(identity, f, indent=1, sort_keys=True)
+    return {**identity, "mount": mount}
 
 
 def kubeconfig(server: str, ca: str, token: str) -> str:

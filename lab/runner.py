@@ -17,6 +17,7 @@ import ipaddress
 import json
 import os
 import select
+import secrets
 import shutil
 import signal
 import socket
@@ -397,10 +398,18 @@ def _start_child(argv: list[str], log_path: str, what: str, timeout: float = 20)
 
 
 def _start_apiserver(state: State) -> None:
-    """The lab's CA, serving certificate and service-account token, two kubeconfigs (this host's,
-    and one for clients inside the lab's namespaces), then the server itself."""
+    """The lab's CA, serving certificate, one bound service-account token per node's speaker, two
+    kubeconfigs (this host's, and one for clients inside the lab's namespaces), then the server itself."""
     state.api_port = _free_port()
     creds = pki.make(state.pki_dir)
+    objects = load_manifests(state)
+    ds = daemonset.find(objects, "DaemonSet")
+    namespace = ds["metadata"].get("namespace", "default")
+    account = ds["spec"]["template"]["spec"].get("serviceAccountName", "default")
+    for name, node in state.nodes.items():
+        if node["role"] == "node":  # the speaker Pod's name as a DaemonSet names it: NAME-xxxxx
+            pki.bound_account(state.pki_dir, name, namespace, account,
+                              f"{ds['metadata']['name']}-{secrets.token_hex(3)[:5]}")
     with open(state.kubeconfig, "w") as f:
         f.write(pki.kubeconfig(f"https://127.0.0.1:{state.api_port}", creds["ca"], creds["token"]))
     with open(os.path.join(state.dir, "node-kubeconfig"), "w") as f:
@@ -413,19 +422,14 @@ def _start_apiserver(state: State) -> None:
 def start_apiserver(state: State) -> None:
     listen = [f"127.0.0.1:{state.api_port}"] + [
         f"127.0.0.1:{API_PORT_IN_NODE}@{n['netns']}" for n in state.nodes.values() if n["role"] in ("node", "host")]
-    log = open(os.path.join(state.dir, "apiserver.log"), "ab")
-    user, rules = daemonset.rbac(load_manifests(state))  # the speakers' token gets what deploy/'s RBAC grants
-    rules_file = os.path.join(state.pki_dir, "serviceaccount-rules.json")
-    with open(rules_file, "w") as f:
-        json.dump({"user": user, "rules": rules}, f)
     args = [sys.executable, "-m", "lab.apiserver", "--state", os.path.join(state.dir, "nodes.json"),
             "--tls-cert", os.path.join(state.pki_dir, "server.crt"), "--tls-key", os.path.join(state.pki_dir, "server.key"),
-            "--token-file", os.path.join(state.pki_dir, "admin-token"),
-            "--account", f"{os.path.join(state.pki_dir, 'serviceaccount', 'token')}={rules_file}"]
+            "--token-file", os.path.join(state.pki_dir, "admin-token")] + _account_args(state)
     for spec in listen:
         args += ["--listen", spec]
     for cidr in node_config(state).get("serviceCIDRs") or []:  # cluster IPs as kube-apiserver allocates them
         args += ["--service-cidr", str(cidr)]
+    log = open(os.path.join(state.dir, "apiserver.log"), "ab")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, start_new_session=True,
                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     log.close()
@@ -435,6 +439,39 @@ def start_apiserver(state: State) -> None:
         raise LabError(f"lab API server did not start; see {state.dir}/apiserver.log")
     state.pids["apiserver"] = proc.pid
     state.save()
+
+
+def _account_args(state: State) -> list[str]:
+    """--account for each node's bound token (what deploy/'s RBAC grants the speakers' service account,
+    with the token's own identity) and --admission with the ValidatingAdmissionPolicies and bindings the
+    manifests hold, as kube-apiserver enforces the ones applied to it."""
+    objects = load_manifests(state)
+    user, rules = daemonset.rbac(objects)
+    args = []
+    accounts = os.path.join(state.pki_dir, "accounts")
+    for name in sorted(os.listdir(accounts)) if os.path.isdir(accounts) else []:
+        node = name.removesuffix(".json")
+        with open(os.path.join(accounts, name)) as f:
+            identity = json.load(f)
+        if identity["user"] != user:
+            raise LabError(f"the token of {node} names {identity['user']}, the manifests' DaemonSet runs as {user}")
+        rules_file = os.path.join(state.pki_dir, f"serviceaccount-{node}-rules.json")
+        with open(rules_file, "w") as f:
+            json.dump({**identity, "rules": rules}, f)
+        args += ["--account", f"{os.path.join(state.pki_dir, f'serviceaccount-{node}', 'token')}={rules_file}"]
+    policies = admission_objects(objects)
+    if policies:
+        path = os.path.join(state.dir, "admission.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump_all(policies, f, sort_keys=False)
+        args += ["--admission", path]
+    return args
+
+
+def admission_objects(objects: list[dict]) -> list[dict]:
+    """The ValidatingAdmissionPolicy and ValidatingAdmissionPolicyBinding objects among the manifests."""
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    return [o for o in objects if o.get("kind") in kinds and o.get("apiVersion") == "admissionregistration.k8s.io/v1"]
 
 
 def stop_apiserver(state: State) -> None:
@@ -621,7 +658,7 @@ def node_facts(state: State, node: str) -> daemonset.NodeFacts:
     return daemonset.NodeFacts(
         name=node, host_dir=os.path.join(state.dir, node, "host"), pod_dir=os.path.join(state.dir, node, "pod"),
         host_ip=(v4 or node_addresses(state, node) or ["127.0.0.1"])[0],
-        serviceaccount_dir=os.path.join(state.pki_dir, "serviceaccount"),
+        serviceaccount_dir=os.path.join(state.pki_dir, f"serviceaccount-{node}"),  # its own bound token
         api_host="127.0.0.1", api_port=API_PORT_IN_NODE,
         path=os.path.dirname(sys.executable) + os.pathsep + daemonset.BASE_PATH)
 

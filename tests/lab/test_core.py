@@ -167,10 +167,18 @@ def test_speakers_run_as_the_daemonset_in_deploy_says(lab):
     doc = runner.speaker_status(lab, "node1")
     assert {p["localAsn"] for p in doc["peers"]} == {65001}
     assert "asn" not in yaml.safe_load(daemonset.find(objs, "ConfigMap")["data"]["config.yaml"])
-    # its token is the service account's: the lab API allows it what deploy/'s ClusterRole grants
-    with open(os.path.join(lab.pki_dir, "serviceaccount", "token")) as f:
+    # its token is its own, bound to its Pod and node, of the service account: the lab API allows it
+    # what deploy/'s ClusterRole grants
+    with open(os.path.join(lab.pki_dir, "serviceaccount-node1", "token")) as f:
         token = f.read()
     ctx = ssl.create_default_context(cafile=os.path.join(lab.pki_dir, "ca.crt"))
+    review = urllib.request.Request(f"https://127.0.0.1:{lab.api_port}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                    data=b'{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}',
+                                    method="POST", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(review, context=ctx, timeout=5) as r:
+        who = json.load(r)["status"]["userInfo"]
+    assert who["username"] == "system:serviceaccount:kube-system:podbgp"
+    assert who["extra"]["authentication.kubernetes.io/node-name"] == ["node1"]
     url = f"https://127.0.0.1:{lab.api_port}/api/v1/nodes/node3"
     with urllib.request.urlopen(urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}),
                                 context=ctx, timeout=5) as r:
