@@ -130,9 +130,9 @@ class Engine:
     handing every state change to on_event through deliver. A child that dies is started again
     with the sessions (and RESTARTED told); close() stops it, each peer told AdminDown."""
 
-    def __init__(self, run_dir: str, on_event: Callable[[BfdEvent], None], deliver: Deliver,
+    def __init__(self, on_event: Callable[[BfdEvent], None], deliver: Deliver,
                  argv: list[str] | None = None) -> None:
-        self.dir, self.on_event, self.deliver = run_dir, on_event, deliver
+        self.on_event, self.deliver = on_event, deliver
         self.argv = argv or [sys.executable, "-m", "bgp.bfd_engine"]
         self.sessions: dict[str, BfdSession] = {}
         self.proc: subprocess.Popen | None = None

@@ -105,7 +105,7 @@ class Engine:
         peer, local = ipaddress.ip_address(doc["peer"]), ipaddress.ip_address(doc["local"])
         key = str(peer)
         if key in self.sessions:
-            self.remove(key, tell=True)
+            self.remove(key)
         disc = self.rng.randint(1, 2**32 - 1)
         while disc in self.by_disc:
             disc = self.rng.randint(1, 2**32 - 1)
@@ -119,16 +119,16 @@ class Engine:
                           self.rng)
         self.sessions[key], self.by_disc[disc] = s, s
 
-    def remove(self, key: str, tell: bool = True) -> None:
+    def remove(self, key: str) -> None:
+        """End a session, the peer told AdminDown first (no failure for it)."""
         s = self.sessions.pop(key, None)
         if s is None:
             return
         self.by_disc.pop(s.my_disc, None)
         sock = self.tx.pop(key)
-        if tell:  # AdminDown: the peer takes it as no failure
-            s.state, s.diag = proto.ADMIN_DOWN, proto.DIAG_ADMIN_DOWN
-            for _ in range(3):
-                self._send(s, sock)
+        s.state, s.diag = proto.ADMIN_DOWN, proto.DIAG_ADMIN_DOWN
+        for _ in range(3):
+            self._send(s, sock)
         sock.close()
 
     def _send(self, s: proto.Session, sock: socket.socket | None = None) -> None:
@@ -215,7 +215,7 @@ class Engine:
 
     def close(self) -> None:
         for key in list(self.sessions):
-            self.remove(key, tell=True)
+            self.remove(key)
         for s, _ in self.rx:
             s.close()
 

@@ -609,7 +609,7 @@ class Sessions(RibPaths):
 
     def _start_bfd(self) -> None:
         loop = asyncio.get_running_loop()
-        engine = self.bfd_engine(os.path.join(self.runtime_dir, "bfd"), self._on_bfd, loop.call_soon_threadsafe)
+        engine = self.bfd_engine(self._on_bfd, loop.call_soon_threadsafe)
         try:
             engine.start()
         except (OSError, bfd.BfdError) as exc:

@@ -132,7 +132,7 @@ def test_our_engine_against_frr_bfdd(pair):
     def deliver(fn, ev):
         loop.call_soon_threadsafe(fn, ev)
 
-    ours = bfd.Engine("", lambda ev: seen.append((time.monotonic(), ev)), deliver,
+    ours = bfd.Engine(lambda ev: seen.append((time.monotonic(), ev)), deliver,
                       argv=[*NO_CAPS, sys.executable, "-m", "bgp.bfd_engine"])
     engines.append(ours)
     in_netns(a, ours.start)

@@ -23,8 +23,8 @@ T = BfdTimers(300, 300, 3)
 class FakeEngine:
     """What Sessions needs of bgp.bfd.Engine; say() is the engine's event."""
 
-    def __init__(self, run_dir, on_event, deliver):
-        self.run_dir, self.on_event, self.deliver = run_dir, on_event, deliver
+    def __init__(self, on_event, deliver):
+        self.on_event, self.deliver = on_event, deliver
         self.sessions, self.started, self.closed = {}, False, False
 
     def start(self):
